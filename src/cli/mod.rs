@@ -1,0 +1,164 @@
+//! The command line: parses arguments, calls the library, prints results. No pipeline logic
+//! lives here. Exit codes: 0 success, 1 a failure while working (or invalid events found by
+//! `validate`), 2 a usage or configuration problem, named in one paragraph.
+
+mod generate;
+mod get;
+mod run;
+mod search;
+mod validate;
+
+use clap::{Parser, Subcommand, ValueEnum};
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+/// The default pipeline file: the embedded mode, no servers.
+pub const DEFAULT_PIPELINE: &str = "pipelines/local.yaml";
+
+#[derive(Parser)]
+#[command(
+    name = "profile-sync",
+    version,
+    about = "Keeps user profiles in sync: Avro change events in; PII encrypted; a canonical store and a PII-free search index out."
+)]
+pub struct Cli {
+    /// Log format on stderr.
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text)]
+    log_format: LogFormat,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Output {
+    Text,
+    Json,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Process events through the pipeline (with no arguments: the sample events, embedded mode).
+    Run(run::Args),
+    /// Write realistic synthetic events to a file.
+    Generate(generate::Args),
+    /// Search the profile index (no PII in it).
+    Search(search::Args),
+    /// Show a stored profile, PII masked unless revealed with a reason (audited).
+    Get(get::Args),
+    /// Check a file of events against the schemas and list every invalid one.
+    Validate(validate::Args),
+}
+
+/// How a command failed.
+pub enum Failure {
+    /// The user's input or configuration: exit code 2.
+    Usage(anyhow::Error),
+    /// Something went wrong while working: exit code 1.
+    Runtime(anyhow::Error),
+    /// Already reported; exit with this code.
+    Quiet(u8),
+}
+
+impl<E: Into<anyhow::Error>> From<E> for Failure {
+    fn from(e: E) -> Self {
+        Failure::Runtime(e.into())
+    }
+}
+
+pub fn usage(e: impl Into<anyhow::Error>) -> Failure {
+    Failure::Usage(e.into())
+}
+
+/// The pipeline file to use: the one given, or the default.
+pub(crate) fn pipeline_file(given: Option<&Path>) -> Result<crate::config::Pipeline, Failure> {
+    let path = given
+        .map(Path::to_path_buf)
+        .unwrap_or_else(|| PathBuf::from(DEFAULT_PIPELINE));
+    if given.is_none() && !path.exists() {
+        return Err(usage(anyhow::anyhow!(
+            "no pipeline file at {DEFAULT_PIPELINE}: run profile-sync from the repository root, or pass --pipeline FILE"
+        )));
+    }
+    crate::config::Pipeline::load(&path).map_err(usage)
+}
+
+/// The data directory: `--data-dir` (relative to the working directory) or the pipeline file's.
+pub(crate) fn data_dir(file: &crate::config::Pipeline, given: Option<&Path>) -> PathBuf {
+    given
+        .map(Path::to_path_buf)
+        .unwrap_or_else(|| file.resolve(&file.config.data_dir))
+}
+
+pub fn main() -> ExitCode {
+    // A panic message could quote data; say where it happened, never what it held.
+    std::panic::set_hook(Box::new(|info| {
+        let at = info
+            .location()
+            .map(|l| format!(" at {}:{}", l.file(), l.line()))
+            .unwrap_or_default();
+        eprintln!("profile-sync: internal error{at}. This is a bug: please report it with the command you ran.");
+    }));
+    let cli = Cli::parse();
+    init_logging(cli.log_format);
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("profile-sync: cannot start the async runtime: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    let result = runtime.block_on(async {
+        match cli.command {
+            Command::Run(args) => run::run(args).await,
+            Command::Generate(args) => generate::run(args),
+            Command::Search(args) => search::run(args).await,
+            Command::Get(args) => get::run(args).await,
+            Command::Validate(args) => validate::run(args).await,
+        }
+    });
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(Failure::Usage(e)) => {
+            eprintln!("profile-sync: {}", paragraph(&e));
+            ExitCode::from(2)
+        }
+        Err(Failure::Runtime(e)) => {
+            eprintln!("profile-sync: {}", paragraph(&e));
+            ExitCode::from(1)
+        }
+        Err(Failure::Quiet(code)) => ExitCode::from(code),
+    }
+}
+
+/// An error and its causes as one paragraph.
+fn paragraph(e: &anyhow::Error) -> String {
+    let mut parts: Vec<String> = Vec::new();
+    for cause in e.chain() {
+        let text = cause.to_string();
+        if !parts.iter().any(|p| p.contains(&text)) {
+            parts.push(text);
+        }
+    }
+    parts.join(": ")
+}
+
+fn init_logging(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("PROFILE_SYNC_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
+}

@@ -1,0 +1,284 @@
+//! The pipeline file: which adapters to use and how the stages are configured.
+//!
+//! Every struct refuses unknown keys, so a typo is an error that names the key and its line,
+//! not a silently ignored setting. Relative paths are resolved against the pipeline file's
+//! folder (code, schemas, databases) or the data directory (what the pipeline writes).
+
+use serde::Deserialize;
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read pipeline file {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("pipeline file {path} is invalid: {reason}")]
+    Invalid { path: PathBuf, reason: String },
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PipelineConfig {
+    /// Where events come from.
+    pub source: SourceConfig,
+    /// The folder with the Avro reader schemas.
+    #[serde(default = "default_schemas")]
+    pub schemas: PathBuf,
+    pub keys: KeysConfig,
+    pub store: StoreConfig,
+    pub index: IndexConfig,
+    pub dead_letter: DeadLetterConfig,
+    pub enrich: EnrichConfig,
+    /// Events per batch: the unit of store transactions, index commits and acknowledgements.
+    #[serde(default = "default_batch_size")]
+    pub batch_size: usize,
+    /// Where the embedded adapters keep their files; `--data-dir` overrides it.
+    #[serde(default = "default_data_dir")]
+    pub data_dir: PathBuf,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
+pub enum SourceConfig {
+    /// A file of events: Avro object container file or newline-delimited JSON.
+    File {
+        path: PathBuf,
+        #[serde(default)]
+        format: FileFormat,
+    },
+}
+
+#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum FileFormat {
+    /// By extension: `.avro` is an object container file, anything else JSON lines.
+    #[default]
+    Auto,
+    Avro,
+    Jsonl,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
+pub enum KeysConfig {
+    /// A master key in a local file (mode 0600), created on first run.
+    LocalKeyring {
+        #[serde(default = "default_keyring")]
+        path: PathBuf,
+        #[serde(default)]
+        cache: KeyCacheConfig,
+    },
+}
+
+/// Bounds on the cache of unwrapped per-user data keys.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KeyCacheConfig {
+    /// How long an unwrapped key may be used before it is unwrapped again, in seconds.
+    #[serde(default = "default_key_max_age")]
+    pub max_age_secs: u64,
+    /// How many fields a cached key may encrypt or decrypt before it is unwrapped again.
+    #[serde(default = "default_key_max_uses")]
+    pub max_uses: u64,
+    /// How many users' keys are held at once.
+    #[serde(default = "default_key_max_entries")]
+    pub max_entries: usize,
+}
+
+impl Default for KeyCacheConfig {
+    fn default() -> Self {
+        Self {
+            max_age_secs: default_key_max_age(),
+            max_uses: default_key_max_uses(),
+            max_entries: default_key_max_entries(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
+pub enum StoreConfig {
+    Sqlite {
+        #[serde(default = "default_sqlite")]
+        path: PathBuf,
+    },
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
+pub enum IndexConfig {
+    Tantivy {
+        #[serde(default = "default_tantivy")]
+        path: PathBuf,
+        /// Profile fields to index besides the ids and the derived fields. Only public fields
+        /// are allowed; the pipeline refuses to start if one is pii or sensitive.
+        /// Empty: every public field.
+        #[serde(default)]
+        fields: Vec<String>,
+    },
+}
+
+impl IndexConfig {
+    /// The profile fields the index projection asks for.
+    pub fn fields(&self) -> &[String] {
+        match self {
+            IndexConfig::Tantivy { fields, .. } => fields,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
+pub enum DeadLetterConfig {
+    /// JSON lines with the original bytes, the failing stage and the reason.
+    File {
+        #[serde(default = "default_dead_letter")]
+        path: PathBuf,
+    },
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EnrichConfig {
+    pub geoip: GeoIpConfig,
+    /// Segment name → CEL expression over public, sensitive and derived fields.
+    #[serde(default)]
+    pub segments: BTreeMap<String, String>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GeoIpConfig {
+    /// A MaxMind City or Country database (GeoLite2/GeoIP2 or compatible).
+    pub database: PathBuf,
+    /// Residency zone → ISO country codes. Countries in no zone get `OTHER`.
+    #[serde(default)]
+    pub residency_zones: BTreeMap<String, Vec<String>>,
+}
+
+fn default_schemas() -> PathBuf {
+    PathBuf::from("../schemas")
+}
+fn default_batch_size() -> usize {
+    2000
+}
+fn default_data_dir() -> PathBuf {
+    PathBuf::from("data")
+}
+fn default_keyring() -> PathBuf {
+    PathBuf::from("keyring.json")
+}
+fn default_key_max_age() -> u64 {
+    300
+}
+fn default_key_max_uses() -> u64 {
+    1_000_000
+}
+fn default_key_max_entries() -> usize {
+    100_000
+}
+fn default_sqlite() -> PathBuf {
+    PathBuf::from("profiles.sqlite")
+}
+fn default_tantivy() -> PathBuf {
+    PathBuf::from("index")
+}
+fn default_dead_letter() -> PathBuf {
+    PathBuf::from("dead-letter.jsonl")
+}
+
+/// A loaded pipeline file with the folder its relative paths are resolved against.
+#[derive(Debug, Clone)]
+pub struct Pipeline {
+    pub path: PathBuf,
+    pub config: PipelineConfig,
+    base: PathBuf,
+}
+
+impl Pipeline {
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        Self::parse(path, &text)
+    }
+
+    pub fn parse(path: &Path, text: &str) -> Result<Self, ConfigError> {
+        let config: PipelineConfig =
+            serde_yaml::from_str(text).map_err(|e| ConfigError::Invalid {
+                path: path.to_path_buf(),
+                reason: e.to_string(),
+            })?;
+        if config.batch_size == 0 {
+            return Err(ConfigError::Invalid {
+                path: path.to_path_buf(),
+                reason: "batch_size must be at least 1".into(),
+            });
+        }
+        let base = path
+            .parent()
+            .map(Path::to_path_buf)
+            .unwrap_or_else(|| PathBuf::from("."));
+        Ok(Self {
+            path: path.to_path_buf(),
+            config,
+            base,
+        })
+    }
+
+    /// A path from the pipeline file, relative to the file's folder.
+    pub fn resolve(&self, p: &Path) -> PathBuf {
+        if p.is_absolute() {
+            p.to_path_buf()
+        } else {
+            self.base.join(p)
+        }
+    }
+
+    /// A data path, relative to the data directory.
+    pub fn data_path(&self, data_dir: &Path, p: &Path) -> PathBuf {
+        if p.is_absolute() {
+            p.to_path_buf()
+        } else {
+            data_dir.join(p)
+        }
+    }
+
+    pub fn invalid(&self, reason: impl Into<String>) -> ConfigError {
+        ConfigError::Invalid {
+            path: self.path.clone(),
+            reason: reason.into(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn shipped_local_pipeline_parses() {
+        let p = Pipeline::load(Path::new(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/pipelines/local.yaml"
+        )))
+        .unwrap();
+        assert!(p.config.enrich.segments.len() >= 5);
+    }
+
+    #[test]
+    fn unknown_key_is_named_in_the_error() {
+        let text =
+            std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/pipelines/local.yaml"))
+                .unwrap()
+                .replace("batch_size:", "batch_sise:");
+        let err = Pipeline::parse(Path::new("x.yaml"), &text)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("unknown field `batch_sise`"), "{err}");
+    }
+}

@@ -1,0 +1,233 @@
+//! AES-256-GCM with additional authenticated data that binds each ciphertext to its place.
+//!
+//! Field ciphertext: `v1.<key_version>.<base64url(nonce ‖ ciphertext ‖ tag)>`, with
+//! AAD = `profile-sync/field/v1` 0x00 `<user uuid>` 0x00 `<field path>` 0x00 `<key_version>`.
+//! Wrapped data key: `nonce ‖ ciphertext ‖ tag` under the key-encryption key, with
+//! AAD = `profile-sync/user-key/v1` 0x00 `<user uuid>` 0x00 `<key_version>`.
+
+use aws_lc_rs::aead::{Aad, LessSafeKey, Nonce, UnboundKey, AES_256_GCM, NONCE_LEN};
+use aws_lc_rs::rand::{SecureRandom, SystemRandom};
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use base64::Engine;
+use uuid::Uuid;
+use zeroize::Zeroizing;
+
+/// The prefix of every field ciphertext; bump it if the format ever changes.
+pub const FIELD_FORMAT: &str = "v1";
+const FIELD_AAD: &[u8] = b"profile-sync/field/v1";
+const KEY_AAD: &[u8] = b"profile-sync/user-key/v1";
+const TAG_LEN: usize = 16;
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum CryptoError {
+    #[error("ciphertext is not in the {FIELD_FORMAT} format")]
+    Format,
+    #[error("ciphertext does not decrypt under this key for this user, field and key version")]
+    Authentication,
+    #[error("the system random source failed")]
+    Random,
+}
+
+/// A 256-bit AES key. Zeroed on drop.
+pub struct DataKey {
+    bytes: Zeroizing<[u8; 32]>,
+    aead: LessSafeKey,
+}
+
+impl DataKey {
+    pub fn generate() -> Result<Self, CryptoError> {
+        let mut bytes = Zeroizing::new([0u8; 32]);
+        SystemRandom::new()
+            .fill(bytes.as_mut())
+            .map_err(|_| CryptoError::Random)?;
+        Ok(Self::from_bytes(bytes))
+    }
+
+    pub fn from_slice(slice: &[u8]) -> Result<Self, CryptoError> {
+        let arr: [u8; 32] = slice.try_into().map_err(|_| CryptoError::Format)?;
+        Ok(Self::from_bytes(Zeroizing::new(arr)))
+    }
+
+    fn from_bytes(bytes: Zeroizing<[u8; 32]>) -> Self {
+        let aead =
+            LessSafeKey::new(UnboundKey::new(&AES_256_GCM, bytes.as_ref()).expect("32-byte key"));
+        Self { bytes, aead }
+    }
+
+    pub fn expose(&self) -> &[u8; 32] {
+        &self.bytes
+    }
+}
+
+impl std::fmt::Debug for DataKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("DataKey(..)")
+    }
+}
+
+fn seal(key: &LessSafeKey, aad: &[u8], plaintext: &[u8]) -> Result<Vec<u8>, CryptoError> {
+    let mut nonce = [0u8; NONCE_LEN];
+    SystemRandom::new()
+        .fill(&mut nonce)
+        .map_err(|_| CryptoError::Random)?;
+    let mut out = Vec::with_capacity(NONCE_LEN + plaintext.len() + TAG_LEN);
+    out.extend_from_slice(&nonce);
+    out.extend_from_slice(plaintext);
+    let mut body = out.split_off(NONCE_LEN);
+    key.seal_in_place_append_tag(
+        Nonce::assume_unique_for_key(nonce),
+        Aad::from(aad),
+        &mut body,
+    )
+    .map_err(|_| CryptoError::Random)?;
+    out.extend_from_slice(&body);
+    Ok(out)
+}
+
+fn open(key: &LessSafeKey, aad: &[u8], sealed: &[u8]) -> Result<Vec<u8>, CryptoError> {
+    if sealed.len() < NONCE_LEN + TAG_LEN {
+        return Err(CryptoError::Format);
+    }
+    let (nonce, body) = sealed.split_at(NONCE_LEN);
+    let nonce = Nonce::try_assume_unique_for_key(nonce).map_err(|_| CryptoError::Format)?;
+    let mut body = body.to_vec();
+    let plain = key
+        .open_in_place(nonce, Aad::from(aad), &mut body)
+        .map_err(|_| CryptoError::Authentication)?;
+    Ok(plain.to_vec())
+}
+
+fn field_aad(user: Uuid, field: &str, key_version: u32) -> Vec<u8> {
+    let mut aad = Vec::with_capacity(FIELD_AAD.len() + 64 + field.len());
+    aad.extend_from_slice(FIELD_AAD);
+    aad.push(0);
+    aad.extend_from_slice(user.hyphenated().to_string().as_bytes());
+    aad.push(0);
+    aad.extend_from_slice(field.as_bytes());
+    aad.push(0);
+    aad.extend_from_slice(key_version.to_string().as_bytes());
+    aad
+}
+
+fn key_aad(user: Uuid, key_version: u32) -> Vec<u8> {
+    let mut aad = KEY_AAD.to_vec();
+    aad.push(0);
+    aad.extend_from_slice(user.hyphenated().to_string().as_bytes());
+    aad.push(0);
+    aad.extend_from_slice(key_version.to_string().as_bytes());
+    aad
+}
+
+/// Encrypts one field value (its JSON text) for `user` under their data key.
+pub fn seal_field(
+    key: &DataKey,
+    user: Uuid,
+    field: &str,
+    key_version: u32,
+    plaintext: &[u8],
+) -> Result<String, CryptoError> {
+    let sealed = seal(&key.aead, &field_aad(user, field, key_version), plaintext)?;
+    Ok(format!(
+        "{FIELD_FORMAT}.{key_version}.{}",
+        URL_SAFE_NO_PAD.encode(sealed)
+    ))
+}
+
+/// Decrypts a field ciphertext; fails if it was sealed for another user, field or key version.
+pub fn open_field(
+    key: &DataKey,
+    user: Uuid,
+    field: &str,
+    ciphertext: &str,
+) -> Result<Vec<u8>, CryptoError> {
+    let mut parts = ciphertext.splitn(3, '.');
+    let (Some(FIELD_FORMAT), Some(version), Some(body)) =
+        (parts.next(), parts.next(), parts.next())
+    else {
+        return Err(CryptoError::Format);
+    };
+    let key_version: u32 = version.parse().map_err(|_| CryptoError::Format)?;
+    let sealed = URL_SAFE_NO_PAD
+        .decode(body)
+        .map_err(|_| CryptoError::Format)?;
+    open(&key.aead, &field_aad(user, field, key_version), &sealed)
+}
+
+/// Wraps a user's data key under a key-encryption key.
+pub fn wrap_data_key(
+    kek: &DataKey,
+    user: Uuid,
+    key_version: u32,
+    dek: &DataKey,
+) -> Result<Vec<u8>, CryptoError> {
+    seal(&kek.aead, &key_aad(user, key_version), dek.expose())
+}
+
+pub fn unwrap_data_key(
+    kek: &DataKey,
+    user: Uuid,
+    key_version: u32,
+    wrapped: &[u8],
+) -> Result<DataKey, CryptoError> {
+    let plain = Zeroizing::new(open(&kek.aead, &key_aad(user, key_version), wrapped)?);
+    DataKey::from_slice(&plain)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_ciphertext_moved_to_another_user_or_field_fails_to_decrypt() {
+        let key = DataKey::generate().unwrap();
+        let (alice, bob) = (Uuid::new_v4(), Uuid::new_v4());
+        let sealed = seal_field(&key, alice, "email", 1, b"\"a@x.example\"").unwrap();
+        assert_eq!(
+            open_field(&key, alice, "email", &sealed).unwrap(),
+            b"\"a@x.example\""
+        );
+        assert_eq!(
+            open_field(&key, bob, "email", &sealed),
+            Err(CryptoError::Authentication)
+        );
+        assert_eq!(
+            open_field(&key, alice, "phone", &sealed),
+            Err(CryptoError::Authentication)
+        );
+        let other_version = sealed.replacen("v1.1.", "v1.2.", 1);
+        assert_eq!(
+            open_field(&key, alice, "email", &other_version),
+            Err(CryptoError::Authentication)
+        );
+    }
+
+    #[test]
+    fn a_wrapped_key_only_unwraps_for_its_user() {
+        let (kek, dek) = (DataKey::generate().unwrap(), DataKey::generate().unwrap());
+        let user = Uuid::new_v4();
+        let wrapped = wrap_data_key(&kek, user, 1, &dek).unwrap();
+        assert_eq!(
+            unwrap_data_key(&kek, user, 1, &wrapped).unwrap().expose(),
+            dek.expose()
+        );
+        assert!(unwrap_data_key(&kek, Uuid::new_v4(), 1, &wrapped).is_err());
+    }
+
+    #[test]
+    fn garbage_is_a_format_error_not_a_panic() {
+        let key = DataKey::generate().unwrap();
+        for junk in [
+            "",
+            "v1",
+            "v1.x.abc",
+            "v1.1.!!!",
+            "v1.1.AAAA",
+            "v2.1.AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA",
+        ] {
+            assert!(
+                open_field(&key, Uuid::nil(), "email", junk).is_err(),
+                "{junk}"
+            );
+        }
+    }
+}

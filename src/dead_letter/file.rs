@@ -1,0 +1,82 @@
+//! Dead letters as JSON lines: `{at, position, stage, class, reason, key_base64, payload_base64}`.
+//! The payload is the event as it arrived, so the file holds the same personal data as the
+//! input it quarantines: it is created with mode 0600.
+
+use super::{DeadLetter, DeadLetterError, DeadLetterSink};
+use async_trait::async_trait;
+use base64::engine::general_purpose::STANDARD;
+use base64::Engine;
+use std::fs::{File, OpenOptions};
+use std::io::Write;
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+pub struct DeadLetterFile {
+    path: PathBuf,
+    file: Arc<Mutex<File>>,
+}
+
+impl DeadLetterFile {
+    pub fn open(path: &Path) -> Result<Self, DeadLetterError> {
+        let err =
+            |e: std::io::Error| DeadLetterError(format!("cannot open {}: {e}", path.display()));
+        if let Some(dir) = path.parent() {
+            std::fs::create_dir_all(dir).map_err(err)?;
+        }
+        let file = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .mode(0o600)
+            .open(path)
+            .map_err(err)?;
+        Ok(Self {
+            path: path.to_path_buf(),
+            file: Arc::new(Mutex::new(file)),
+        })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+}
+
+/// The JSON line of one dead letter.
+pub fn to_line(letter: &DeadLetter) -> String {
+    let line = serde_json::json!({
+        "at": letter.at.to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
+        "position": letter.position,
+        "stage": letter.stage,
+        "class": letter.class,
+        "reason": letter.reason,
+        "key_base64": letter.key.as_ref().map(|k| STANDARD.encode(k)),
+        "payload_base64": STANDARD.encode(&letter.payload),
+    });
+    line.to_string()
+}
+
+#[async_trait]
+impl DeadLetterSink for DeadLetterFile {
+    async fn send(&self, letters: Vec<DeadLetter>) -> Result<(), DeadLetterError> {
+        if letters.is_empty() {
+            return Ok(());
+        }
+        let mut text = String::new();
+        for letter in &letters {
+            text.push_str(&to_line(letter));
+            text.push('\n');
+        }
+        let file = self.file.clone();
+        let path = self.path.clone();
+        tokio::task::spawn_blocking(move || {
+            let mut f = file
+                .lock()
+                .map_err(|_| DeadLetterError("dead-letter file lock poisoned".into()))?;
+            f.write_all(text.as_bytes())
+                .and_then(|_| f.sync_data())
+                .map_err(|e| DeadLetterError(format!("cannot write {}: {e}", path.display())))
+        })
+        .await
+        .map_err(|e| DeadLetterError(e.to_string()))?
+    }
+}

@@ -1,0 +1,155 @@
+//! The domain values that flow between the stages.
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+/// Profile fields by name, as JSON values. Timestamps are RFC 3339 text, dates `YYYY-MM-DD`.
+pub type Fields = serde_json::Map<String, serde_json::Value>;
+
+/// One decoded and validated change to one user's profile.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ProfileChange {
+    pub event_id: Uuid,
+    pub user_id: Uuid,
+    pub operation: Operation,
+    /// Per-user, strictly increasing: the highest version wins.
+    pub version: i64,
+    pub occurred_at: DateTime<Utc>,
+    pub source: String,
+    /// The whole profile after the change; `None` for a delete.
+    pub profile: Option<Fields>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Operation {
+    Upsert,
+    Delete,
+}
+
+/// Where the user was last seen, derived from the IP address.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Region {
+    /// ISO 3166-1 alpha-2, or `unknown`.
+    pub country: String,
+    /// ISO 3166-2 suffix (e.g. `BY` for DE-BY), when the database has one.
+    pub subdivision: Option<String>,
+    /// MaxMind continent code (EU, NA, …), or `unknown`.
+    pub continent: String,
+    /// A zone from the pipeline file's residency map, `OTHER`, or `unknown`.
+    pub residency_zone: String,
+}
+
+impl Region {
+    pub const UNKNOWN: &'static str = "unknown";
+
+    /// The explicit region of an IP that is missing, private or not in the database.
+    pub fn unknown() -> Self {
+        Self {
+            country: Self::UNKNOWN.into(),
+            subdivision: None,
+            continent: Self::UNKNOWN.into(),
+            residency_zone: Self::UNKNOWN.into(),
+        }
+    }
+}
+
+/// A change with its derived fields.
+#[derive(Debug, Clone, PartialEq)]
+pub struct EnrichedChange {
+    pub change: ProfileChange,
+    /// `None` for a delete.
+    pub region: Option<Region>,
+    /// Sorted segment names.
+    pub segments: Vec<String>,
+}
+
+/// The stage an event was rejected in; written to the dead-letter sink.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Stage {
+    Source,
+    Decode,
+    Enrich,
+    Protect,
+    Project,
+    Store,
+    Index,
+}
+
+impl Stage {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Stage::Source => "source",
+            Stage::Decode => "decode",
+            Stage::Enrich => "enrich",
+            Stage::Protect => "protect",
+            Stage::Project => "project",
+            Stage::Store => "store",
+            Stage::Index => "index",
+        }
+    }
+}
+
+/// Why an event cannot be applied. Reasons name fields and rules, never values: they are
+/// written to dead-letter records and logs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Rejection {
+    pub stage: Stage,
+    /// A short machine-readable class: `malformed`, `schema`, `invalid`, `rule`, `key`, `rejected`.
+    pub class: &'static str,
+    pub reason: String,
+}
+
+impl Rejection {
+    pub fn new(stage: Stage, class: &'static str, reason: impl Into<String>) -> Self {
+        Self {
+            stage,
+            class,
+            reason: reason.into(),
+        }
+    }
+}
+
+impl std::fmt::Display for Rejection {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{} ({}): {}",
+            self.stage.as_str(),
+            self.class,
+            self.reason
+        )
+    }
+}
+
+/// A profile as the canonical store holds it: public and sensitive fields as they are, PII
+/// fields only as ciphertexts (see ARCHITECTURE.md for the format), and the derived fields.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ProtectedRecord {
+    pub event_id: Uuid,
+    pub source: String,
+    pub occurred_at: DateTime<Utc>,
+    /// Public and sensitive profile fields.
+    pub profile: Fields,
+    /// PII field name → ciphertext. A PII field that was null has no entry.
+    pub encrypted: std::collections::BTreeMap<String, String>,
+    /// The version of the user key the ciphertexts are bound to.
+    pub key_version: u32,
+    pub region: Region,
+    pub segments: Vec<String>,
+}
+
+/// A change ready for the sinks: nothing in it is plaintext PII.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ProtectedChange {
+    pub user_id: Uuid,
+    pub version: i64,
+    pub operation: Operation,
+    pub occurred_at: DateTime<Utc>,
+    /// `None` for a delete.
+    pub record: Option<ProtectedRecord>,
+    /// HMAC of the normalised email, for lookup by email.
+    pub email_index: Option<String>,
+}

@@ -1,0 +1,55 @@
+//! The search index port: a PII-free projection of every live profile, for analysts.
+//!
+//! The index receives only [`IndexOp`]s built by the project stage, which cannot carry a PII
+//! field. Writes follow the store's version decisions, so the index converges to the store.
+
+mod tantivy;
+
+pub use self::tantivy::TantivyIndex;
+
+use crate::stages::project::IndexOp;
+use async_trait::async_trait;
+use serde_json::Value as Json;
+
+/// What the index did with one operation.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum IndexOutcome {
+    Applied,
+    /// The index already holds a newer version (external versioning).
+    Stale,
+    /// The index refused this document for good (e.g. a mapping conflict): dead-letter it.
+    Rejected(String),
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum IndexError {
+    /// Worth retrying.
+    #[error("search index unavailable: {0}")]
+    Unavailable(String),
+    #[error("search index failed: {0}")]
+    Failed(String),
+    #[error("query is not valid: {0}")]
+    Query(String),
+}
+
+impl IndexError {
+    pub fn is_transient(&self) -> bool {
+        matches!(self, IndexError::Unavailable(_))
+    }
+}
+
+/// Search results: the total number of matches and the first documents, as JSON.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct SearchResults {
+    pub total: u64,
+    pub hits: Vec<Json>,
+}
+
+#[async_trait]
+pub trait SearchIndex: Send + Sync {
+    /// Applies the operations in order and makes them durable before returning.
+    async fn apply(&self, ops: Vec<IndexOp>) -> Result<Vec<IndexOutcome>, IndexError>;
+
+    /// Runs a query in the index's query syntax (`segments:high_value AND country:DE`).
+    async fn search(&self, query: &str, limit: usize) -> Result<SearchResults, IndexError>;
+}

@@ -1,0 +1,254 @@
+//! The embedded search index: tantivy, in a folder of the data directory.
+//!
+//! Keyword fields (ids, region, segments, strings) are indexed untokenised, so `country:DE`
+//! and `segments:high_value` are exact matches; numbers and timestamps support ranges
+//! (`lifetime_value:[1000 TO *]`).
+
+use super::{IndexError, IndexOutcome, SearchIndex, SearchResults};
+use crate::schema::{FieldKind, FieldSpec};
+use crate::stages::project::{IndexOp, Projection};
+use async_trait::async_trait;
+use serde_json::Value as Json;
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+use tantivy::collector::{Count, TopDocs};
+use tantivy::query::QueryParser;
+use tantivy::schema::{Field, Schema, SchemaBuilder, Value, FAST, INDEXED, STORED, STRING};
+use tantivy::{DateTime, Index, IndexReader, IndexWriter, ReloadPolicy, TantivyDocument, Term};
+
+/// Heap for the writer: bounded so the worker's memory stays flat.
+const WRITER_HEAP_BYTES: usize = 64 * 1024 * 1024;
+
+pub struct TantivyIndex {
+    index: Index,
+    writer: Arc<Mutex<IndexWriter>>,
+    reader: IndexReader,
+    fields: Arc<Vec<(FieldSpec, Field)>>,
+    user_id: Field,
+    version: Field,
+    occurred_at: Field,
+}
+
+fn failed(e: impl std::fmt::Display) -> IndexError {
+    IndexError::Failed(e.to_string())
+}
+
+impl TantivyIndex {
+    pub fn open(path: &Path, projection: &Projection) -> Result<Self, IndexError> {
+        let mut builder = SchemaBuilder::new();
+        let user_id = builder.add_text_field("user_id", STRING | STORED);
+        let version = builder.add_i64_field("version", INDEXED | STORED | FAST);
+        let occurred_at = builder.add_date_field("occurred_at", INDEXED | STORED | FAST);
+        let mut fields = Vec::new();
+        for spec in projection.fields() {
+            let name = spec.flat_name.as_str();
+            let field = match spec.kind {
+                FieldKind::String | FieldKind::StringList | FieldKind::Date => {
+                    builder.add_text_field(name, STRING | STORED)
+                }
+                FieldKind::Long => builder.add_i64_field(name, INDEXED | STORED | FAST),
+                FieldKind::Double => builder.add_f64_field(name, INDEXED | STORED | FAST),
+                FieldKind::Boolean => builder.add_bool_field(name, INDEXED | STORED),
+                FieldKind::Timestamp => builder.add_date_field(name, INDEXED | STORED | FAST),
+                FieldKind::Map | FieldKind::Record => continue,
+            };
+            fields.push((spec.clone(), field));
+        }
+        let schema: Schema = builder.build();
+        std::fs::create_dir_all(path)
+            .map_err(|e| failed(format!("cannot create {}: {e}", path.display())))?;
+        let dir = tantivy::directory::MmapDirectory::open(path).map_err(failed)?;
+        let index = Index::open_or_create(dir, schema).map_err(|e| {
+            IndexError::Failed(format!(
+                "cannot open the index at {} ({e}); if index.fields changed, remove that folder: the index is derived data and is rebuilt as events are processed",
+                path.display()
+            ))
+        })?;
+        let writer = index.writer(WRITER_HEAP_BYTES).map_err(failed)?;
+        let reader = index
+            .reader_builder()
+            .reload_policy(ReloadPolicy::Manual)
+            .try_into()
+            .map_err(failed)?;
+        Ok(Self {
+            index,
+            writer: Arc::new(Mutex::new(writer)),
+            reader,
+            fields: Arc::new(fields),
+            user_id,
+            version,
+            occurred_at,
+        })
+    }
+
+    fn document(&self, doc: &crate::stages::project::IndexDocument) -> TantivyDocument {
+        let mut out = TantivyDocument::new();
+        out.add_text(self.user_id, doc.user_id.to_string());
+        out.add_i64(self.version, doc.version);
+        out.add_date(
+            self.occurred_at,
+            DateTime::from_timestamp_millis(doc.occurred_at.timestamp_millis()),
+        );
+        for (spec, field) in self.fields.iter() {
+            let Some(value) = doc.fields.get(&spec.flat_name) else {
+                continue;
+            };
+            match (spec.kind, value) {
+                (FieldKind::StringList, Json::Array(items)) => {
+                    for item in items.iter().filter_map(Json::as_str) {
+                        out.add_text(*field, item);
+                    }
+                }
+                (FieldKind::Long, Json::Number(n)) => {
+                    if let Some(v) = n.as_i64() {
+                        out.add_i64(*field, v)
+                    }
+                }
+                (FieldKind::Double, Json::Number(n)) => {
+                    if let Some(v) = n.as_f64() {
+                        out.add_f64(*field, v)
+                    }
+                }
+                (FieldKind::Boolean, Json::Bool(b)) => out.add_bool(*field, *b),
+                (FieldKind::Timestamp, Json::String(s)) => {
+                    if let Ok(t) = chrono::DateTime::parse_from_rfc3339(s) {
+                        out.add_date(
+                            *field,
+                            DateTime::from_timestamp_millis(t.timestamp_millis()),
+                        );
+                    }
+                }
+                (_, Json::String(s)) => out.add_text(*field, s),
+                _ => {}
+            }
+        }
+        out
+    }
+
+    fn to_json(&self, doc: &TantivyDocument) -> Json {
+        let mut out = serde_json::Map::new();
+        let text = |f: Field| {
+            doc.get_first(f)
+                .and_then(|v| v.as_str().map(str::to_string))
+        };
+        out.insert(
+            "user_id".into(),
+            text(self.user_id).map_or(Json::Null, Json::from),
+        );
+        out.insert(
+            "version".into(),
+            doc.get_first(self.version)
+                .and_then(|v| v.as_i64())
+                .map_or(Json::Null, Json::from),
+        );
+        out.insert(
+            "occurred_at".into(),
+            date_json(
+                doc.get_first(self.occurred_at)
+                    .and_then(|v| v.as_datetime()),
+            ),
+        );
+        for (spec, field) in self.fields.iter() {
+            let value = match spec.kind {
+                FieldKind::StringList => Json::from(
+                    doc.get_all(*field)
+                        .filter_map(|v| v.as_str().map(str::to_string))
+                        .collect::<Vec<_>>(),
+                ),
+                FieldKind::Long => doc
+                    .get_first(*field)
+                    .and_then(|v| v.as_i64())
+                    .map_or(Json::Null, Json::from),
+                FieldKind::Double => doc
+                    .get_first(*field)
+                    .and_then(|v| v.as_f64())
+                    .map_or(Json::Null, Json::from),
+                FieldKind::Boolean => doc
+                    .get_first(*field)
+                    .and_then(|v| v.as_bool())
+                    .map_or(Json::Null, Json::from),
+                FieldKind::Timestamp => {
+                    date_json(doc.get_first(*field).and_then(|v| v.as_datetime()))
+                }
+                _ => text(*field).map_or(Json::Null, Json::from),
+            };
+            if !value.is_null() {
+                out.insert(spec.flat_name.clone(), value);
+            }
+        }
+        Json::Object(out)
+    }
+}
+
+fn date_json(d: Option<DateTime>) -> Json {
+    d.and_then(|d| chrono::DateTime::from_timestamp_millis(d.into_timestamp_millis()))
+        .map_or(Json::Null, |t| {
+            Json::from(t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true))
+        })
+}
+
+#[async_trait]
+impl SearchIndex for TantivyIndex {
+    async fn apply(&self, ops: Vec<IndexOp>) -> Result<Vec<IndexOutcome>, IndexError> {
+        if ops.is_empty() {
+            return Ok(Vec::new());
+        }
+        let docs: Vec<(Term, Option<TantivyDocument>)> = ops
+            .iter()
+            .map(|op| {
+                let term = Term::from_field_text(self.user_id, &op.user_id().to_string());
+                match op {
+                    IndexOp::Upsert(doc) => (term, Some(self.document(doc))),
+                    IndexOp::Delete { .. } => (term, None),
+                }
+            })
+            .collect();
+        let writer = self.writer.clone();
+        let n = docs.len();
+        tokio::task::spawn_blocking(move || {
+            let mut writer = writer.lock().map_err(|_| failed("index writer poisoned"))?;
+            for (term, doc) in docs {
+                writer.delete_term(term);
+                if let Some(doc) = doc {
+                    writer.add_document(doc).map_err(failed)?;
+                }
+            }
+            writer.commit().map_err(failed)?;
+            Ok::<_, IndexError>(())
+        })
+        .await
+        .map_err(failed)??;
+        Ok(vec![IndexOutcome::Applied; n])
+    }
+
+    async fn search(&self, query: &str, limit: usize) -> Result<SearchResults, IndexError> {
+        self.reader.reload().map_err(failed)?;
+        let searcher = self.reader.searcher();
+        let mut defaults: Vec<Field> = vec![self.user_id];
+        defaults.extend(
+            self.fields
+                .iter()
+                .filter(|(s, _)| matches!(s.kind, FieldKind::String | FieldKind::StringList))
+                .map(|(_, f)| *f),
+        );
+        let parser = QueryParser::for_index(&self.index, defaults);
+        let parsed = parser
+            .parse_query(query)
+            .map_err(|e| IndexError::Query(e.to_string()))?;
+        let (top, total) = searcher
+            .search(
+                &parsed,
+                &(TopDocs::with_limit(limit.max(1)).order_by_score(), Count),
+            )
+            .map_err(failed)?;
+        let mut hits = Vec::with_capacity(top.len());
+        for (_, address) in top {
+            let doc: TantivyDocument = searcher.doc(address).map_err(failed)?;
+            hits.push(self.to_json(&doc));
+        }
+        Ok(SearchResults {
+            total: total as u64,
+            hits,
+        })
+    }
+}

@@ -1,0 +1,76 @@
+//! The key provider port and the per-user data keys built on it.
+//!
+//! Each user has a random 256-bit data key (DEK) that encrypts their PII fields. The DEK is
+//! stored only wrapped by a key-encryption key (KEK) from a [`KeyProvider`]: a local keyring
+//! here, KMS in production. [`DataKeys`] finds, creates and caches unwrapped DEKs.
+
+mod cache;
+mod data_keys;
+mod local_keyring;
+
+pub use data_keys::{DataKeys, UserKey};
+pub use local_keyring::{KeyringError, LocalKeyring};
+
+use crate::crypto::{BlindIndexKey, DataKey};
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use uuid::Uuid;
+
+/// A user's data key as stored: wrapped, with what is needed to unwrap it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WrappedUserKey {
+    pub user_id: Uuid,
+    /// Bound into every field ciphertext's AAD; a new key for the same user gets a new version.
+    pub key_version: u32,
+    /// Which provider wrapped it (`local`, `kms`).
+    pub provider: String,
+    /// The KEK's id: a keyring key id, or a KMS key ARN.
+    pub kek_id: String,
+    /// The KEK itself, encrypted by the provider (KMS data-key ciphertext); empty for a keyring.
+    pub encrypted_kek: Vec<u8>,
+    /// `nonce ‖ ciphertext ‖ tag` of the DEK under the KEK.
+    pub wrapped_key: Vec<u8>,
+    pub created_at: DateTime<Utc>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum KeyError {
+    /// Worth retrying: the provider is unreachable or throttling.
+    #[error("key provider unavailable: {0}")]
+    Unavailable(String),
+    /// Not worth retrying: a wrong, missing or tampered key.
+    #[error("key refused: {0}")]
+    Refused(String),
+    #[error(transparent)]
+    Store(#[from] crate::stores::StoreError),
+}
+
+impl KeyError {
+    pub fn is_transient(&self) -> bool {
+        match self {
+            KeyError::Unavailable(_) => true,
+            KeyError::Refused(_) => false,
+            KeyError::Store(e) => e.is_transient(),
+        }
+    }
+}
+
+#[async_trait]
+pub trait KeyProvider: Send + Sync {
+    /// Wraps a fresh data key for `user_id`.
+    async fn wrap(
+        &self,
+        user_id: Uuid,
+        key_version: u32,
+        dek: &DataKey,
+    ) -> Result<WrappedUserKey, KeyError>;
+
+    /// Unwraps a stored data key.
+    async fn unwrap(&self, key: &WrappedUserKey) -> Result<DataKey, KeyError>;
+
+    /// The key of the email blind index.
+    fn blind_index(&self) -> &BlindIndexKey;
+
+    /// Calls made to the underlying key service (for metrics and benchmarks).
+    fn calls(&self) -> u64;
+}

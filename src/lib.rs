@@ -1,0 +1,22 @@
+//! profile-sync keeps user profiles in sync: Avro change events in; validated, enriched with
+//! region and segments, PII envelope-encrypted; out to a canonical store and a PII-free
+//! search index. See ARCHITECTURE.md for the map.
+//!
+//! Layout: [`stages`] hold the per-event logic; each port (`sources`, `keys`, `stores`,
+//! `indexes`, `dead_letter`) is a trait with its adapters beside it; [`pipeline`] wires them
+//! from the pipeline file ([`config`]); [`cli`] is the thin command line on top.
+
+pub mod cli;
+pub mod config;
+pub mod crypto;
+pub mod dead_letter;
+pub mod event;
+pub mod generate;
+pub mod indexes;
+pub mod keys;
+pub mod pipeline;
+pub mod retry;
+pub mod schema;
+pub mod sources;
+pub mod stages;
+pub mod stores;

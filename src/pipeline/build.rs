@@ -1,0 +1,155 @@
+//! Builds the stages and adapters a pipeline file asks for. Adding an adapter is one match
+//! arm here plus its own file under the port's folder.
+
+use super::Pipeline;
+use crate::config::{self, DeadLetterConfig, IndexConfig, KeysConfig, SourceConfig, StoreConfig};
+use crate::dead_letter::{DeadLetterError, DeadLetterFile, DeadLetterSink};
+use crate::indexes::{IndexError, SearchIndex, TantivyIndex};
+use crate::keys::{DataKeys, KeyProvider, LocalKeyring};
+use crate::schema::{ProfileSchemas, SchemaError};
+use crate::sources::{EventSource, FileSource, SourceError};
+use crate::stages::decode::Decoder;
+use crate::stages::enrich::{Enricher, RegionError, RegionResolver, SegmentError, SegmentRules};
+use crate::stages::project::{Projection, ProjectionError};
+use crate::stages::protect::Protector;
+use crate::stores::{ProfileStore, SqliteStore, StoreError};
+use std::path::Path;
+use std::sync::Arc;
+
+/// Anything that stops a pipeline from starting: all of them are the user's to fix.
+#[derive(Debug, thiserror::Error)]
+pub enum BuildError {
+    #[error(transparent)]
+    Config(#[from] config::ConfigError),
+    #[error(transparent)]
+    Schema(#[from] SchemaError),
+    #[error(transparent)]
+    Region(#[from] RegionError),
+    #[error(transparent)]
+    Segment(#[from] SegmentError),
+    #[error(transparent)]
+    Projection(#[from] ProjectionError),
+    #[error(transparent)]
+    Keyring(#[from] crate::keys::KeyringError),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error(transparent)]
+    Index(#[from] IndexError),
+    #[error(transparent)]
+    DeadLetter(#[from] DeadLetterError),
+    #[error(transparent)]
+    Source(#[from] SourceError),
+}
+
+/// A ready pipeline and the source it reads.
+pub struct Components {
+    pub pipeline: Pipeline,
+    pub source: Box<dyn EventSource>,
+    pub keys: Arc<DataKeys>,
+}
+
+pub fn schemas(file: &config::Pipeline) -> Result<ProfileSchemas, BuildError> {
+    Ok(ProfileSchemas::load(&file.resolve(&file.config.schemas))?)
+}
+
+pub fn open_store(
+    file: &config::Pipeline,
+    data_dir: &Path,
+) -> Result<Arc<dyn ProfileStore>, BuildError> {
+    Ok(match &file.config.store {
+        StoreConfig::Sqlite { path } => {
+            Arc::new(SqliteStore::open(&file.data_path(data_dir, path))?)
+        }
+    })
+}
+
+pub fn open_data_keys(
+    file: &config::Pipeline,
+    data_dir: &Path,
+    store: Arc<dyn ProfileStore>,
+) -> Result<Arc<DataKeys>, BuildError> {
+    let (provider, cache): (Arc<dyn KeyProvider>, _) = match &file.config.keys {
+        KeysConfig::LocalKeyring { path, cache } => (
+            Arc::new(LocalKeyring::open_or_create(
+                &file.data_path(data_dir, path),
+            )?),
+            cache,
+        ),
+    };
+    Ok(Arc::new(DataKeys::new(provider, store, cache)))
+}
+
+pub fn open_index(
+    file: &config::Pipeline,
+    data_dir: &Path,
+    schemas: &ProfileSchemas,
+) -> Result<(Projection, Arc<dyn SearchIndex>), BuildError> {
+    let projection = Projection::new(&schemas.catalog, file.config.index.fields())?;
+    let index: Arc<dyn SearchIndex> = match &file.config.index {
+        IndexConfig::Tantivy { path, .. } => Arc::new(TantivyIndex::open(
+            &file.data_path(data_dir, path),
+            &projection,
+        )?),
+    };
+    Ok((projection, index))
+}
+
+fn open_dead_letters(
+    file: &config::Pipeline,
+    data_dir: &Path,
+) -> Result<Arc<dyn DeadLetterSink>, BuildError> {
+    Ok(match &file.config.dead_letter {
+        DeadLetterConfig::File { path } => {
+            Arc::new(DeadLetterFile::open(&file.data_path(data_dir, path))?)
+        }
+    })
+}
+
+/// Opens the source: the pipeline file's, or `input` instead when given.
+pub fn open_source(
+    file: &config::Pipeline,
+    input: Option<&Path>,
+) -> Result<Box<dyn EventSource>, BuildError> {
+    Ok(match &file.config.source {
+        SourceConfig::File { path, format } => {
+            let path = input
+                .map(Path::to_path_buf)
+                .unwrap_or_else(|| file.resolve(path));
+            Box::new(FileSource::open(&path, *format)?)
+        }
+    })
+}
+
+/// Everything `run` needs. Configuration problems surface here, before any event is read.
+pub fn build(
+    file: &config::Pipeline,
+    data_dir: &Path,
+    input: Option<&Path>,
+) -> Result<Components, BuildError> {
+    let schemas = schemas(file)?;
+    let enrich = &file.config.enrich;
+    let regions = RegionResolver::open(
+        &file.resolve(&enrich.geoip.database),
+        &enrich.geoip.residency_zones,
+    )?;
+    let segments = SegmentRules::compile(&enrich.segments, &schemas.catalog)?;
+    let (projection, index) = open_index(file, data_dir, &schemas)?;
+    let source = open_source(file, input)?;
+    let store = open_store(file, data_dir)?;
+    let keys = open_data_keys(file, data_dir, store.clone())?;
+    let dead_letters = open_dead_letters(file, data_dir)?;
+    let pipeline = Pipeline {
+        decoder: Decoder::new(schemas.profile_change.clone()),
+        enricher: Enricher { regions, segments },
+        protector: Protector::new(keys.clone(), &schemas.catalog),
+        projection,
+        store,
+        index,
+        dead_letters,
+    };
+    Ok(Components {
+        pipeline,
+        source,
+        keys,
+    })
+}

@@ -1,0 +1,315 @@
+//! Decode and validate: raw bytes in, a [`ProfileChange`] or a [`Rejection`] out.
+//!
+//! Binary Avro is resolved from its writer schema to the reader schema in `schemas/`, so
+//! producers that add fields with defaults, drop fields or rename with aliases keep working.
+
+use crate::event::{Fields, Operation, ProfileChange, Rejection, Stage};
+use crate::schema::{avro_error_kind, avro_json_to_value};
+use crate::sources::Payload;
+use apache_avro::types::Value;
+use apache_avro::Schema;
+use chrono::{DateTime, Utc};
+use serde_json::Value as Json;
+use std::net::IpAddr;
+use uuid::Uuid;
+
+/// Emails longer than this are refused (RFC 5321 path limit).
+const MAX_EMAIL_LEN: usize = 254;
+
+#[derive(Debug, Clone)]
+pub struct Decoder {
+    reader: Schema,
+}
+
+impl Decoder {
+    pub fn new(reader: Schema) -> Self {
+        Self { reader }
+    }
+
+    pub fn decode(&self, payload: &Payload) -> Result<ProfileChange, Rejection> {
+        let value = match payload {
+            Payload::AvroDatum { bytes, writer } => {
+                let mut slice = bytes.as_slice();
+                let value = apache_avro::reader::datum::GenericDatumReader::builder(writer)
+                    .reader_schema(&self.reader)
+                    .build()
+                    .and_then(|r| r.read_value(&mut slice))
+                    .map_err(|e| {
+                        Rejection::new(
+                            Stage::Decode,
+                            "schema",
+                            format!(
+                                "bytes are not a valid Avro datum of the writer schema, or it does not resolve to the reader schema ({})",
+                                avro_error_kind(&e)
+                            ),
+                        )
+                    })?;
+                if !slice.is_empty() {
+                    return Err(Rejection::new(
+                        Stage::Decode,
+                        "malformed",
+                        format!("{} trailing bytes after the Avro datum", slice.len()),
+                    ));
+                }
+                value
+            }
+            Payload::Json(bytes) => {
+                let json: Json = serde_json::from_slice(bytes).map_err(|e| {
+                    Rejection::new(
+                        Stage::Decode,
+                        "malformed",
+                        format!(
+                            "not valid JSON ({:?} at line {} column {})",
+                            e.classify(),
+                            e.line(),
+                            e.column()
+                        ),
+                    )
+                })?;
+                avro_json_to_value(&json, &self.reader)
+                    .map_err(|reason| Rejection::new(Stage::Decode, "schema", reason))?
+            }
+        };
+        to_change(value)
+    }
+}
+
+fn invalid(reason: impl Into<String>) -> Rejection {
+    Rejection::new(Stage::Decode, "invalid", reason)
+}
+
+/// Turns a record of the reader schema into a change, checking what a schema cannot say.
+fn to_change(value: Value) -> Result<ProfileChange, Rejection> {
+    let Value::Record(fields) = value else {
+        return Err(invalid("event is not a record"));
+    };
+    let mut event_id = None;
+    let mut user_id = None;
+    let mut operation = None;
+    let mut version = None;
+    let mut occurred_at = None;
+    let mut source = None;
+    let mut profile = None;
+    for (name, value) in fields {
+        match name.as_str() {
+            "event_id" => event_id = Some(uuid_of(&value, "event_id")?),
+            "user_id" => user_id = Some(uuid_of(&value, "user_id")?),
+            "operation" => {
+                operation = Some(match value {
+                    Value::Enum(_, s) if s == "UPSERT" => Operation::Upsert,
+                    Value::Enum(_, s) if s == "DELETE" => Operation::Delete,
+                    _ => {
+                        return Err(invalid(
+                            "operation is not one this worker supports (UPSERT, DELETE)",
+                        ))
+                    }
+                })
+            }
+            "version" => {
+                version = Some(long_of(&value).ok_or_else(|| invalid("version is not a long"))?)
+            }
+            "occurred_at" => {
+                let millis =
+                    long_of(&value).ok_or_else(|| invalid("occurred_at is not a timestamp"))?;
+                occurred_at = Some(
+                    DateTime::<Utc>::from_timestamp_millis(millis)
+                        .ok_or_else(|| invalid("occurred_at is out of range"))?,
+                );
+            }
+            "source" => {
+                source = Some(match value {
+                    Value::String(s) => s,
+                    _ => return Err(invalid("source is not a string")),
+                })
+            }
+            "profile" => {
+                profile = match unwrap_union(value) {
+                    Value::Null => None,
+                    Value::Record(r) => Some(record_to_fields(r)),
+                    _ => return Err(invalid("profile is not a record")),
+                }
+            }
+            _ => {}
+        }
+    }
+    let missing = |f: &str| invalid(format!("{f} is missing"));
+    let change = ProfileChange {
+        event_id: event_id.ok_or_else(|| missing("event_id"))?,
+        user_id: user_id.ok_or_else(|| missing("user_id"))?,
+        operation: operation.ok_or_else(|| missing("operation"))?,
+        version: version.ok_or_else(|| missing("version"))?,
+        occurred_at: occurred_at.ok_or_else(|| missing("occurred_at"))?,
+        source: source.ok_or_else(|| missing("source"))?,
+        profile,
+    };
+    validate(change)
+}
+
+fn validate(mut change: ProfileChange) -> Result<ProfileChange, Rejection> {
+    if change.version < 1 {
+        return Err(invalid("version must be 1 or more"));
+    }
+    if change.user_id.is_nil() {
+        return Err(invalid("user_id must not be the nil UUID"));
+    }
+    match change.operation {
+        Operation::Delete => change.profile = None,
+        Operation::Upsert => {
+            let Some(profile) = &change.profile else {
+                return Err(invalid("an UPSERT must carry a profile"));
+            };
+            if let Some(Json::String(email)) = profile.get("email") {
+                let at = email.find('@');
+                let ok = email.len() <= MAX_EMAIL_LEN
+                    && at.is_some_and(|i| i > 0 && i + 1 < email.len())
+                    && !email.chars().any(char::is_whitespace);
+                if !ok {
+                    return Err(invalid("profile.email is not an email address"));
+                }
+            }
+            if let Some(Json::String(ip)) = profile.get("last_seen_ip") {
+                if ip.parse::<IpAddr>().is_err() {
+                    return Err(invalid(
+                        "profile.last_seen_ip is not an IPv4 or IPv6 address",
+                    ));
+                }
+            }
+        }
+    }
+    Ok(change)
+}
+
+fn unwrap_union(value: Value) -> Value {
+    match value {
+        Value::Union(_, inner) => unwrap_union(*inner),
+        other => other,
+    }
+}
+
+fn uuid_of(value: &Value, field: &str) -> Result<Uuid, Rejection> {
+    match value {
+        Value::Uuid(u) => Ok(*u),
+        Value::String(s) => {
+            Uuid::parse_str(s).map_err(|_| invalid(format!("{field} is not a UUID")))
+        }
+        _ => Err(invalid(format!("{field} is not a UUID"))),
+    }
+}
+
+fn long_of(value: &Value) -> Option<i64> {
+    match value {
+        Value::Long(v) | Value::TimestampMillis(v) => Some(*v),
+        Value::Int(v) => Some(i64::from(*v)),
+        _ => None,
+    }
+}
+
+fn record_to_fields(fields: Vec<(String, Value)>) -> Fields {
+    fields
+        .into_iter()
+        .map(|(name, value)| (name, to_json(value)))
+        .collect()
+}
+
+/// Avro values as the JSON the rest of the pipeline carries.
+pub(crate) fn to_json(value: Value) -> Json {
+    match value {
+        Value::Null => Json::Null,
+        Value::Boolean(b) => Json::Bool(b),
+        Value::Int(v) => Json::from(v),
+        Value::Long(v) => Json::from(v),
+        Value::Float(v) => {
+            serde_json::Number::from_f64(f64::from(v)).map_or(Json::Null, Json::Number)
+        }
+        Value::Double(v) => serde_json::Number::from_f64(v).map_or(Json::Null, Json::Number),
+        Value::String(s) | Value::Enum(_, s) => Json::String(s),
+        Value::Uuid(u) => Json::String(u.to_string()),
+        Value::Date(days) => Json::String(
+            (chrono::NaiveDate::default() + chrono::Duration::days(i64::from(days)))
+                .format("%Y-%m-%d")
+                .to_string(),
+        ),
+        Value::TimestampMillis(ms) => match DateTime::<Utc>::from_timestamp_millis(ms) {
+            Some(t) => Json::String(t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true)),
+            None => Json::Null,
+        },
+        Value::Union(_, inner) => to_json(*inner),
+        Value::Array(items) => Json::Array(items.into_iter().map(to_json).collect()),
+        Value::Map(entries) => {
+            let mut sorted: Vec<_> = entries.into_iter().collect();
+            sorted.sort_by(|a, b| a.0.cmp(&b.0));
+            Json::Object(sorted.into_iter().map(|(k, v)| (k, to_json(v))).collect())
+        }
+        Value::Record(fields) => Json::Object(record_to_fields(fields)),
+        _ => Json::Null,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn decoder() -> Decoder {
+        Decoder::new(Schema::parse_str(include_str!("../../schemas/profile_change.avsc")).unwrap())
+    }
+
+    fn json(line: &str) -> Payload {
+        Payload::Json(line.as_bytes().to_vec())
+    }
+
+    const HEAD: &str = r#""event_id":"6f1c1a4e-2d7b-4a53-9d55-0c1f3c2b9a10","user_id":"0b5d1f7a-3c1e-4f2a-8b9d-1e2f3a4b5c6d","occurred_at":1700000000000,"source":"test""#;
+
+    #[test]
+    fn upsert_without_profile_is_rejected_as_invalid() {
+        let r = decoder()
+            .decode(&json(&format!(
+                r#"{{{HEAD},"operation":"UPSERT","version":1}}"#
+            )))
+            .unwrap_err();
+        assert_eq!((r.stage, r.class), (Stage::Decode, "invalid"));
+        assert!(r.reason.contains("must carry a profile"));
+    }
+
+    #[test]
+    fn unparseable_ip_is_rejected_without_quoting_it() {
+        let r = decoder()
+            .decode(&json(&format!(
+                r#"{{{HEAD},"operation":"UPSERT","version":1,"profile":{{"last_seen_ip":"999.1.2.3","status":"ACTIVE"}}}}"#
+            )))
+            .unwrap_err();
+        assert!(r.reason.contains("last_seen_ip") && !r.reason.contains("999.1.2.3"));
+    }
+
+    #[test]
+    fn newer_operation_resolves_to_unknown_and_is_rejected() {
+        let r = decoder()
+            .decode(&json(&format!(
+                r#"{{{HEAD},"operation":"MERGE","version":1}}"#
+            )))
+            .unwrap_err();
+        assert!(r.reason.contains("operation"));
+    }
+
+    #[test]
+    fn truncated_avro_is_a_schema_rejection() {
+        let d = decoder();
+        let schema = std::sync::Arc::new(d.reader.clone());
+        let r = d
+            .decode(&Payload::AvroDatum {
+                bytes: vec![0x48, 0x36],
+                writer: schema,
+            })
+            .unwrap_err();
+        assert_eq!(r.class, "schema");
+    }
+
+    #[test]
+    fn delete_drops_any_profile_it_carries() {
+        let c = decoder()
+            .decode(&json(&format!(
+                r#"{{{HEAD},"operation":"DELETE","version":4,"profile":{{"email":"x@y.example"}}}}"#
+            )))
+            .unwrap();
+        assert_eq!((c.operation, c.profile), (Operation::Delete, None));
+    }
+}

@@ -1,0 +1,10 @@
+//! The stages every event passes through, in order:
+//! decode/validate → enrich (region, segments) → protect (encrypt PII) → project (index document).
+//! The write to the store and the index comes last, in [`crate::pipeline`].
+//!
+//! Stages are plain values built once from the pipeline file; they know no adapter.
+
+pub mod decode;
+pub mod enrich;
+pub mod project;
+pub mod protect;

@@ -1,0 +1,374 @@
+//! The embedded canonical store: one SQLite file (WAL mode).
+
+use super::{AuditRecord, ProfileStore, StoreCounts, StoreError, StoredProfile, WriteOutcome};
+use crate::event::{Operation, ProtectedChange, ProtectedRecord};
+use crate::keys::WrappedUserKey;
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use rusqlite::{params, Connection, OptionalExtension};
+use std::collections::HashMap;
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+use uuid::Uuid;
+
+const SCHEMA: &str = r#"
+PRAGMA journal_mode = WAL;
+PRAGMA synchronous = NORMAL;
+CREATE TABLE IF NOT EXISTS profiles (
+    user_id     TEXT PRIMARY KEY,
+    version     INTEGER NOT NULL,
+    deleted     INTEGER NOT NULL,
+    record      TEXT,
+    email_index TEXT,
+    updated_at  TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS profiles_by_email_index ON profiles(email_index) WHERE email_index IS NOT NULL;
+CREATE TABLE IF NOT EXISTS user_keys (
+    user_id       TEXT PRIMARY KEY,
+    key_version   INTEGER NOT NULL,
+    provider      TEXT NOT NULL,
+    kek_id        TEXT NOT NULL,
+    encrypted_kek BLOB NOT NULL,
+    wrapped_key   BLOB NOT NULL,
+    created_at    TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS audit (
+    id         TEXT PRIMARY KEY,
+    at         TEXT NOT NULL,
+    actor      TEXT NOT NULL,
+    action     TEXT NOT NULL,
+    user_id    TEXT NOT NULL,
+    fields     TEXT NOT NULL,
+    reason     TEXT NOT NULL,
+    request_id TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS audit_by_user ON audit(user_id, at);
+CREATE TRIGGER IF NOT EXISTS audit_is_append_only BEFORE UPDATE ON audit
+BEGIN SELECT RAISE(ABORT, 'audit records are append-only'); END;
+"#;
+
+pub struct SqliteStore {
+    conn: Arc<Mutex<Connection>>,
+}
+
+fn failed(e: rusqlite::Error) -> StoreError {
+    match e {
+        rusqlite::Error::SqliteFailure(code, _)
+            if matches!(
+                code.code,
+                rusqlite::ErrorCode::DatabaseBusy | rusqlite::ErrorCode::DatabaseLocked
+            ) =>
+        {
+            StoreError::Unavailable(e.to_string())
+        }
+        other => StoreError::Failed(other.to_string()),
+    }
+}
+
+impl SqliteStore {
+    pub fn open(path: &Path) -> Result<Self, StoreError> {
+        if let Some(dir) = path.parent() {
+            std::fs::create_dir_all(dir)
+                .map_err(|e| StoreError::Failed(format!("cannot create {}: {e}", dir.display())))?;
+        }
+        let conn = Connection::open(path)
+            .map_err(|e| StoreError::Failed(format!("cannot open {}: {e}", path.display())))?;
+        conn.busy_timeout(std::time::Duration::from_secs(5))
+            .map_err(failed)?;
+        conn.execute_batch(SCHEMA).map_err(failed)?;
+        Ok(Self {
+            conn: Arc::new(Mutex::new(conn)),
+        })
+    }
+
+    /// Runs `f` with the connection on the blocking pool.
+    async fn with_conn<T, F>(&self, f: F) -> Result<T, StoreError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&mut Connection) -> Result<T, StoreError> + Send + 'static,
+    {
+        let conn = self.conn.clone();
+        tokio::task::spawn_blocking(move || {
+            let mut conn = conn
+                .lock()
+                .map_err(|_| StoreError::Failed("store connection poisoned".into()))?;
+            f(&mut conn)
+        })
+        .await
+        .map_err(|e| StoreError::Failed(format!("store task failed: {e}")))?
+    }
+}
+
+fn ts(t: &DateTime<Utc>) -> String {
+    t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
+}
+
+fn parse_ts(s: &str) -> DateTime<Utc> {
+    DateTime::parse_from_rfc3339(s)
+        .map(|t| t.with_timezone(&Utc))
+        .unwrap_or_default()
+}
+
+fn parse_uuid(s: &str) -> Result<Uuid, StoreError> {
+    Uuid::parse_str(s).map_err(|_| StoreError::Failed("a stored user id is not a UUID".into()))
+}
+
+fn key_from_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<(String, WrappedUserKey)> {
+    let user: String = row.get(0)?;
+    let created: String = row.get(6)?;
+    Ok((
+        user,
+        WrappedUserKey {
+            user_id: Uuid::nil(),
+            key_version: row.get(1)?,
+            provider: row.get(2)?,
+            kek_id: row.get(3)?,
+            encrypted_kek: row.get(4)?,
+            wrapped_key: row.get(5)?,
+            created_at: parse_ts(&created),
+        },
+    ))
+}
+
+#[async_trait]
+impl ProfileStore for SqliteStore {
+    async fn apply(&self, changes: &[ProtectedChange]) -> Result<Vec<WriteOutcome>, StoreError> {
+        let rows: Vec<(String, i64, Option<String>, Option<String>, String)> = changes
+            .iter()
+            .map(|c| {
+                let record = match (c.operation, &c.record) {
+                    (Operation::Upsert, Some(r)) => {
+                        Some(serde_json::to_string(r).expect("serialisable"))
+                    }
+                    _ => None,
+                };
+                (
+                    c.user_id.to_string(),
+                    c.version,
+                    record,
+                    c.email_index.clone(),
+                    ts(&c.occurred_at),
+                )
+            })
+            .collect();
+        self.with_conn(move |conn| {
+            let tx = conn.transaction().map_err(failed)?;
+            let mut outcomes = Vec::with_capacity(rows.len());
+            {
+                let mut current = tx.prepare_cached("SELECT version FROM profiles WHERE user_id = ?1").map_err(failed)?;
+                let mut upsert = tx
+                    .prepare_cached(
+                        "INSERT INTO profiles (user_id, version, deleted, record, email_index, updated_at)
+                         VALUES (?1, ?2, ?3, ?4, ?5, ?6)
+                         ON CONFLICT(user_id) DO UPDATE SET version = excluded.version, deleted = excluded.deleted,
+                           record = excluded.record, email_index = excluded.email_index, updated_at = excluded.updated_at",
+                    )
+                    .map_err(failed)?;
+                for (user, version, record, email_index, at) in &rows {
+                    let stored: Option<i64> = current.query_row([user], |r| r.get(0)).optional().map_err(failed)?;
+                    let outcome = match stored {
+                        Some(v) if v > *version => WriteOutcome::Stale,
+                        Some(v) if v == *version => WriteOutcome::Replayed,
+                        _ => {
+                            upsert
+                                .execute(params![user, version, record.is_none(), record, email_index, at])
+                                .map_err(failed)?;
+                            WriteOutcome::Applied
+                        }
+                    };
+                    outcomes.push(outcome);
+                }
+            }
+            tx.commit().map_err(failed)?;
+            Ok(outcomes)
+        })
+        .await
+    }
+
+    async fn get(&self, user: Uuid) -> Result<Option<StoredProfile>, StoreError> {
+        self.with_conn(move |conn| {
+            let row = conn
+                .query_row(
+                    "SELECT version, record, updated_at FROM profiles WHERE user_id = ?1",
+                    [user.to_string()],
+                    |r| {
+                        Ok((
+                            r.get::<_, i64>(0)?,
+                            r.get::<_, Option<String>>(1)?,
+                            r.get::<_, String>(2)?,
+                        ))
+                    },
+                )
+                .optional()
+                .map_err(failed)?;
+            let Some((version, record, updated_at)) = row else {
+                return Ok(None);
+            };
+            let record = match record {
+                Some(text) => {
+                    Some(serde_json::from_str::<ProtectedRecord>(&text).map_err(|e| {
+                        StoreError::Failed(format!(
+                            "stored record of a profile does not parse: {e}"
+                        ))
+                    })?)
+                }
+                None => None,
+            };
+            Ok(Some(StoredProfile {
+                user_id: user,
+                version,
+                record,
+                updated_at: parse_ts(&updated_at),
+            }))
+        })
+        .await
+    }
+
+    async fn find_by_email_index(&self, email_index: &str) -> Result<Option<Uuid>, StoreError> {
+        let email_index = email_index.to_string();
+        self.with_conn(move |conn| {
+            let user: Option<String> = conn
+                .query_row(
+                    "SELECT user_id FROM profiles WHERE email_index = ?1 AND deleted = 0",
+                    [email_index],
+                    |r| r.get(0),
+                )
+                .optional()
+                .map_err(failed)?;
+            user.map(|u| parse_uuid(&u)).transpose()
+        })
+        .await
+    }
+
+    async fn user_keys(&self, users: &[Uuid]) -> Result<HashMap<Uuid, WrappedUserKey>, StoreError> {
+        let users: Vec<String> = users.iter().map(Uuid::to_string).collect();
+        self.with_conn(move |conn| {
+            let mut stmt = conn
+                .prepare_cached(
+                    "SELECT user_id, key_version, provider, kek_id, encrypted_kek, wrapped_key, created_at
+                     FROM user_keys WHERE user_id = ?1",
+                )
+                .map_err(failed)?;
+            let mut found = HashMap::new();
+            for user in &users {
+                if let Some((id, mut key)) = stmt.query_row([user], key_from_row).optional().map_err(failed)? {
+                    key.user_id = parse_uuid(&id)?;
+                    found.insert(key.user_id, key);
+                }
+            }
+            Ok(found)
+        })
+        .await
+    }
+
+    async fn insert_user_keys(
+        &self,
+        keys: Vec<WrappedUserKey>,
+    ) -> Result<Vec<WrappedUserKey>, StoreError> {
+        self.with_conn(move |conn| {
+            let tx = conn.transaction().map_err(failed)?;
+            let mut winners = Vec::with_capacity(keys.len());
+            {
+                let mut insert = tx
+                    .prepare_cached(
+                        "INSERT INTO user_keys (user_id, key_version, provider, kek_id, encrypted_kek, wrapped_key, created_at)
+                         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7) ON CONFLICT(user_id) DO NOTHING",
+                    )
+                    .map_err(failed)?;
+                let mut select = tx
+                    .prepare_cached(
+                        "SELECT user_id, key_version, provider, kek_id, encrypted_kek, wrapped_key, created_at
+                         FROM user_keys WHERE user_id = ?1",
+                    )
+                    .map_err(failed)?;
+                for key in keys {
+                    let user = key.user_id.to_string();
+                    insert
+                        .execute(params![user, key.key_version, key.provider, key.kek_id, key.encrypted_kek, key.wrapped_key, ts(&key.created_at)])
+                        .map_err(failed)?;
+                    let (_, mut stored) = select.query_row([&user], key_from_row).map_err(failed)?;
+                    stored.user_id = key.user_id;
+                    winners.push(stored);
+                }
+            }
+            tx.commit().map_err(failed)?;
+            Ok(winners)
+        })
+        .await
+    }
+
+    async fn append_audit(&self, record: &AuditRecord) -> Result<(), StoreError> {
+        let r = record.clone();
+        self.with_conn(move |conn| {
+            conn.execute(
+                "INSERT INTO audit (id, at, actor, action, user_id, fields, reason, request_id) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+                params![
+                    r.id.to_string(),
+                    ts(&r.at),
+                    r.actor,
+                    r.action,
+                    r.user_id.to_string(),
+                    serde_json::to_string(&r.fields).expect("serialisable"),
+                    r.reason,
+                    r.request_id.to_string()
+                ],
+            )
+            .map_err(failed)?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn audit_trail(&self, user: Uuid) -> Result<Vec<AuditRecord>, StoreError> {
+        self.with_conn(move |conn| {
+            let mut stmt = conn
+                .prepare_cached(
+                    "SELECT id, at, actor, action, user_id, fields, reason, request_id FROM audit WHERE user_id = ?1 ORDER BY at, id",
+                )
+                .map_err(failed)?;
+            let rows = stmt
+                .query_map([user.to_string()], |r| {
+                    Ok((
+                        r.get::<_, String>(0)?,
+                        r.get::<_, String>(1)?,
+                        r.get::<_, String>(2)?,
+                        r.get::<_, String>(3)?,
+                        r.get::<_, String>(5)?,
+                        r.get::<_, String>(6)?,
+                        r.get::<_, String>(7)?,
+                    ))
+                })
+                .map_err(failed)?;
+            let mut out = Vec::new();
+            for row in rows {
+                let (id, at, actor, action, fields, reason, request_id) = row.map_err(failed)?;
+                out.push(AuditRecord {
+                    id: parse_uuid(&id)?,
+                    at: parse_ts(&at),
+                    actor,
+                    action,
+                    user_id: user,
+                    fields: serde_json::from_str(&fields).unwrap_or_default(),
+                    reason,
+                    request_id: parse_uuid(&request_id)?,
+                });
+            }
+            Ok(out)
+        })
+        .await
+    }
+
+    async fn counts(&self) -> Result<StoreCounts, StoreError> {
+        self.with_conn(|conn| {
+            let (live, deleted) = conn
+                .query_row(
+                    "SELECT COALESCE(SUM(deleted = 0), 0), COALESCE(SUM(deleted = 1), 0) FROM profiles",
+                    [],
+                    |r| Ok((r.get::<_, i64>(0)?, r.get::<_, i64>(1)?)),
+                )
+                .map_err(failed)?;
+            Ok(StoreCounts { live: live as u64, deleted: deleted as u64 })
+        })
+        .await
+    }
+}

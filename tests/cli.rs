@@ -1,0 +1,178 @@
+//! The command line's contract: clear errors naming the problem, exit code 2 for bad input,
+//! never a panic.
+
+mod common;
+
+use common::*;
+use predicates::prelude::*;
+use std::path::Path;
+
+fn pipeline_with(dir: &Path, from: &str, to: &str) -> std::path::PathBuf {
+    let text = std::fs::read_to_string(local_pipeline()).unwrap();
+    assert!(text.contains(from), "the local pipeline has {from:?}");
+    // Relative paths in the file are made absolute, so it works from the temporary folder.
+    let text = text
+        .replacen(from, to, 1)
+        .replace("../", &format!("{}/", repo().display()));
+    let path = dir.join("pipeline.yaml");
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+fn run_expecting_usage_error(pipeline: &Path, data: &Path, needle: &str) {
+    let assert = bin()
+        .arg("run")
+        .arg("--pipeline")
+        .arg(pipeline)
+        .arg("--data-dir")
+        .arg(data)
+        .assert()
+        .code(2)
+        .stderr(predicate::str::contains(needle))
+        .stderr(predicate::str::contains("panicked").not());
+    drop(assert);
+}
+
+#[test]
+fn an_unknown_key_in_the_pipeline_file_is_named_with_exit_code_2() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = pipeline_with(dir.path(), "batch_size:", "batch_sise:");
+    run_expecting_usage_error(&p, &dir.path().join("d"), "unknown field `batch_sise`");
+}
+
+#[test]
+fn a_segment_that_does_not_compile_is_named_with_exit_code_2() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = pipeline_with(dir.path(), "order_count >= 10", "order_count >=");
+    run_expecting_usage_error(
+        &p,
+        &dir.path().join("d"),
+        "segment `frequent_buyer` does not compile",
+    );
+}
+
+#[test]
+fn a_pii_field_in_the_index_projection_stops_the_pipeline() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = pipeline_with(dir.path(), "fields: [status,", "fields: [email, status,");
+    run_expecting_usage_error(
+        &p,
+        &dir.path().join("d"),
+        "`email`, which is classified pii",
+    );
+}
+
+#[test]
+fn a_missing_geoip_database_is_named_with_exit_code_2() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = pipeline_with(
+        dir.path(),
+        "../geoip/test-city.mmdb",
+        "../geoip/missing.mmdb",
+    );
+    run_expecting_usage_error(&p, &dir.path().join("d"), "cannot open GeoIP database");
+}
+
+#[test]
+fn a_missing_pipeline_file_or_input_gives_exit_code_2() {
+    bin()
+        .args(["run", "--pipeline", "no/such/pipeline.yaml"])
+        .assert()
+        .code(2)
+        .stderr(predicate::str::contains("no/such/pipeline.yaml"));
+    let dir = tempfile::tempdir().unwrap();
+    bin()
+        .args(["run", "--input", "no/such/events.jsonl", "--data-dir"])
+        .arg(dir.path())
+        .assert()
+        .code(2)
+        .stderr(predicate::str::contains("no/such/events.jsonl"));
+}
+
+#[test]
+fn a_bad_argument_gives_exit_code_2() {
+    bin().args(["run", "--output", "yaml"]).assert().code(2);
+    bin()
+        .args([
+            "generate",
+            "--count",
+            "5",
+            "--invalid-ratio",
+            "2",
+            "--out",
+            "/tmp/x",
+        ])
+        .assert()
+        .code(2);
+    bin().args(["frobnicate"]).assert().code(2);
+}
+
+#[test]
+fn an_invalid_search_query_is_a_usage_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let (input, _) = generate(dir.path(), 50, 0.0, "jsonl", 1);
+    let data = dir.path().join("data");
+    run(&input, &data);
+    bin()
+        .args(["search", "segments:(", "--data-dir"])
+        .arg(&data)
+        .assert()
+        .code(2)
+        .stderr(predicate::str::contains("is not valid"));
+}
+
+#[test]
+fn validate_lists_each_invalid_event_with_its_position() {
+    let dir = tempfile::tempdir().unwrap();
+    let (input, generated) = generate(dir.path(), 2_000, 0.05, "jsonl", 11);
+    let invalid = generated["invalid"].as_u64().unwrap();
+    assert!(invalid > 0);
+    let output = bin().arg("validate").arg(&input).output().unwrap();
+    assert_eq!(output.status.code(), Some(1));
+    let stdout = String::from_utf8(output.stdout).unwrap();
+    let listed = stdout.lines().filter(|l| l.contains(".jsonl:")).count() as u64;
+    assert_eq!(listed, invalid, "{stdout}");
+    assert!(stdout.ends_with(&format!(
+        "2000 events, {} valid, {invalid} invalid\n",
+        2000 - invalid
+    )));
+}
+
+#[test]
+fn avro_container_files_run_through_the_same_pipeline() {
+    let dir = tempfile::tempdir().unwrap();
+    let (input, generated) = generate(dir.path(), 3_000, 0.02, "avro", 5);
+    let data = dir.path().join("data");
+    let s = run(&input, &data);
+    assert_eq!(s["read"], 3_000);
+    assert_eq!(s["dead_lettered"], generated["invalid"]);
+    assert_eq!(
+        s["written"].as_u64().unwrap()
+            + s["stale"].as_u64().unwrap()
+            + s["dead_lettered"].as_u64().unwrap(),
+        3_000
+    );
+    let output = bin().arg("validate").arg(&input).output().unwrap();
+    assert_eq!(
+        output.status.code(),
+        Some(1),
+        "the invalid events are reported"
+    );
+}
+
+#[test]
+fn garbage_input_is_dead_lettered_not_a_crash() {
+    let dir = tempfile::tempdir().unwrap();
+    let input = dir.path().join("junk.jsonl");
+    std::fs::write(
+        &input,
+        b"\xff\xfe not json\n{\"user_id\": 5}\n[]\nnull\n{}\n\"\\ud800\"\n",
+    )
+    .unwrap();
+    let data = dir.path().join("data");
+    let s = run(&input, &data);
+    assert_eq!(
+        (s["read"].as_u64(), s["dead_lettered"].as_u64()),
+        (Some(6), Some(6))
+    );
+}

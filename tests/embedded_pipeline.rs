@@ -1,0 +1,331 @@
+//! End-to-end: the real binary over generated events with the embedded adapters.
+
+mod common;
+
+use aho_corasick::AhoCorasick;
+use common::*;
+use serde_json::Value as Json;
+use std::collections::{HashMap, HashSet};
+use std::path::PathBuf;
+use std::sync::OnceLock;
+
+/// One 20,000-event run with 1% invalid, shared by the tests that only read its results.
+struct Fixture {
+    _dir: tempfile::TempDir,
+    input: PathBuf,
+    data: PathBuf,
+    generated: Json,
+    summary: Json,
+    expected: HashMap<String, Expected>,
+}
+
+fn fixture() -> &'static Fixture {
+    static FIXTURE: OnceLock<Fixture> = OnceLock::new();
+    FIXTURE.get_or_init(|| {
+        let dir = tempfile::tempdir().unwrap();
+        let (input, generated) = generate(dir.path(), 20_000, 0.01, "jsonl", 7);
+        let data = dir.path().join("data");
+        let summary = run(&input, &data);
+        let expected = expected_state(&input);
+        Fixture {
+            input,
+            data,
+            generated,
+            summary,
+            expected,
+            _dir: dir,
+        }
+    })
+}
+
+fn n(v: &Json, key: &str) -> u64 {
+    v[key]
+        .as_u64()
+        .unwrap_or_else(|| panic!("{key} missing in {v}"))
+}
+
+#[test]
+fn every_event_is_written_stale_or_dead_lettered() {
+    let f = fixture();
+    let s = &f.summary;
+    assert_eq!(n(s, "read"), 20_000);
+    assert_eq!(
+        n(s, "written") + n(s, "stale") + n(s, "dead_lettered"),
+        n(s, "read"),
+        "{s}"
+    );
+    assert_eq!(n(s, "dead_lettered"), n(&f.generated, "invalid"), "{s}");
+    assert!(
+        n(s, "stale") > 0,
+        "the generator delivers late and duplicate events: {s}"
+    );
+}
+
+#[test]
+fn every_invalid_event_is_dead_lettered_with_its_reason_and_position() {
+    let f = fixture();
+    let invalid: HashSet<usize> = invalid_lines(&f.input).into_iter().collect();
+    let text = std::fs::read_to_string(f.data.join("dead-letter.jsonl")).unwrap();
+    let mut seen = HashSet::new();
+    for line in text.lines() {
+        let letter: Json = serde_json::from_str(line).unwrap();
+        let position = letter["position"].as_str().unwrap();
+        let line_no: usize = position.rsplit(':').next().unwrap().parse().unwrap();
+        assert!(
+            invalid.contains(&line_no),
+            "a valid event was dead-lettered: {letter}"
+        );
+        assert!(!letter["reason"].as_str().unwrap().is_empty());
+        assert!(
+            ["decode", "enrich"].contains(&letter["stage"].as_str().unwrap()),
+            "{letter}"
+        );
+        assert!(letter["payload_base64"]
+            .as_str()
+            .is_some_and(|p| !p.is_empty()));
+        seen.insert(line_no);
+    }
+    assert_eq!(
+        seen, invalid,
+        "every invalid line is dead-lettered exactly once"
+    );
+}
+
+#[test]
+fn the_store_holds_exactly_the_latest_version_of_every_user() {
+    let f = fixture();
+    let conn = rusqlite::Connection::open(f.data.join("profiles.sqlite")).unwrap();
+    let mut stmt = conn
+        .prepare("SELECT user_id, version, deleted FROM profiles")
+        .unwrap();
+    let stored: HashMap<String, (i64, bool)> = stmt
+        .query_map([], |r| Ok((r.get::<_, String>(0)?, (r.get(1)?, r.get(2)?))))
+        .unwrap()
+        .map(Result::unwrap)
+        .collect();
+    let expected: HashMap<String, (i64, bool)> = f
+        .expected
+        .iter()
+        .map(|(u, e)| (u.clone(), (e.version, e.deleted)))
+        .collect();
+    assert_eq!(stored.len(), expected.len());
+    for (user, want) in &expected {
+        assert_eq!(stored.get(user), Some(want), "user {user}");
+    }
+}
+
+#[test]
+fn the_index_holds_exactly_the_live_profiles_at_their_latest_version() {
+    let f = fixture();
+    let all = search(&f.data, "*", 100_000);
+    let indexed: HashMap<String, i64> = all["hits"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|h| {
+            (
+                h["user_id"].as_str().unwrap().to_string(),
+                h["version"].as_i64().unwrap(),
+            )
+        })
+        .collect();
+    let live: HashMap<String, i64> = f
+        .expected
+        .iter()
+        .filter(|(_, e)| !e.deleted)
+        .map(|(u, e)| (u.clone(), e.version))
+        .collect();
+    assert_eq!(all["total"].as_u64().unwrap() as usize, live.len());
+    assert_eq!(indexed, live);
+}
+
+#[test]
+fn search_finds_profiles_by_segment_and_region_and_shows_no_pii() {
+    let f = fixture();
+    let found = search(&f.data, "segments:high_value AND residency_zone:EU", 50);
+    let hits = found["hits"].as_array().unwrap();
+    assert!(
+        !hits.is_empty(),
+        "the generated data has high-value EU users"
+    );
+    let allowed: HashSet<&str> = [
+        "user_id",
+        "version",
+        "occurred_at",
+        "status",
+        "locale",
+        "time_zone",
+        "last_seen_at",
+        "lifetime_value",
+        "order_count",
+        "last_order_at",
+        "plan",
+        "country",
+        "subdivision",
+        "continent",
+        "residency_zone",
+        "segments",
+    ]
+    .into();
+    for hit in hits {
+        assert!(hit["segments"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|s| s == "high_value"));
+        assert_eq!(hit["residency_zone"], "EU");
+        assert!(hit["lifetime_value"].as_f64().unwrap() > 1000.0);
+        for key in hit.as_object().unwrap().keys() {
+            assert!(
+                allowed.contains(key.as_str()),
+                "unexpected field {key} in the index"
+            );
+        }
+    }
+    let by_country = search(&f.data, "country:DE", 5);
+    assert!(by_country["total"].as_u64().unwrap() > 0);
+}
+
+#[test]
+fn no_generated_email_or_phone_is_in_the_data_directory_in_plaintext() {
+    let f = fixture();
+    let mut needles = Vec::new();
+    for e in f.expected.values() {
+        for field in ["email", "phone"] {
+            if let Some(Json::String(s)) = e.profile.get(field) {
+                needles.push(s.clone());
+            }
+        }
+    }
+    assert!(needles.len() > 1000, "the scan has something to look for");
+    let matcher = AhoCorasick::new(&needles).unwrap();
+    let files = files_under(&f.data);
+    assert!(files.iter().any(|p| p.ends_with("profiles.sqlite")));
+    for path in files {
+        let bytes = std::fs::read(&path).unwrap();
+        if let Some(m) = matcher.find(&bytes) {
+            panic!(
+                "{} holds a generated PII value in plaintext (pattern {})",
+                path.display(),
+                m.pattern().as_usize()
+            );
+        }
+    }
+    // The index, whose segments are compressed on disk, is also asked directly.
+    let sample = needles[0].clone();
+    let hits = search(&f.data, &format!("\"{sample}\""), 5);
+    assert_eq!(hits["total"], 0);
+}
+
+#[test]
+fn reveal_returns_exactly_the_generated_pii_and_is_audited() {
+    let f = fixture();
+    let live: Vec<(&String, &Expected)> = f
+        .expected
+        .iter()
+        .filter(|(_, e)| !e.deleted)
+        .take(5)
+        .collect();
+    for (user, want) in live {
+        let output = reveal(&f.data, user);
+        assert!(
+            output.status.success(),
+            "{}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        let got: Json = serde_json::from_slice(&output.stdout).unwrap();
+        for field in [
+            "email",
+            "phone",
+            "display_name",
+            "avatar_url",
+            "last_seen_ip",
+            "postal_address",
+            "birth_date",
+        ] {
+            let expected = want.profile.get(field).cloned().unwrap_or(Json::Null);
+            let expected = match (field, expected) {
+                ("birth_date", Json::Number(days)) => Json::from(
+                    (chrono::NaiveDate::default() + chrono::Duration::days(days.as_i64().unwrap()))
+                        .format("%Y-%m-%d")
+                        .to_string(),
+                ),
+                ("postal_address", Json::Object(m)) => Json::Object(
+                    m.into_iter()
+                        .map(|(k, v)| (k, unwrap(&v).clone()))
+                        .collect(),
+                ),
+                (_, v) => v,
+            };
+            assert_eq!(got["profile"][field], expected, "user {user} field {field}");
+        }
+        assert_eq!(got["version"].as_i64().unwrap(), want.version);
+    }
+    let conn = rusqlite::Connection::open(f.data.join("profiles.sqlite")).unwrap();
+    let (count, fields): (i64, String) = conn
+        .query_row(
+            "SELECT COUNT(*), MAX(fields) FROM audit WHERE action = 'reveal' AND actor = 'test-suite'",
+            [],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )
+        .unwrap();
+    assert!(count >= 5);
+    assert!(
+        fields.contains("\"email\"") && !fields.contains('@'),
+        "audit names fields, never values: {fields}"
+    );
+}
+
+#[test]
+fn get_without_reveal_masks_pii_and_sensitive_fields() {
+    let f = fixture();
+    let (user, want) = f.expected.iter().find(|(_, e)| !e.deleted).unwrap();
+    let output = bin()
+        .args(["get", user, "--pipeline"])
+        .arg(local_pipeline())
+        .arg("--data-dir")
+        .arg(&f.data)
+        .output()
+        .unwrap();
+    assert!(output.status.success());
+    let text = String::from_utf8(output.stdout).unwrap();
+    let got: Json = serde_json::from_str(&text).unwrap();
+    assert_eq!(got["profile"]["email"], "***");
+    assert_eq!(got["profile"]["preferences"], "***");
+    assert_eq!(got["profile"]["locale"], want.profile["locale"]);
+    assert!(!text.contains(want.profile["email"].as_str().unwrap()));
+}
+
+#[test]
+fn a_profile_can_be_found_by_email_through_the_blind_index() {
+    let f = fixture();
+    let (user, want) = f.expected.iter().find(|(_, e)| !e.deleted).unwrap();
+    let email = want.profile["email"].as_str().unwrap().to_uppercase();
+    let output = bin()
+        .args(["get", &email, "--pipeline"])
+        .arg(local_pipeline())
+        .arg("--data-dir")
+        .arg(&f.data)
+        .output()
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let got: Json = serde_json::from_slice(&output.stdout).unwrap();
+    assert_eq!(got["user_id"], Json::from(user.as_str()));
+}
+
+#[test]
+fn reveal_without_a_reason_is_refused() {
+    let f = fixture();
+    let user = f.expected.keys().next().unwrap();
+    bin()
+        .args(["get", user, "--reveal", "--pipeline"])
+        .arg(local_pipeline())
+        .arg("--data-dir")
+        .arg(&f.data)
+        .assert()
+        .code(2);
+}
