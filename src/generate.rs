@@ -232,12 +232,14 @@ impl EventGenerator {
         let value = if self.rng.random_bool(0.05) {
             self.users[u].erased = true;
             event(
-                uuid_from(&mut self.rng),
-                user_id,
-                "ERASE",
-                version,
-                self.clock,
-                "generator/privacy-portal",
+                Head {
+                    event_id: uuid_from(&mut self.rng),
+                    user_id,
+                    op: "ERASE",
+                    version,
+                    at: self.clock,
+                    source: "generator/privacy-portal",
+                },
                 null.clone(),
                 null,
             )
@@ -251,12 +253,14 @@ impl EventGenerator {
             ]);
             let consent = Value::Union(1, Box::new(consent));
             event(
-                uuid_from(&mut self.rng),
-                user_id,
-                "CONSENT",
-                version,
-                self.clock,
-                "generator/consent-banner",
+                Head {
+                    event_id: uuid_from(&mut self.rng),
+                    user_id,
+                    op: "CONSENT",
+                    version,
+                    at: self.clock,
+                    source: "generator/consent-banner",
+                },
                 null,
                 consent,
             )
@@ -274,16 +278,15 @@ impl EventGenerator {
             Value::Union(1, Box::new(self.profile(u)))
         };
         let source = SOURCES[self.rng.random_range(0..SOURCES.len())];
-        event(
-            uuid_from(&mut self.rng),
+        let head = Head {
+            event_id: uuid_from(&mut self.rng),
             user_id,
-            if delete { "DELETE" } else { "UPSERT" },
+            op: if delete { "DELETE" } else { "UPSERT" },
             version,
-            self.clock,
+            at: self.clock,
             source,
-            profile,
-            Value::Union(0, Box::new(Value::Null)),
-        )
+        };
+        event(head, profile, Value::Union(0, Box::new(Value::Null)))
     }
 
     fn profile(&mut self, u: usize) -> Value {
@@ -497,9 +500,15 @@ impl EventGenerator {
             _ => ("UPSERT", 1, Value::Union(1, Box::new(profile))),
         };
         let null = Value::Union(0, Box::new(Value::Null));
-        let value = event(
-            event_id, user_id, op, version, self.clock, &source, profile, null,
-        );
+        let head = Head {
+            event_id,
+            user_id,
+            op,
+            version,
+            at: self.clock,
+            source: &source,
+        };
+        let value = event(head, profile, null);
         match kind {
             "truncated" | "wrong_type" | "missing_user" => {
                 GeneratedEvent::Malformed(malformed(kind, &value))
@@ -531,16 +540,25 @@ fn malformed(kind: &str, value: &Value) -> Vec<u8> {
     line
 }
 
-fn event(
+/// The envelope fields of one event.
+struct Head<'a> {
     event_id: Uuid,
     user_id: Uuid,
-    op: &str,
+    op: &'a str,
     version: i64,
     at: i64,
-    source: &str,
-    profile: Value,
-    consent: Value,
-) -> Value {
+    source: &'a str,
+}
+
+fn event(head: Head<'_>, profile: Value, consent: Value) -> Value {
+    let Head {
+        event_id,
+        user_id,
+        op,
+        version,
+        at,
+        source,
+    } = head;
     let op_index = match op {
         "UPSERT" => 0,
         "DELETE" => 1,
