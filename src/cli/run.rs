@@ -18,12 +18,28 @@ pub struct Args {
     data_dir: Option<PathBuf>,
     #[arg(long, value_enum, default_value_t = Output::Text)]
     output: Output,
+    /// Serve /metrics, /healthz and /readyz on this address (e.g. 0.0.0.0:9898).
+    #[arg(long, env = "PROFILE_SYNC_METRICS_ADDR")]
+    metrics_addr: Option<std::net::SocketAddr>,
+    /// After a finite source is done, keep serving the endpoint until SIGINT or SIGTERM.
+    #[arg(long, requires = "metrics_addr")]
+    hold: bool,
 }
 
 pub async fn run(args: Args) -> Result<(), Failure> {
     let file = pipeline_file(args.pipeline.as_deref())?;
     let data_dir = data_dir(&file, args.data_dir.as_deref());
+    // The endpoint comes up first, so /readyz can say "not ready" while the adapters connect.
+    let health = std::sync::Arc::new(crate::telemetry::Health::default());
+    if let Some(addr) = args.metrics_addr {
+        let bound = crate::telemetry::server::serve(addr, health.clone())
+            .await
+            .map_err(|e| usage(anyhow::anyhow!("cannot serve metrics on {addr}: {e}")))?;
+        eprintln!("profile-sync: metrics, health and readiness on http://{bound}");
+    }
     let mut components = build(&file, &data_dir, args.input.as_deref()).map_err(usage)?;
+    components.pipeline.health = health.clone();
+    health.set_ready(true);
     let bar = indicatif::ProgressBar::new(components.source.size_hint().unwrap_or(0));
     bar.set_style(
         indicatif::ProgressStyle::with_template("{spinner} {pos}/{len} events  {per_sec}  {msg}")
@@ -79,5 +95,26 @@ pub async fn run(args: Args) -> Result<(), Failure> {
             println!("next: profile-sync search 'segments:high_value AND residency_zone:EU'");
         }
     }
+    if args.hold {
+        use std::io::Write;
+        let _ = std::io::stdout().flush();
+        wait_for_signal().await;
+    }
     Ok(())
+}
+
+/// Resolves on SIGINT or SIGTERM.
+async fn wait_for_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    match signal(SignalKind::terminate()) {
+        Ok(mut term) => {
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = tokio::signal::ctrl_c() => {}
+            }
+        }
+        Err(_) => {
+            let _ = tokio::signal::ctrl_c().await;
+        }
+    }
 }

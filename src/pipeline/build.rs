@@ -164,6 +164,7 @@ pub fn build(
         profiles,
         dead_letters,
         privacy: file.config.privacy.clone(),
+        health: Arc::default(),
     };
     Ok(Components { pipeline, source })
 }

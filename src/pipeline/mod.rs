@@ -24,7 +24,7 @@ use crate::stages::decode::Decoder;
 use crate::stages::enrich::Enricher;
 use crate::stages::protect::Protector;
 use crate::stores::{ConsentState, StoreError, WriteOutcome};
-use crate::telemetry;
+use crate::telemetry::{self, Health};
 use serde::Serialize;
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -95,6 +95,8 @@ pub struct Pipeline {
     pub profiles: Profiles,
     pub dead_letters: Arc<dyn DeadLetterSink>,
     pub privacy: PrivacyConfig,
+    /// What `/readyz` reports.
+    pub health: Arc<Health>,
 }
 
 /// Per-batch knowledge of the users in it: erasure fences and consent states.
@@ -175,7 +177,7 @@ impl Pipeline {
         counts.dead_lettered = rejected.len() as u64;
         if !rejected.is_empty() {
             let at = chrono::Utc::now();
-            let letters = rejected
+            let letters: Vec<DeadLetter> = rejected
                 .into_iter()
                 .map(|(i, r)| {
                     telemetry::dead_lettered(r.stage.as_str());
@@ -190,7 +192,10 @@ impl Pipeline {
                     }
                 })
                 .collect();
+            let started = Instant::now();
+            let n = letters.len();
             self.dead_letters.send(letters).await?;
+            telemetry::sink_request("dead_letter", n, started.elapsed().as_secs_f64());
         }
         Ok(counts)
     }
@@ -206,6 +211,7 @@ impl Pipeline {
         if run.is_empty() {
             return Ok(());
         }
+        let started = Instant::now();
         let mut enriched = Vec::with_capacity(run.len());
         let mut origin = Vec::with_capacity(run.len());
         for (i, change) in run {
@@ -218,7 +224,10 @@ impl Pipeline {
                 Err(r) => rejected.push((i, r)),
             }
         }
+        telemetry::stage("enrich", started.elapsed().as_secs_f64());
+        let started = Instant::now();
         let protected_all = self.protector.protect(enriched).await?;
+        telemetry::stage("protect", started.elapsed().as_secs_f64());
         let mut protected = Vec::with_capacity(protected_all.len());
         let mut protected_origin = Vec::with_capacity(protected_all.len());
         for (result, i) in protected_all.into_iter().zip(origin) {
@@ -230,12 +239,18 @@ impl Pipeline {
                 Err(r) => rejected.push((i, r)),
             }
         }
+        let started = Instant::now();
         let outcomes = self.profiles.store.apply(&protected).await?;
+        telemetry::sink_request("store", protected.len(), started.elapsed().as_secs_f64());
+        let now = chrono::Utc::now();
         let mut ops = Vec::new();
         let mut op_origin = Vec::new();
         for ((change, outcome), i) in protected.iter().zip(&outcomes).zip(&protected_origin) {
             match outcome {
-                WriteOutcome::Applied => counts.written += 1,
+                WriteOutcome::Applied => {
+                    counts.written += 1;
+                    telemetry::event_latency((now - change.occurred_at).as_seconds_f64());
+                }
                 WriteOutcome::Replayed | WriteOutcome::Stale => counts.stale += 1,
             }
             if matches!(outcome, WriteOutcome::Applied | WriteOutcome::Replayed) {
@@ -243,14 +258,11 @@ impl Pipeline {
                 op_origin.push(*i);
             }
         }
-        for (outcome, i) in self
-            .profiles
-            .index
-            .apply(ops)
-            .await?
-            .into_iter()
-            .zip(op_origin)
-        {
+        let started = Instant::now();
+        let n = ops.len();
+        let index_outcomes = self.profiles.index.apply(ops).await?;
+        telemetry::sink_request("index", n, started.elapsed().as_secs_f64());
+        for (outcome, i) in index_outcomes.into_iter().zip(op_origin) {
             if let IndexOutcome::Rejected(reason) = outcome {
                 rejected.push((i, Rejection::new(Stage::Index, "rejected", reason)));
             }
@@ -337,11 +349,13 @@ impl Pipeline {
                 break;
             }
             let started = Instant::now();
+            telemetry::in_flight(batch.len());
             let mut attempt = 0;
             let counts = loop {
                 match self.process(&batch).await {
                     Ok(c) => break c,
                     Err(e) if e.is_transient() => {
+                        self.health.failing();
                         attempt += 1;
                         let delay = backoff.delay(attempt);
                         tracing::warn!(error = %e, attempt, delay_ms = delay.as_millis() as u64, "batch failed transiently; retrying");
@@ -352,6 +366,11 @@ impl Pipeline {
                 }
             };
             source.acknowledge().await?;
+            self.health.progressed();
+            telemetry::in_flight(0);
+            let keys = &self.profiles.keys;
+            let (hits, misses) = keys.cache_stats();
+            telemetry::keys(keys.provider().calls(), hits, misses);
             tracing::debug!(
                 first = %batch[0].position,
                 last = %batch[batch.len() - 1].position,

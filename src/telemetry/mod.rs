@@ -1,0 +1,78 @@
+//! Metric names and the few helpers that record them, in one place: Prometheus conventions
+//! (`profile_sync_*`, `_total` for counters, `_seconds` for durations, base units). Labels
+//! name stages, sinks, outcomes and causes, never users or values. Without an installed
+//! recorder (the CLI installs one with `--metrics-addr`) these calls cost next to nothing.
+
+pub mod health;
+pub mod server;
+
+pub use health::Health;
+
+pub const EVENTS_READ: &str = "profile_sync_events_read_total";
+pub const EVENTS_WRITTEN: &str = "profile_sync_events_written_total";
+pub const EVENTS_STALE: &str = "profile_sync_events_stale_total";
+pub const EVENTS_DEAD_LETTERED: &str = "profile_sync_events_dead_lettered_total";
+pub const BATCH_SECONDS: &str = "profile_sync_batch_duration_seconds";
+pub const RETRIES: &str = "profile_sync_retries_total";
+pub const EVENT_LATENCY_SECONDS: &str = "profile_sync_event_latency_seconds";
+pub const STAGE_SECONDS: &str = "profile_sync_stage_duration_seconds";
+pub const IN_FLIGHT: &str = "profile_sync_in_flight_events";
+pub const SINK_BATCH_SIZE: &str = "profile_sync_sink_batch_size";
+pub const SINK_REQUEST_SECONDS: &str = "profile_sync_sink_request_duration_seconds";
+pub const KEY_PROVIDER_CALLS: &str = "profile_sync_key_provider_calls_total";
+pub const KEY_CACHE_HITS: &str = "profile_sync_key_cache_hits_total";
+pub const KEY_CACHE_MISSES: &str = "profile_sync_key_cache_misses_total";
+pub const CONSENT_CHANGES: &str = "profile_sync_consent_changes_total";
+pub const ERASURES: &str = "profile_sync_erasures_total";
+
+pub fn consent_change(granted: bool) {
+    metrics::counter!(CONSENT_CHANGES, "decision" => if granted { "granted" } else { "withdrawn" })
+        .increment(1);
+}
+
+pub fn erasure() {
+    metrics::counter!(ERASURES).increment(1);
+}
+
+/// One batch's outcome; `stage` of dead letters is counted by the caller.
+pub fn batch(read: u64, written: u64, stale: u64, seconds: f64) {
+    metrics::counter!(EVENTS_READ).increment(read);
+    metrics::counter!(EVENTS_WRITTEN).increment(written);
+    metrics::counter!(EVENTS_STALE).increment(stale);
+    metrics::histogram!(BATCH_SECONDS).record(seconds);
+}
+
+pub fn dead_lettered(stage: &'static str) {
+    metrics::counter!(EVENTS_DEAD_LETTERED, "stage" => stage).increment(1);
+}
+
+pub fn retry(cause: &'static str) {
+    metrics::counter!(RETRIES, "cause" => cause).increment(1);
+}
+
+/// Time spent in one stage for a batch (`decode_enrich`, `protect`).
+pub fn stage(stage: &'static str, seconds: f64) {
+    metrics::histogram!(STAGE_SECONDS, "stage" => stage).record(seconds);
+}
+
+/// One request to a sink (`store`, `index`, `dead_letter`) with the number of items in it.
+pub fn sink_request(sink: &'static str, items: usize, seconds: f64) {
+    metrics::histogram!(SINK_BATCH_SIZE, "sink" => sink).record(items as f64);
+    metrics::histogram!(SINK_REQUEST_SECONDS, "sink" => sink).record(seconds);
+}
+
+pub fn in_flight(events: usize) {
+    metrics::gauge!(IN_FLIGHT).set(events as f64);
+}
+
+/// From the event's `occurred_at` to its acknowledgement.
+pub fn event_latency(seconds: f64) {
+    metrics::histogram!(EVENT_LATENCY_SECONDS).record(seconds.max(0.0));
+}
+
+/// Totals kept by the key provider and the data-key cache, published as counters.
+pub fn keys(provider_calls: u64, cache_hits: u64, cache_misses: u64) {
+    metrics::counter!(KEY_PROVIDER_CALLS).absolute(provider_calls);
+    metrics::counter!(KEY_CACHE_HITS).absolute(cache_hits);
+    metrics::counter!(KEY_CACHE_MISSES).absolute(cache_misses);
+}
