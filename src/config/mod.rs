@@ -276,8 +276,14 @@ impl Pipeline {
     }
 
     pub fn parse(path: &Path, text: &str) -> Result<Self, ConfigError> {
+        let text = interpolate(text, |name| std::env::var(name).ok()).map_err(|reason| {
+            ConfigError::Invalid {
+                path: path.to_path_buf(),
+                reason,
+            }
+        })?;
         let config: PipelineConfig =
-            serde_yaml::from_str(text).map_err(|e| ConfigError::Invalid {
+            serde_yaml::from_str(&text).map_err(|e| ConfigError::Invalid {
                 path: path.to_path_buf(),
                 reason: e.to_string(),
             })?;
@@ -324,6 +330,49 @@ impl Pipeline {
     }
 }
 
+/// Replaces `${NAME}` with the environment variable NAME and `${NAME:-default}` with it or the
+/// default, so one pipeline file serves every environment. `$${` is a literal `${`.
+/// Errors name the variable, never its value.
+pub fn interpolate(text: &str, lookup: impl Fn(&str) -> Option<String>) -> Result<String, String> {
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text;
+    while let Some(i) = rest.find("${") {
+        if rest[..i].ends_with('$') {
+            out.push_str(&rest[..i - 1]);
+            out.push_str("${");
+            rest = &rest[i + 2..];
+            continue;
+        }
+        out.push_str(&rest[..i]);
+        let after = &rest[i + 2..];
+        let end = after
+            .find('}')
+            .ok_or_else(|| "a `${` has no closing `}`".to_string())?;
+        let expr = &after[..end];
+        let (name, default) = match expr.split_once(":-") {
+            Some((n, d)) => (n, Some(d)),
+            None => (expr, None),
+        };
+        if name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
+            return Err(format!(
+                "`${{{expr}}}` is not a variable reference (use ${{NAME}} or ${{NAME:-default}})"
+            ));
+        }
+        match (lookup(name), default) {
+            (Some(v), _) => out.push_str(&v),
+            (None, Some(d)) => out.push_str(d),
+            (None, None) => {
+                return Err(format!(
+                    "environment variable {name} is not set (referenced as ${{{name}}}; set it or write ${{{name}:-default}})"
+                ))
+            }
+        }
+        rest = &after[end + 1..];
+    }
+    out.push_str(rest);
+    Ok(out)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -348,5 +397,19 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("unknown field `batch_sise`"), "{err}");
+    }
+
+    #[test]
+    fn environment_references_are_replaced_and_a_missing_one_is_named() {
+        let env = |n: &str| (n == "BROKERS").then(|| "k1:9092".to_string());
+        assert_eq!(interpolate("a: ${BROKERS}", env).unwrap(), "a: k1:9092");
+        assert_eq!(
+            interpolate("a: ${REGION:-eu-west-1}", env).unwrap(),
+            "a: eu-west-1"
+        );
+        assert_eq!(interpolate("a: $${BROKERS}", env).unwrap(), "a: ${BROKERS}");
+        let err = interpolate("a: ${SECRET_TOKEN}", env).unwrap_err();
+        assert!(err.contains("SECRET_TOKEN is not set"), "{err}");
+        assert!(interpolate("a: ${oops", env).is_err());
     }
 }
