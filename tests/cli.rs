@@ -241,3 +241,38 @@ fn every_misspelt_key_of_the_pipeline_file_is_named_with_exit_code_2() {
         );
     }
 }
+
+#[test]
+fn check_passes_on_a_sound_pipeline_and_names_each_broken_part() {
+    let dir = tempfile::tempdir().unwrap();
+    bin()
+        .args(["check", "--data-dir"])
+        .arg(dir.path().join("d"))
+        .assert()
+        .code(0)
+        .stdout(predicate::str::contains("key provider works  pass"))
+        .stdout(predicate::str::contains("FAIL").not());
+    let p = pipeline_with(
+        dir.path(),
+        "../geoip/test-city.mmdb",
+        "../geoip/missing.mmdb",
+    );
+    let p2 = dir.path().join("p2.yaml");
+    std::fs::write(
+        &p2,
+        std::fs::read_to_string(&p)
+            .unwrap()
+            .replace("fields: [status,", "fields: [phone, status,"),
+    )
+    .unwrap();
+    bin()
+        .args(["check", "--pipeline"])
+        .arg(&p2)
+        .arg("--data-dir")
+        .arg(dir.path().join("d"))
+        .assert()
+        .code(1)
+        .stdout(predicate::str::contains("geoip database      FAIL"))
+        .stdout(predicate::str::contains("`phone`, which is classified pii"))
+        .stdout(predicate::str::contains("store reachable     pass"));
+}

@@ -309,7 +309,7 @@ impl Pipeline {
         if p.is_absolute() {
             p.to_path_buf()
         } else {
-            self.base.join(p)
+            tidy(&self.base.join(p))
         }
     }
 
@@ -328,6 +328,27 @@ impl Pipeline {
             reason: reason.into(),
         }
     }
+}
+
+/// `a/b/../c` as `a/c`, so messages show the path a reader would type.
+fn tidy(path: &Path) -> PathBuf {
+    use std::path::Component;
+    let mut out = PathBuf::new();
+    for part in path.components() {
+        match part {
+            Component::ParentDir
+                if matches!(out.components().next_back(), Some(Component::Normal(_))) =>
+            {
+                out.pop();
+            }
+            Component::CurDir => {}
+            other => out.push(other),
+        }
+    }
+    if out.as_os_str().is_empty() {
+        out.push(".");
+    }
+    out
 }
 
 /// Replaces `${NAME}` with the environment variable NAME and `${NAME:-default}` with it or the

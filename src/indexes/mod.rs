@@ -47,6 +47,14 @@ pub struct SearchResults {
 
 #[async_trait]
 pub trait SearchIndex: Send + Sync {
+    /// Preflight: can the index be reached and queried? Never includes secrets.
+    async fn check(&self) -> Result<String, String> {
+        self.search("*", 1)
+            .await
+            .map(|r| format!("{} documents", r.total))
+            .map_err(|e| e.to_string())
+    }
+
     /// Applies the operations in order. They are durable once [`SearchIndex::commit`] returns
     /// (an adapter whose writes are durable at once, like a bulk request, need not wait).
     async fn apply(&self, ops: Vec<IndexOp>) -> Result<Vec<IndexOutcome>, IndexError>;

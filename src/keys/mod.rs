@@ -57,6 +57,22 @@ impl KeyError {
 
 #[async_trait]
 pub trait KeyProvider: Send + Sync {
+    /// Preflight: can a data key be wrapped and unwrapped? Never includes secrets.
+    async fn check(&self) -> Result<String, String> {
+        let dek = DataKey::generate().map_err(|e| e.to_string())?;
+        let probe = Uuid::nil();
+        let wrapped = self.wrap(probe, 1, &dek).await.map_err(|e| e.to_string())?;
+        let back = self.unwrap(&wrapped).await.map_err(|e| e.to_string())?;
+        if back.expose() == dek.expose() {
+            Ok(format!(
+                "wrapped and unwrapped a test key with `{}`",
+                wrapped.kek_id
+            ))
+        } else {
+            Err("a test key did not unwrap to itself".into())
+        }
+    }
+
     /// Wraps a fresh data key for `user_id`.
     async fn wrap(
         &self,

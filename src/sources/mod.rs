@@ -47,6 +47,14 @@ pub enum SourceError {
 
 #[async_trait]
 pub trait EventSource: Send {
+    /// Preflight: can events be read? Never includes secrets.
+    async fn check(&mut self) -> Result<String, String> {
+        Ok(match self.size_hint() {
+            Some(n) => format!("{n} events to read"),
+            None => "open".into(),
+        })
+    }
+
     /// Up to `max` records; an empty batch means a finite source is exhausted.
     async fn next_batch(&mut self, max: usize) -> Result<Vec<SourceRecord>, SourceError>;
 

@@ -111,6 +111,15 @@ impl StoreError {
 
 #[async_trait]
 pub trait ProfileStore: Send + Sync {
+    /// Preflight: can the store be reached and used? `Ok` says what was checked; `Err` says
+    /// what is wrong and how to fix it. Never includes secrets.
+    async fn check(&self) -> Result<String, String> {
+        self.counts()
+            .await
+            .map(|c| format!("{} live profiles", c.live))
+            .map_err(|e| e.to_string())
+    }
+
     /// Applies the changes in order, each only if newer than what is stored.
     async fn apply(&self, changes: &[ProtectedChange]) -> Result<Vec<WriteOutcome>, StoreError>;
 
