@@ -41,12 +41,6 @@ pub fn actor(given: Option<String>) -> String {
 pub async fn run(args: Args) -> Result<(), Failure> {
     let file = pipeline_file(args.pipeline.as_deref())?;
     let data_dir = data_dir(&file, args.data_dir.as_deref());
-    if !data_dir.exists() {
-        return Err(usage(anyhow::anyhow!(
-            "no data at {}: run `profile-sync run` first, or pass --data-dir",
-            data_dir.display()
-        )));
-    }
     if args.reveal && args.reason.as_deref().is_none_or(|r| r.trim().is_empty()) {
         return Err(usage(anyhow::anyhow!(
             "--reveal needs a non-empty --reason"

@@ -69,12 +69,6 @@ pub enum RetentionCommand {
 fn open(target: &Target) -> Result<(crate::config::Pipeline, Profiles), Failure> {
     let file = pipeline_file(target.pipeline.as_deref())?;
     let dir = data_dir(&file, target.data_dir.as_deref());
-    if !dir.exists() {
-        return Err(usage(anyhow::anyhow!(
-            "no data at {}: run `profile-sync run` first, or pass --data-dir",
-            dir.display()
-        )));
-    }
     let schemas = schemas(&file).map_err(usage)?;
     let profiles = open_profiles(&file, &dir, &schemas).map_err(usage)?;
     Ok((file, profiles))

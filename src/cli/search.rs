@@ -33,12 +33,6 @@ const COLUMNS: &[&str] = &[
 pub async fn run(args: Args) -> Result<(), Failure> {
     let file = pipeline_file(args.pipeline.as_deref())?;
     let data_dir = data_dir(&file, args.data_dir.as_deref());
-    if !data_dir.exists() {
-        return Err(usage(anyhow::anyhow!(
-            "no data at {}: run `profile-sync run` first, or pass --data-dir",
-            data_dir.display()
-        )));
-    }
     let schemas = schemas(&file).map_err(usage)?;
     let (_, index) = open_index(&file, &data_dir, &schemas).map_err(usage)?;
     let results = match index.search(&args.query, args.limit).await {
