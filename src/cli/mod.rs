@@ -2,9 +2,14 @@
 //! lives here. Exit codes: 0 success, 1 a failure while working (or invalid events found by
 //! `validate`), 2 a usage or configuration problem, named in one paragraph.
 
+mod dev;
+mod dlq;
 mod generate;
 mod get;
+mod kafka_args;
+mod produce;
 mod run;
+mod schemas;
 mod search;
 mod validate;
 
@@ -53,6 +58,15 @@ enum Command {
     Get(get::Args),
     /// Check a file of events against the schemas and list every invalid one.
     Validate(validate::Args),
+    /// Send generated events to a Kafka topic (Confluent wire format).
+    Produce(produce::Args),
+    /// Check or register the schemas in the Schema Registry.
+    Schemas(schemas::Args),
+    /// Work with the dead-letter topic.
+    Dlq(dlq::Args),
+    /// Development helpers (the Schema Registry test double).
+    #[command(hide = true)]
+    Dev(dev::Args),
 }
 
 /// How a command failed.
@@ -123,6 +137,10 @@ pub fn main() -> ExitCode {
             Command::Search(args) => search::run(args).await,
             Command::Get(args) => get::run(args).await,
             Command::Validate(args) => validate::run(args).await,
+            Command::Produce(args) => produce::run(args).await,
+            Command::Schemas(args) => schemas::run(args).await,
+            Command::Dlq(args) => dlq::run(args).await,
+            Command::Dev(args) => dev::run(args).await,
         }
     });
     match result {

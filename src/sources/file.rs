@@ -100,6 +100,7 @@ impl EventSource for FileSource {
                         position: format!("{}:{}", self.name, self.position),
                         key: None,
                         payload: Payload::Json(line),
+                        meta: Default::default(),
                     });
                 }
                 Records::Avro { reader, writer } => {
@@ -132,6 +133,7 @@ impl EventSource for FileSource {
                             bytes,
                             writer: writer.clone(),
                         },
+                        meta: Default::default(),
                     });
                 }
             }
