@@ -139,8 +139,7 @@ impl Setup {
         create_topics(&brokers, &[(&topic, partitions), (&dlq, 1)]).await;
         let dir = tempfile::tempdir().unwrap();
         // Created once, before the workers race to create it.
-        profile_sync::keys::LocalKeyring::open_or_create(&dir.path().join("keyring.json"))
-            .unwrap();
+        profile_sync::keys::LocalKeyring::open_or_create(&dir.path().join("keyring.json")).unwrap();
         Self {
             brokers,
             dlq,
@@ -162,13 +161,31 @@ impl Setup {
         let root = repo().display().to_string();
         let text = std::fs::read_to_string(repo().join("pipelines/kafka-local.yaml"))
             .unwrap()
-            .replace("brokers: 127.0.0.1:9092", &format!("brokers: {}", self.brokers))
-            .replace("topics: [profile-changes]", &format!("topics: [{}]", self.topic))
+            .replace(
+                "brokers: 127.0.0.1:9092",
+                &format!("brokers: {}", self.brokers),
+            )
+            .replace(
+                "topics: [profile-changes]",
+                &format!("topics: [{}]", self.topic),
+            )
             .replace("group_id: profile-sync", &format!("group_id: {group}"))
-            .replace("url: http://127.0.0.1:8081", &format!("url: {}", self.registry.url))
-            .replace("topic: profile-changes-dlq", &format!("topic: {}", self.dlq))
-            .replace("path: keyring.json", &format!("path: {shared}/keyring.json"))
-            .replace("path: profiles.sqlite", &format!("path: {shared}/profiles.sqlite"))
+            .replace(
+                "url: http://127.0.0.1:8081",
+                &format!("url: {}", self.registry.url),
+            )
+            .replace(
+                "topic: profile-changes-dlq",
+                &format!("topic: {}", self.dlq),
+            )
+            .replace(
+                "path: keyring.json",
+                &format!("path: {shared}/keyring.json"),
+            )
+            .replace(
+                "path: profiles.sqlite",
+                &format!("path: {shared}/profiles.sqlite"),
+            )
             .replace("../schemas", &format!("{root}/schemas"))
             .replace("../geoip/", &format!("{root}/geoip/"))
             .replace("batch_size: 2000", &format!("batch_size: {batch_size}"))
@@ -195,8 +212,19 @@ impl Setup {
         let pipeline = self.pipeline("produce", &self.group, 2000, "");
         let out = Command::new(binary())
             .current_dir(repo())
-            .args(["produce", "--count", &count.to_string(), "--seed", &seed.to_string()])
-            .args(["--invalid-ratio", &invalid_ratio.to_string(), "--partitions", "6"])
+            .args([
+                "produce",
+                "--count",
+                &count.to_string(),
+                "--seed",
+                &seed.to_string(),
+            ])
+            .args([
+                "--invalid-ratio",
+                &invalid_ratio.to_string(),
+                "--partitions",
+                "6",
+            ])
             .arg("--pipeline")
             .arg(&pipeline)
             .output()
@@ -220,7 +248,15 @@ impl Setup {
         let child = Command::new(binary())
             .current_dir(repo())
             .env("PROFILE_SYNC_LOG", "info")
-            .args(["run", "--output", "json", "--drain-deadline-secs", "60"])
+            .args([
+                "--log-format",
+                "json",
+                "run",
+                "--output",
+                "json",
+                "--drain-deadline-secs",
+                "60",
+            ])
             .arg("--pipeline")
             .arg(pipeline)
             .arg("--data-dir")
@@ -245,48 +281,57 @@ impl Setup {
 
     /// (committed, end) offsets summed over the topic's partitions.
     fn progress(&self, group: &str) -> (i64, i64) {
+        let started = Instant::now();
+        loop {
+            match self.try_progress(group) {
+                Ok(p) => return p,
+                // A busy broker on a shared machine: ask again, within reason.
+                Err(e) if started.elapsed() < Duration::from_secs(120) => {
+                    eprintln!("broker slow to answer ({e}); asking again");
+                    std::thread::sleep(Duration::from_secs(1));
+                }
+                Err(e) => panic!("the broker did not answer for 2 minutes: {e}"),
+            }
+        }
+    }
+
+    fn try_progress(&self, group: &str) -> Result<(i64, i64), rdkafka::error::KafkaError> {
         let c = self.consumer(group);
-        let md = c
-            .fetch_metadata(Some(&self.topic), Duration::from_secs(10))
-            .unwrap();
+        let md = c.fetch_metadata(Some(&self.topic), Duration::from_secs(30))?;
         let mut tpl = TopicPartitionList::new();
         let mut end = 0;
         for p in md.topics()[0].partitions() {
             tpl.add_partition(&self.topic, p.id());
             end += c
-                .fetch_watermarks(&self.topic, p.id(), Duration::from_secs(10))
-                .unwrap()
+                .fetch_watermarks(&self.topic, p.id(), Duration::from_secs(30))?
                 .1;
         }
         let committed = c
-            .committed_offsets(tpl, Duration::from_secs(10))
-            .map(|t| {
-                t.elements()
-                    .iter()
-                    .map(|e| match e.offset() {
-                        Offset::Offset(o) => o,
-                        _ => 0,
-                    })
-                    .sum()
+            .committed_offsets(tpl, Duration::from_secs(30))?
+            .elements()
+            .iter()
+            .map(|e| match e.offset() {
+                Offset::Offset(o) => o,
+                _ => 0,
             })
-            .unwrap_or(0);
-        (committed, end)
+            .sum();
+        Ok((committed, end))
     }
 
     /// Per partition: committed offset == end offset.
     fn assert_fully_committed(&self, group: &str) {
         let c = self.consumer(group);
         let md = c
-            .fetch_metadata(Some(&self.topic), Duration::from_secs(10))
+            .fetch_metadata(Some(&self.topic), Duration::from_secs(30))
             .unwrap();
         let mut tpl = TopicPartitionList::new();
         for p in md.topics()[0].partitions() {
             tpl.add_partition(&self.topic, p.id());
         }
-        let committed = c.committed_offsets(tpl, Duration::from_secs(10)).unwrap();
+        let committed = c.committed_offsets(tpl, Duration::from_secs(30)).unwrap();
         for e in committed.elements() {
             let (_, high) = c
-                .fetch_watermarks(&self.topic, e.partition(), Duration::from_secs(10))
+                .fetch_watermarks(&self.topic, e.partition(), Duration::from_secs(30))
                 .unwrap();
             assert_eq!(
                 e.offset(),
@@ -297,7 +342,13 @@ impl Setup {
         }
     }
 
-    fn wait_committed(&self, group: &str, at_least: i64, within: Duration, workers: &mut [&mut Worker]) {
+    fn wait_committed(
+        &self,
+        group: &str,
+        at_least: i64,
+        within: Duration,
+        workers: &mut [&mut Worker],
+    ) {
         let started = Instant::now();
         loop {
             let (committed, _) = self.progress(group);
@@ -321,12 +372,14 @@ impl Setup {
     /// Every message of a topic: (partition, offset) → (key, value, headers).
     fn read_all(&self, topic: &str) -> HashMap<(i32, i64), Delivered> {
         let c = self.consumer(&unique("reader"));
-        let md = c.fetch_metadata(Some(topic), Duration::from_secs(10)).unwrap();
+        let md = c
+            .fetch_metadata(Some(topic), Duration::from_secs(30))
+            .unwrap();
         let mut tpl = TopicPartitionList::new();
         let mut ends = HashMap::new();
         for p in md.topics()[0].partitions() {
             let (low, high) = c
-                .fetch_watermarks(topic, p.id(), Duration::from_secs(10))
+                .fetch_watermarks(topic, p.id(), Duration::from_secs(30))
                 .unwrap();
             if high > low {
                 tpl.add_partition_offset(topic, p.id(), Offset::Offset(low))
@@ -341,12 +394,18 @@ impl Setup {
         c.assign(&tpl).unwrap();
         let started = Instant::now();
         while !ends.is_empty() {
-            assert!(started.elapsed() < Duration::from_secs(120), "reading {topic} timed out");
+            assert!(
+                started.elapsed() < Duration::from_secs(120),
+                "reading {topic} timed out"
+            );
             let Some(m) = c.poll(Duration::from_secs(1)) else {
                 continue;
             };
             let m = m.unwrap();
-            if ends.get(&m.partition()).is_some_and(|e| m.offset() + 1 >= *e) {
+            if ends
+                .get(&m.partition())
+                .is_some_and(|e| m.offset() + 1 >= *e)
+            {
                 ends.remove(&m.partition());
             }
             let headers = m
@@ -388,6 +447,14 @@ struct Worker {
 }
 
 impl Worker {
+    fn log_lines(&self) -> Vec<String> {
+        std::fs::read_to_string(&self.log)
+            .unwrap_or_default()
+            .lines()
+            .map(String::from)
+            .collect()
+    }
+
     fn log_tail(&self) -> String {
         let text = std::fs::read_to_string(&self.log).unwrap_or_default();
         let lines: Vec<&str> = text.lines().collect();
@@ -422,7 +489,11 @@ impl Worker {
             );
             std::thread::sleep(Duration::from_millis(100));
         };
-        assert!(status.success(), "worker exit status {status}: {}", self.log_tail());
+        assert!(
+            status.success(),
+            "worker exit status {status}: {}",
+            self.log_tail()
+        );
         let mut out = String::new();
         std::io::Read::read_to_string(self.child.stdout.as_mut().unwrap(), &mut out).unwrap();
         serde_json::from_str(out.lines().last().expect("a summary line")).expect("summary JSON")
@@ -451,8 +522,15 @@ fn assert_exact_state(store: &Path, jsonl: &Path) {
         .filter(|(u, want)| stored.get(*u) != Some(want))
         .take(5)
         .collect();
-    assert!(wrong.is_empty(), "users not at their latest version, e.g. {wrong:?}");
-    assert_eq!(stored.len(), expected.len(), "the store holds users that are not expected");
+    assert!(
+        wrong.is_empty(),
+        "users not at their latest version, e.g. {wrong:?}"
+    );
+    assert_eq!(
+        stored.len(),
+        expected.len(),
+        "the store holds users that are not expected"
+    );
 }
 
 /// Every invalid event is in the dead-letter topic, unchanged, with its error headers.
@@ -462,7 +540,15 @@ fn assert_dead_letters(setup: &Setup, expected_invalid: u64, exactly: bool) {
     let mut positions = HashSet::new();
     for letter in letters.values() {
         let h = &letter.headers;
-        for name in ["topic", "partition", "offset", "stage", "class.name", "exception.message", "timestamp"] {
+        for name in [
+            "topic",
+            "partition",
+            "offset",
+            "stage",
+            "class.name",
+            "exception.message",
+            "timestamp",
+        ] {
             assert!(
                 h.contains_key(&format!("__connect.errors.{name}")),
                 "dead letter lacks header __connect.errors.{name}: {h:?}"
@@ -473,12 +559,16 @@ fn assert_dead_letters(setup: &Setup, expected_invalid: u64, exactly: bool) {
             h["__connect.errors.partition"].parse::<i32>().unwrap(),
             h["__connect.errors.offset"].parse::<i64>().unwrap(),
         );
-        let original = source.get(&at).expect("the dead letter points at a source message");
+        let original = source
+            .get(&at)
+            .expect("the dead letter points at a source message");
         assert_eq!(letter.value, original.value, "value unchanged");
         assert_eq!(letter.key, original.key, "key unchanged");
         for value in h.values() {
             assert!(
-                !value.contains(".example.com") && !value.contains("300.1.2.999") && !value.contains("not-an-email"),
+                !value.contains(".example.com")
+                    && !value.contains("300.1.2.999")
+                    && !value.contains("not-an-email"),
                 "PII-like value in a dead-letter header: {value}"
             );
         }
@@ -490,7 +580,11 @@ fn assert_dead_letters(setup: &Setup, expected_invalid: u64, exactly: bool) {
         "every invalid event is dead-lettered (and nothing else)"
     );
     if exactly {
-        assert_eq!(letters.len() as u64, expected_invalid, "no duplicate dead letters");
+        assert_eq!(
+            letters.len() as u64,
+            expected_invalid,
+            "no duplicate dead letters"
+        );
     }
 }
 
@@ -501,15 +595,26 @@ async fn two_workers_in_one_group_reach_the_exact_state_and_commit_to_the_end() 
     let (count, ratio, seed) = (50_000u64, 0.01, 7);
     let produced = setup.produce(count, ratio, seed);
     let (jsonl, generated) = setup.generated(count, ratio, seed);
-    assert_eq!(produced["invalid"], generated["invalid"], "produce and generate agree");
+    assert_eq!(
+        produced["invalid"], generated["invalid"],
+        "produce and generate agree"
+    );
 
     let pipeline = setup.pipeline("worker", &setup.group, 2000, "");
     let mut a = setup.worker("a", &pipeline);
     let mut b = setup.worker("b", &pipeline);
-    setup.wait_committed(&setup.group, count as i64, Duration::from_secs(600), &mut [&mut a, &mut b]);
+    setup.wait_committed(
+        &setup.group,
+        count as i64,
+        Duration::from_secs(600),
+        &mut [&mut a, &mut b],
+    );
     let sa = a.terminate();
     let sb = b.terminate();
-    assert!(sa["read"].as_u64().unwrap() > 0 && sb["read"].as_u64().unwrap() > 0, "both workers took partitions: {sa} {sb}");
+    assert!(
+        sa["read"].as_u64().unwrap() > 0 && sb["read"].as_u64().unwrap() > 0,
+        "both workers took partitions: {sa} {sb}"
+    );
 
     setup.assert_fully_committed(&setup.group);
     assert_exact_state(&setup.store(), &jsonl);
@@ -527,13 +632,36 @@ async fn a_worker_killed_mid_run_loses_nothing() {
     let pipeline = setup.pipeline("worker", &setup.group, 500, "");
     let mut a = setup.worker("a", &pipeline);
     let mut b = setup.worker("b", &pipeline);
-    setup.wait_committed(&setup.group, 2_000, Duration::from_secs(300), &mut [&mut a, &mut b]);
+    setup.wait_committed(
+        &setup.group,
+        2_000,
+        Duration::from_secs(300),
+        &mut [&mut a, &mut b],
+    );
+    let seen = b.log_lines().len();
     a.signal("-KILL");
     let _ = a.child.wait();
-    // The survivor takes over; then the killed one comes back.
-    std::thread::sleep(Duration::from_secs(3));
+    // The survivor takes over all six partitions once the dead member's session expires...
+    let started = Instant::now();
+    while !b.log_lines()[seen..]
+        .iter()
+        .any(|l| l.contains("partitions assigned") && l.contains("\"partitions\":6"))
+    {
+        assert!(
+            started.elapsed() < Duration::from_secs(90),
+            "the surviving worker did not take over the killed worker's partitions: {}",
+            b.log_tail()
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    // ...and the killed one comes back.
     let mut a = setup.worker("a2", &pipeline);
-    setup.wait_committed(&setup.group, count as i64, Duration::from_secs(600), &mut [&mut a, &mut b]);
+    setup.wait_committed(
+        &setup.group,
+        count as i64,
+        Duration::from_secs(600),
+        &mut [&mut a, &mut b],
+    );
     a.terminate();
     b.terminate();
 
@@ -570,7 +698,8 @@ async fn out_of_order_and_duplicate_delivery_never_lets_an_older_version_win() {
     let setup = Setup::new(3).await;
     let text = include_str!("../schemas/profile_change.avsc");
     let schema = apache_avro::Schema::parse_str(text).unwrap();
-    let sr = profile_sync::schema::registry::settings(&setup.registry.url, Duration::from_secs(5)).unwrap();
+    let sr = profile_sync::schema::registry::settings(&setup.registry.url, Duration::from_secs(5))
+        .unwrap();
     let id = profile_sync::schema::registry::register(
         &sr,
         &profile_sync::schema::registry::value_subject(&setup.topic),
@@ -586,7 +715,12 @@ async fn out_of_order_and_duplicate_delivery_never_lets_an_older_version_win() {
         for user in &users {
             let value = event(&schema, id, user, version, &format!("plan-v{version}"));
             producer
-                .send(FutureRecord::to(&setup.topic).key(user.as_bytes()).payload(&value), Duration::from_secs(10))
+                .send(
+                    FutureRecord::to(&setup.topic)
+                        .key(user.as_bytes())
+                        .payload(&value),
+                    Duration::from_secs(30),
+                )
                 .await
                 .unwrap();
         }
@@ -604,7 +738,10 @@ async fn out_of_order_and_duplicate_delivery_never_lets_an_older_version_win() {
     let again = setup.pipeline("again", &unique("group"), 7, extra);
     let mut w = setup.worker("again", &again);
     let summary = w.finish();
-    assert_eq!(summary["written"], 0, "a redelivery writes nothing: {summary}");
+    assert_eq!(
+        summary["written"], 0,
+        "a redelivery writes nothing: {summary}"
+    );
     assert_eq!(summary["read"], 24);
     assert_eq!(stored(&setup.store()), state);
 }
@@ -622,8 +759,14 @@ async fn sigterm_drains_commits_and_a_restart_processes_nothing_twice() {
     let first = w.terminate();
     let read_first = first["read"].as_i64().unwrap();
     let (committed, end) = setup.progress(&setup.group);
-    assert!(read_first < end, "the worker was stopped mid-backlog (read {read_first} of {end})");
-    assert_eq!(committed, read_first, "SIGTERM committed exactly what was processed");
+    assert!(
+        read_first < end,
+        "the worker was stopped mid-backlog (read {read_first} of {end})"
+    );
+    assert_eq!(
+        committed, read_first,
+        "SIGTERM committed exactly what was processed"
+    );
 
     let mut w = setup.worker("second", &pipeline);
     let second = w.finish();
@@ -642,7 +785,8 @@ async fn undecodable_messages_and_unknown_schema_ids_are_dead_lettered_and_repla
     // Register nothing under id 999; send garbage, an unknown id and one good event.
     let text = include_str!("../schemas/profile_change.avsc");
     let schema = apache_avro::Schema::parse_str(text).unwrap();
-    let sr = profile_sync::schema::registry::settings(&setup.registry.url, Duration::from_secs(5)).unwrap();
+    let sr = profile_sync::schema::registry::settings(&setup.registry.url, Duration::from_secs(5))
+        .unwrap();
     let id = profile_sync::schema::registry::register(
         &sr,
         &profile_sync::schema::registry::value_subject(&setup.topic),
@@ -662,38 +806,72 @@ async fn undecodable_messages_and_unknown_schema_ids_are_dead_lettered_and_repla
                 FutureRecord::to(&setup.topic)
                     .key(user.as_bytes())
                     .payload(&value)
-                    .headers(rdkafka::message::OwnedHeaders::new().insert(rdkafka::message::Header {
-                        key: "trace-id",
-                        value: Some("abc"),
-                    })),
-                Duration::from_secs(10),
+                    .headers(rdkafka::message::OwnedHeaders::new().insert(
+                        rdkafka::message::Header {
+                            key: "trace-id",
+                            value: Some("abc"),
+                        },
+                    )),
+                Duration::from_secs(30),
             )
             .await
             .unwrap();
     }
     let pipeline = setup.pipeline("worker", &setup.group, 10, "  stop_when_idle_ms: 8000\n");
     let summary = setup.worker("w", &pipeline).finish();
-    assert_eq!((summary["read"].as_u64(), summary["dead_lettered"].as_u64()), (Some(3), Some(2)), "{summary}");
+    assert_eq!(
+        (summary["read"].as_u64(), summary["dead_lettered"].as_u64()),
+        (Some(3), Some(2)),
+        "{summary}"
+    );
     let letters = setup.read_all(&setup.dlq);
-    let classes: HashSet<String> = letters.values().map(|l| l.headers["__connect.errors.class.name"].clone()).collect();
+    let classes: HashSet<String> = letters
+        .values()
+        .map(|l| l.headers["__connect.errors.class.name"].clone())
+        .collect();
     assert_eq!(
         classes,
         HashSet::from(["malformed".to_string(), "schema".to_string()]),
         "{letters:?}"
     );
-    assert!(letters.values().all(|l| l.headers.get("trace-id").map(String::as_str) == Some("abc")), "original headers kept");
+    assert!(
+        letters
+            .values()
+            .all(|l| l.headers.get("trace-id").map(String::as_str) == Some("abc")),
+        "original headers kept"
+    );
 
     // Replay the schema failures back to the source topic.
     let out = Command::new(binary())
         .current_dir(repo())
-        .args(["dlq", "replay", "--from", &setup.dlq, "--filter", "class.name=schema", "--pipeline"])
+        .args([
+            "dlq",
+            "replay",
+            "--from",
+            &setup.dlq,
+            "--filter",
+            "class.name=schema",
+            "--pipeline",
+        ])
         .arg(&pipeline)
         .output()
         .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let replay: Json = serde_json::from_slice(&out.stdout).unwrap();
-    assert_eq!((replay["replayed"].as_u64(), replay["skipped"].as_u64()), (Some(1), Some(1)), "{replay}");
-    assert_eq!(setup.read_all(&setup.topic).len(), 4, "the replayed event is back on the source topic");
+    assert_eq!(
+        (replay["replayed"].as_u64(), replay["skipped"].as_u64()),
+        (Some(1), Some(1)),
+        "{replay}"
+    );
+    assert_eq!(
+        setup.read_all(&setup.topic).len(),
+        4,
+        "the replayed event is back on the source topic"
+    );
 }
 
 #[tokio::test]
@@ -724,17 +902,31 @@ async fn schema_registry_rest_subset_behaves_as_documented() {
     let ct = "application/vnd.schemaregistry.v1+json";
     let text = include_str!("../schemas/profile_change.avsc");
 
-    let r = http.get(format!("{}/schemas/ids/{}", reg.url, 987_654)).send().await.unwrap();
+    let r = http
+        .get(format!("{}/schemas/ids/{}", reg.url, 987_654))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 404);
-    assert!(r.headers()["content-type"].to_str().unwrap().starts_with(ct));
+    assert!(r.headers()["content-type"]
+        .to_str()
+        .unwrap()
+        .starts_with(ct));
     assert_eq!(r.json::<Json>().await.unwrap()["error_code"], 40403);
 
-    let r = http.get(format!("{}/subjects/{subject}/versions/latest", reg.url)).send().await.unwrap();
+    let r = http
+        .get(format!("{}/subjects/{subject}/versions/latest", reg.url))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 404);
     assert_eq!(r.json::<Json>().await.unwrap()["error_code"], 40401);
 
     let r = http
-        .post(format!("{}/compatibility/subjects/{subject}/versions/latest", reg.url))
+        .post(format!(
+            "{}/compatibility/subjects/{subject}/versions/latest",
+            reg.url
+        ))
         .header("content-type", ct)
         .body(serde_json::json!({"schema": text}).to_string())
         .send()
@@ -752,13 +944,27 @@ async fn schema_registry_rest_subset_behaves_as_documented() {
     let r = register(text.into()).await.unwrap();
     assert_eq!(r.status(), 200);
     let id = r.json::<Json>().await.unwrap()["id"].as_u64().unwrap();
-    let again = register(text.into()).await.unwrap().json::<Json>().await.unwrap();
-    assert_eq!(again["id"].as_u64(), Some(id), "registering the same schema is idempotent");
+    let again = register(text.into())
+        .await
+        .unwrap()
+        .json::<Json>()
+        .await
+        .unwrap();
+    assert_eq!(
+        again["id"].as_u64(),
+        Some(id),
+        "registering the same schema is idempotent"
+    );
 
-    let r = http.get(format!("{}/schemas/ids/{id}", reg.url)).send().await.unwrap();
+    let r = http
+        .get(format!("{}/schemas/ids/{id}", reg.url))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 200);
     let body: Json = r.json().await.unwrap();
-    apache_avro::Schema::parse_str(body["schema"].as_str().unwrap()).expect("the schema comes back");
+    apache_avro::Schema::parse_str(body["schema"].as_str().unwrap())
+        .expect("the schema comes back");
 
     let latest: Json = http
         .get(format!("{}/subjects/{subject}/versions/latest", reg.url))
@@ -768,14 +974,23 @@ async fn schema_registry_rest_subset_behaves_as_documented() {
         .json()
         .await
         .unwrap();
-    assert_eq!((latest["id"].as_u64(), latest["version"].as_u64()), (Some(id), Some(1)));
+    assert_eq!(
+        (latest["id"].as_u64(), latest["version"].as_u64()),
+        (Some(id), Some(1))
+    );
     assert_eq!(latest["subject"], subject.as_str());
 
     // A new required field without a default breaks BACKWARD compatibility.
     let mut breaking: Json = serde_json::from_str(text).unwrap();
-    breaking["fields"].as_array_mut().unwrap().push(serde_json::json!({"name": "tenant", "type": "string"}));
+    breaking["fields"]
+        .as_array_mut()
+        .unwrap()
+        .push(serde_json::json!({"name": "tenant", "type": "string"}));
     let r = http
-        .post(format!("{}/compatibility/subjects/{subject}/versions/latest", reg.url))
+        .post(format!(
+            "{}/compatibility/subjects/{subject}/versions/latest",
+            reg.url
+        ))
         .header("content-type", ct)
         .body(serde_json::json!({"schema": breaking.to_string()}).to_string())
         .send()

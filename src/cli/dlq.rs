@@ -103,7 +103,10 @@ pub async fn run(args: Args) -> Result<(), Failure> {
         let m = tokio::time::timeout(Duration::from_secs(30), consumer.recv())
             .await
             .map_err(|_| anyhow::anyhow!("no message from {} for 30 s", args.from))??;
-        if ends.get(&m.partition()).is_some_and(|end| m.offset() + 1 >= *end) {
+        if ends
+            .get(&m.partition())
+            .is_some_and(|end| m.offset() + 1 >= *end)
+        {
             ends.remove(&m.partition());
         }
         let header = |name: &str| -> Option<String> {
@@ -118,7 +121,11 @@ pub async fn run(args: Args) -> Result<(), Failure> {
             skipped += 1;
             continue;
         }
-        let Some(target) = args.to.clone().or_else(|| header(&format!("{HEADER_PREFIX}topic"))) else {
+        let Some(target) = args
+            .to
+            .clone()
+            .or_else(|| header(&format!("{HEADER_PREFIX}topic")))
+        else {
             skipped += 1;
             continue;
         };

@@ -15,7 +15,9 @@ pub const KAFKA_PIPELINE: &str = "pipelines/kafka-local.yaml";
 
 /// The Kafka source section of the pipeline file (default: the Kafka one).
 pub fn kafka_source(given: Option<&Path>) -> Result<KafkaSourceConfig, Failure> {
-    let path = given.map(Path::to_path_buf).unwrap_or_else(|| PathBuf::from(KAFKA_PIPELINE));
+    let path = given
+        .map(Path::to_path_buf)
+        .unwrap_or_else(|| PathBuf::from(KAFKA_PIPELINE));
     let file = pipeline_file(Some(&path))?;
     match file.config.source {
         SourceConfig::Kafka(k) => Ok(k),
@@ -55,7 +57,9 @@ pub fn client_config(k: &KafkaSourceConfig) -> ClientConfig {
     config
 }
 
-pub fn registry(k: &KafkaSourceConfig) -> Result<schema_registry_converter::async_impl::schema_registry::SrSettings, Failure> {
+pub fn registry(
+    k: &KafkaSourceConfig,
+) -> Result<schema_registry_converter::async_impl::schema_registry::SrSettings, Failure> {
     crate::schema::registry::settings(
         &k.schema_registry.effective_url(),
         Duration::from_millis(k.schema_registry.timeout_ms),
@@ -64,10 +68,7 @@ pub fn registry(k: &KafkaSourceConfig) -> Result<schema_registry_converter::asyn
 }
 
 /// Creates the topics that do not exist yet (existing ones are left as they are).
-pub async fn ensure_topics(
-    config: &ClientConfig,
-    topics: &[(&str, i32)],
-) -> Result<(), Failure> {
+pub async fn ensure_topics(config: &ClientConfig, topics: &[(&str, i32)]) -> Result<(), Failure> {
     let admin: AdminClient<DefaultClientContext> = config
         .create()
         .map_err(|e| usage(anyhow::anyhow!("cannot create a Kafka admin client: {e}")))?;

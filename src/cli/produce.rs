@@ -59,7 +59,10 @@ pub async fn run(args: Args) -> Result<(), Failure> {
     let schema_id = register(&settings, &value_subject(&topic), &schema, text)
         .await
         .map_err(|e| {
-            anyhow::anyhow!("{e}. Is the schema registry at {} running?", k.schema_registry.effective_url())
+            anyhow::anyhow!(
+                "{e}. Is the schema registry at {} running?",
+                k.schema_registry.effective_url()
+            )
         })?;
 
     let mut config = client_config(&k);
@@ -113,11 +116,9 @@ pub async fn run(args: Args) -> Result<(), Failure> {
         });
         for result in futures::future::join_all(sends).await {
             if let Err((e, _)) = result {
-                return Err(anyhow::anyhow!(
-                    "cannot produce to {topic} on {}: {e}",
-                    k.brokers
-                )
-                .into());
+                return Err(
+                    anyhow::anyhow!("cannot produce to {topic} on {}: {e}", k.brokers).into(),
+                );
             }
         }
         sent += n as u64;
@@ -144,9 +145,11 @@ fn user_key(value: &Value) -> Option<Vec<u8>> {
     let Value::Record(fields) = value else {
         return None;
     };
-    fields.iter().find_map(|(name, v)| match (name.as_str(), v) {
-        ("user_id", Value::Uuid(u)) => Some(u.to_string().into_bytes()),
-        ("user_id", Value::String(s)) => Some(s.clone().into_bytes()),
-        _ => None,
-    })
+    fields
+        .iter()
+        .find_map(|(name, v)| match (name.as_str(), v) {
+            ("user_id", Value::Uuid(u)) => Some(u.to_string().into_bytes()),
+            ("user_id", Value::String(s)) => Some(s.clone().into_bytes()),
+            _ => None,
+        })
 }

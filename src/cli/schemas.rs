@@ -59,19 +59,24 @@ pub async fn run(args: Args) -> Result<(), Failure> {
     };
     let mut refused = 0;
     for subject in &subjects {
-        let status = check(&settings, subject, &schema, &text).await.map_err(|e| {
-            anyhow::anyhow!(
-                "{e}. Is the schema registry at {} running?",
-                k.schema_registry.effective_url()
-            )
-        })?;
+        let status = check(&settings, subject, &schema, &text)
+            .await
+            .map_err(|e| {
+                anyhow::anyhow!(
+                    "{e}. Is the schema registry at {} running?",
+                    k.schema_registry.effective_url()
+                )
+            })?;
         let latest = match status.latest {
             Some((version, id)) => format!("latest version {version} (id {id})"),
             None => "no versions yet".into(),
         };
         println!("{subject}: {latest}");
         if status.unchanged {
-            println!("  unchanged: {} is already the latest version", path.display());
+            println!(
+                "  unchanged: {} is already the latest version",
+                path.display()
+            );
         } else {
             for change in &status.changes {
                 println!("  {change}");

@@ -353,7 +353,13 @@ mod tests {
         )
         .unwrap();
         let changes = field_changes(&old, &new);
-        assert!(changes.iter().any(|c| c.contains("added field c")), "{changes:?}");
-        assert!(changes.iter().any(|c| c.contains("removed field b")), "{changes:?}");
+        assert!(
+            changes.iter().any(|c| c.contains("added field c")),
+            "{changes:?}"
+        );
+        assert!(
+            changes.iter().any(|c| c.contains("removed field b")),
+            "{changes:?}"
+        );
     }
 }

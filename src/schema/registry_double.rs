@@ -58,7 +58,12 @@ pub async fn serve(listener: tokio::net::TcpListener) -> std::io::Result<()> {
 }
 
 fn reply(status: StatusCode, body: Value) -> Response {
-    (status, [(header::CONTENT_TYPE, CONTENT_TYPE)], body.to_string()).into_response()
+    (
+        status,
+        [(header::CONTENT_TYPE, CONTENT_TYPE)],
+        body.to_string(),
+    )
+        .into_response()
 }
 
 fn error(status: StatusCode, code: u32, message: impl Into<String>) -> Response {
@@ -110,7 +115,11 @@ fn requested_schema(body: &str) -> Result<(String, Schema), Response> {
 
 async fn schema_by_id(State(state): State<Shared>, Path(id): Path<String>) -> Response {
     let Ok(reg) = state.lock() else {
-        return error(StatusCode::INTERNAL_SERVER_ERROR, 50001, "Error in the backend data store");
+        return error(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            50001,
+            "Error in the backend data store",
+        );
     };
     match id
         .parse::<usize>()
@@ -125,7 +134,11 @@ async fn schema_by_id(State(state): State<Shared>, Path(id): Path<String>) -> Re
 
 async fn subjects(State(state): State<Shared>) -> Response {
     let Ok(reg) = state.lock() else {
-        return error(StatusCode::INTERNAL_SERVER_ERROR, 50001, "Error in the backend data store");
+        return error(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            50001,
+            "Error in the backend data store",
+        );
     };
     reply(
         StatusCode::OK,
@@ -138,7 +151,11 @@ async fn version(
     Path((subject, version)): Path<(String, String)>,
 ) -> Response {
     let Ok(reg) = state.lock() else {
-        return error(StatusCode::INTERNAL_SERVER_ERROR, 50001, "Error in the backend data store");
+        return error(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            50001,
+            "Error in the backend data store",
+        );
     };
     let Some(ids) = reg.subjects.get(&subject) else {
         return subject_not_found(&subject);
@@ -181,10 +198,16 @@ async fn register(
         Err(r) => return r,
     };
     let Ok(mut reg) = state.lock() else {
-        return error(StatusCode::INTERNAL_SERVER_ERROR, 50001, "Error in the backend data store");
+        return error(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            50001,
+            "Error in the backend data store",
+        );
     };
     let canonical = schema.canonical_form();
-    let same = |t: &String| Schema::parse_str(t).is_ok_and(|s| s.canonical_form() == canonical && *t == text);
+    let same = |t: &String| {
+        Schema::parse_str(t).is_ok_and(|s| s.canonical_form() == canonical && *t == text)
+    };
     // Already a version of this subject: its id, nothing new.
     if let Some(ids) = reg.subjects.get(&subject) {
         if let Some(id) = ids.iter().find(|id| same(&reg.schemas[**id as usize - 1])) {
@@ -213,8 +236,7 @@ async fn register(
 }
 
 fn backward_compatible(old_text: &str, new: &Schema) -> bool {
-    Schema::parse_str(old_text)
-        .is_ok_and(|old| SchemaCompatibility::can_read(&old, new).is_ok())
+    Schema::parse_str(old_text).is_ok_and(|old| SchemaCompatibility::can_read(&old, new).is_ok())
 }
 
 fn compatibility_answer(
@@ -257,7 +279,11 @@ async fn compatibility(
         Err(r) => return r,
     };
     let Ok(reg) = state.lock() else {
-        return error(StatusCode::INTERNAL_SERVER_ERROR, 50001, "Error in the backend data store");
+        return error(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            50001,
+            "Error in the backend data store",
+        );
     };
     compatibility_answer(&reg, &subject, Some(&version), &schema)
 }
@@ -272,7 +298,11 @@ async fn compatibility_any(
         Err(r) => return r,
     };
     let Ok(reg) = state.lock() else {
-        return error(StatusCode::INTERNAL_SERVER_ERROR, 50001, "Error in the backend data store");
+        return error(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            50001,
+            "Error in the backend data store",
+        );
     };
     compatibility_answer(&reg, &subject, None, &schema)
 }

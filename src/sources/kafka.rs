@@ -131,9 +131,14 @@ fn read_err(reason: impl Into<String>) -> SourceError {
 impl KafkaSource {
     /// Creates the consumer and subscribes. Bad properties are reported here, before any
     /// message is read.
-    pub fn open(settings: KafkaSourceSettings, schemas: WriterSchemas) -> Result<Self, SourceError> {
+    pub fn open(
+        settings: KafkaSourceSettings,
+        schemas: WriterSchemas,
+    ) -> Result<Self, SourceError> {
         if settings.topics.is_empty() {
-            return Err(read_err("the kafka source names no topics: add `topics: [...]`"));
+            return Err(read_err(
+                "the kafka source names no topics: add `topics: [...]`",
+            ));
         }
         let mut config = ClientConfig::new();
         config
