@@ -3,10 +3,15 @@
 //! `validate`), 2 a usage or configuration problem, named in one paragraph.
 
 mod check;
+mod dev;
+mod dlq;
 mod generate;
 mod get;
+mod kafka_args;
 mod privacy;
+mod produce;
 mod run;
+mod schemas;
 mod search;
 mod validate;
 
@@ -66,6 +71,15 @@ enum Command {
     /// Retention rules: anonymise inactive profiles, expire old audit records.
     #[command(subcommand)]
     Retention(privacy::RetentionCommand),
+    /// Send generated events to a Kafka topic (Confluent wire format).
+    Produce(produce::Args),
+    /// Check or register the schemas in the Schema Registry.
+    Schemas(schemas::Args),
+    /// Work with the dead-letter topic.
+    Dlq(dlq::Args),
+    /// Development helpers (the Schema Registry test double).
+    #[command(hide = true)]
+    Dev(dev::Args),
 }
 
 /// How a command failed.
@@ -141,6 +155,10 @@ pub fn main() -> ExitCode {
             Command::Export(args) => privacy::export(args).await,
             Command::Audit(args) => privacy::audit(args).await,
             Command::Retention(command) => privacy::retention(command).await,
+            Command::Produce(args) => produce::run(args).await,
+            Command::Schemas(args) => schemas::run(args).await,
+            Command::Dlq(args) => dlq::run(args).await,
+            Command::Dev(args) => dev::run(args).await,
         }
     });
     match result {

@@ -24,6 +24,52 @@ pub struct Args {
     /// After a finite source is done, keep serving the endpoint until SIGINT or SIGTERM.
     #[arg(long, requires = "metrics_addr")]
     hold: bool,
+    /// On SIGINT/SIGTERM: how long to finish the batch in flight and commit before giving up
+    /// (exit 1, nothing uncommitted is committed). A second signal exits at once.
+    #[arg(long, default_value_t = 30)]
+    drain_deadline_secs: u64,
+}
+
+async fn next_signal(
+    term: &mut tokio::signal::unix::Signal,
+    int: &mut tokio::signal::unix::Signal,
+) {
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = int.recv() => {}
+    }
+}
+
+/// First signal: stop fetching and drain, bounded by `deadline`. Second signal: exit now.
+fn on_signals(deadline: std::time::Duration) -> tokio::sync::watch::Receiver<bool> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let (tx, rx) = tokio::sync::watch::channel(false);
+    tokio::spawn(async move {
+        let (Ok(mut term), Ok(mut int)) = (
+            signal(SignalKind::terminate()),
+            signal(SignalKind::interrupt()),
+        ) else {
+            tracing::warn!("cannot install signal handlers; SIGTERM will end the worker abruptly");
+            return;
+        };
+        next_signal(&mut term, &mut int).await;
+        eprintln!(
+            "profile-sync: stopping: finishing the batch in flight and committing (up to {} s; signal again to exit at once)",
+            deadline.as_secs()
+        );
+        let _ = tx.send(true);
+        tokio::select! {
+            _ = next_signal(&mut term, &mut int) => {
+                eprintln!("profile-sync: second signal: exiting now without committing");
+                std::process::exit(130);
+            }
+            _ = tokio::time::sleep(deadline) => {
+                eprintln!("profile-sync: the in-flight batch did not finish within {} s: exiting without committing it (it is replayed after a restart)", deadline.as_secs());
+                std::process::exit(1);
+            }
+        }
+    });
+    rx
 }
 
 pub async fn run(args: Args) -> Result<(), Failure> {
@@ -48,9 +94,10 @@ pub async fn run(args: Args) -> Result<(), Failure> {
     let started = Instant::now();
     let counts = components
         .pipeline
-        .run(
+        .run_until(
             components.source.as_mut(),
             file.config.batch_size,
+            on_signals(std::time::Duration::from_secs(args.drain_deadline_secs)),
             |c: &Counts| {
                 bar.set_position(c.read);
                 bar.set_message(format!("{} dead-lettered", c.dead_lettered));

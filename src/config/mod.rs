@@ -51,6 +51,87 @@ pub enum SourceConfig {
         #[serde(default)]
         format: FileFormat,
     },
+    /// Kafka topics in the Confluent wire format, read in a consumer group.
+    Kafka(KafkaSourceConfig),
+}
+
+/// A Kafka source. librdkafka properties (`security.protocol`, `sasl.*`, `ssl.*`, `client.id`,
+/// fetch sizes, timeouts) go under `properties`; environment variables
+/// `PROFILE_SYNC_KAFKA_<PROPERTY>` (dots as underscores, e.g. `PROFILE_SYNC_KAFKA_SASL_PASSWORD`)
+/// override them, so secrets need not be in the file.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KafkaSourceConfig {
+    /// `bootstrap.servers`.
+    pub brokers: String,
+    pub topics: Vec<String>,
+    /// `group.id`: workers with the same group share the partitions.
+    pub group_id: String,
+    pub schema_registry: SchemaRegistryConfig,
+    /// How long to wait for more messages once a batch has its first one, in milliseconds.
+    #[serde(default = "default_linger_ms")]
+    pub linger_ms: u64,
+    /// Commit once this many events have been acknowledged since the last commit...
+    #[serde(default = "default_commit_every_events")]
+    pub commit_every_events: usize,
+    /// ...or once this long has passed since the last commit, in milliseconds.
+    #[serde(default = "default_commit_interval_ms")]
+    pub commit_interval_ms: u64,
+    /// Stop (exit 0 after committing) when no message arrived for this long, in milliseconds.
+    /// For batch jobs and benchmarks; unset, the worker runs until it is signalled.
+    #[serde(default)]
+    pub stop_when_idle_ms: Option<u64>,
+    #[serde(default)]
+    pub properties: BTreeMap<String, String>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SchemaRegistryConfig {
+    /// Base URL(s), comma-separated. `SCHEMA_REGISTRY_URL` overrides it; basic auth comes from
+    /// `SCHEMA_REGISTRY_USER` / `SCHEMA_REGISTRY_PASSWORD`.
+    pub url: String,
+    #[serde(default = "default_registry_timeout_ms")]
+    pub timeout_ms: u64,
+}
+
+impl SchemaRegistryConfig {
+    /// The URL to use: the environment's, else the file's.
+    pub fn effective_url(&self) -> String {
+        std::env::var("SCHEMA_REGISTRY_URL")
+            .ok()
+            .filter(|u| !u.trim().is_empty())
+            .unwrap_or_else(|| self.url.clone())
+    }
+}
+
+/// The prefix of environment variables that set librdkafka properties.
+pub const KAFKA_ENV_PREFIX: &str = "PROFILE_SYNC_KAFKA_";
+
+/// librdkafka properties: the file's, then `PROFILE_SYNC_KAFKA_*` from the environment.
+pub fn kafka_properties(from_file: &BTreeMap<String, String>) -> BTreeMap<String, String> {
+    let mut props = from_file.clone();
+    for (k, v) in std::env::vars() {
+        if let Some(rest) = k.strip_prefix(KAFKA_ENV_PREFIX) {
+            if !rest.is_empty() {
+                props.insert(rest.to_ascii_lowercase().replace('_', "."), v);
+            }
+        }
+    }
+    props
+}
+
+fn default_linger_ms() -> u64 {
+    50
+}
+fn default_commit_every_events() -> usize {
+    5000
+}
+fn default_commit_interval_ms() -> u64 {
+    1000
+}
+fn default_registry_timeout_ms() -> u64 {
+    5000
 }
 
 #[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
@@ -139,6 +220,16 @@ pub enum DeadLetterConfig {
     File {
         #[serde(default = "default_dead_letter")]
         path: PathBuf,
+    },
+    /// A Kafka topic: original key, value and headers plus `__connect.errors.*` headers.
+    Kafka {
+        topic: String,
+        /// `bootstrap.servers`; defaults to the Kafka source's.
+        #[serde(default)]
+        brokers: Option<String>,
+        /// librdkafka producer properties (the `PROFILE_SYNC_KAFKA_*` variables apply too).
+        #[serde(default)]
+        properties: BTreeMap<String, String>,
     },
 }
 

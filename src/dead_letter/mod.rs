@@ -2,8 +2,10 @@
 //! nothing that fails is dropped silently and every event can be replayed after a fix.
 
 mod file;
+mod kafka;
 
 pub use file::DeadLetterFile;
+pub use kafka::{DeadLetterTopic, HEADER_PREFIX};
 
 use crate::event::Stage;
 use async_trait::async_trait;
@@ -21,6 +23,8 @@ pub struct DeadLetter {
     pub key: Option<Vec<u8>>,
     /// The original bytes, unchanged.
     pub payload: Vec<u8>,
+    /// The source's topic/partition/offset and original headers, when it has them.
+    pub meta: crate::sources::RecordMeta,
 }
 
 #[derive(Debug, thiserror::Error)]

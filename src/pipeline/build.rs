@@ -119,7 +119,27 @@ fn open_dead_letters(
         DeadLetterConfig::File { path } => {
             Arc::new(DeadLetterFile::open(&file.data_path(data_dir, path))?)
         }
+        DeadLetterConfig::Kafka {
+            topic,
+            brokers,
+            properties,
+        } => Arc::new(crate::dead_letter::DeadLetterTopic::open(
+            &kafka_brokers(file, brokers.as_deref())?,
+            topic,
+            &config::kafka_properties(properties),
+        )?),
     })
+}
+
+/// The brokers a Kafka adapter uses: its own, else the Kafka source's.
+pub fn kafka_brokers(file: &config::Pipeline, own: Option<&str>) -> Result<String, BuildError> {
+    match (own, &file.config.source) {
+        (Some(b), _) => Ok(b.to_string()),
+        (None, SourceConfig::Kafka(k)) => Ok(k.brokers.clone()),
+        (None, _) => Err(file
+            .invalid("dead_letter.brokers is required when the source is not Kafka")
+            .into()),
+    }
 }
 
 /// Opens the source: the pipeline file's, or `input` instead when given.
@@ -133,6 +153,31 @@ pub fn open_source(
                 .map(Path::to_path_buf)
                 .unwrap_or_else(|| file.resolve(path));
             Box::new(FileSource::open(&path, *format)?)
+        }
+        SourceConfig::Kafka(k) => {
+            if input.is_some() {
+                return Err(file
+                    .invalid("--input reads a file, but this pipeline's source is Kafka")
+                    .into());
+            }
+            let registry = crate::schema::registry::settings(
+                &k.schema_registry.effective_url(),
+                std::time::Duration::from_millis(k.schema_registry.timeout_ms),
+            )
+            .map_err(|reason| file.invalid(format!("schema_registry: {reason}")))?;
+            Box::new(crate::sources::KafkaSource::open(
+                crate::sources::KafkaSourceSettings {
+                    brokers: k.brokers.clone(),
+                    topics: k.topics.clone(),
+                    group_id: k.group_id.clone(),
+                    properties: config::kafka_properties(&k.properties),
+                    linger: std::time::Duration::from_millis(k.linger_ms),
+                    commit_every_events: k.commit_every_events.max(1),
+                    commit_interval: std::time::Duration::from_millis(k.commit_interval_ms),
+                    stop_when_idle: k.stop_when_idle_ms.map(std::time::Duration::from_millis),
+                },
+                crate::schema::registry::WriterSchemas::new(registry),
+            )?)
         }
     })
 }

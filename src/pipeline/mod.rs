@@ -189,6 +189,7 @@ impl Pipeline {
                         reason: r.reason,
                         key: records[i].key.clone(),
                         payload: records[i].payload.bytes().to_vec(),
+                        meta: records[i].meta.clone(),
                     }
                 })
                 .collect();
@@ -339,12 +340,31 @@ impl Pipeline {
         &self,
         source: &mut dyn EventSource,
         batch_size: usize,
+        progress: impl FnMut(&Counts),
+    ) -> Result<Counts, PipelineError> {
+        let (_never, shutdown) = tokio::sync::watch::channel(false);
+        self.run_until(source, batch_size, shutdown, progress).await
+    }
+
+    /// Like [`Self::run`], but stops fetching once `shutdown` turns true: the batch in flight
+    /// is finished and acknowledged, then the source is closed (commits what was acknowledged).
+    pub async fn run_until(
+        &self,
+        source: &mut dyn EventSource,
+        batch_size: usize,
+        mut shutdown: tokio::sync::watch::Receiver<bool>,
         mut progress: impl FnMut(&Counts),
     ) -> Result<Counts, PipelineError> {
         let mut total = Counts::default();
         let backoff = Backoff::default();
         loop {
-            let batch = source.next_batch(batch_size).await?;
+            // Fetching is cancelled by a shutdown: nothing fetched is acknowledged, so nothing
+            // is lost (it is read again after a restart).
+            let batch = tokio::select! {
+                biased;
+                _ = shutdown_requested(&mut shutdown) => break,
+                batch = source.next_batch(batch_size) => batch?,
+            };
             if batch.is_empty() {
                 break;
             }
@@ -390,6 +410,19 @@ impl Pipeline {
             total.add(counts);
             progress(&total);
         }
+        source.close().await?;
         Ok(total)
+    }
+}
+
+/// Resolves once `shutdown` is true; never, if its sender is gone without saying so.
+async fn shutdown_requested(shutdown: &mut tokio::sync::watch::Receiver<bool>) {
+    loop {
+        if *shutdown.borrow_and_update() {
+            return;
+        }
+        if shutdown.changed().await.is_err() {
+            std::future::pending::<()>().await;
+        }
     }
 }

@@ -6,6 +6,8 @@
 
 mod catalog;
 mod json;
+pub mod registry;
+pub mod registry_double;
 
 pub use catalog::{Catalog, Classification, FieldKind, FieldSpec, DERIVED_FIELDS};
 pub use json::{avro_json_to_value, value_to_avro_json};

@@ -106,6 +106,7 @@ impl EventSource for FileSource {
                         position: format!("{}:{}", self.name, self.position),
                         key: None,
                         payload: Payload::Json(line),
+                        meta: Default::default(),
                     });
                 }
                 Records::Avro { reader, writer } => {
@@ -138,6 +139,7 @@ impl EventSource for FileSource {
                             bytes,
                             writer: writer.clone(),
                         },
+                        meta: Default::default(),
                     });
                 }
             }

@@ -5,8 +5,10 @@
 //! stage's job, not the source's, so that every source shares one validation path.
 
 mod file;
+mod kafka;
 
 pub use file::FileSource;
+pub use kafka::{KafkaSource, KafkaSourceSettings};
 
 use apache_avro::Schema;
 use async_trait::async_trait;
@@ -19,6 +21,16 @@ pub enum Payload {
     AvroDatum { bytes: Vec<u8>, writer: Arc<Schema> },
     /// One line of JSON in Avro's JSON encoding.
     Json(Vec<u8>),
+    /// A Confluent wire-format message (magic byte 0, 4-byte schema id, Avro datum) whose
+    /// writer schema the source resolved by id. `bytes` is the whole message, unchanged.
+    ConfluentAvro { bytes: Vec<u8>, writer: Arc<Schema> },
+    /// Bytes the source could already tell cannot be decoded (no wire-format header, unknown
+    /// schema id): the decode stage turns this into a rejection, so it is dead-lettered.
+    Unreadable {
+        bytes: Vec<u8>,
+        class: &'static str,
+        reason: String,
+    },
 }
 
 impl Payload {
@@ -26,6 +38,8 @@ impl Payload {
         match self {
             Payload::AvroDatum { bytes, .. } => bytes,
             Payload::Json(bytes) => bytes,
+            Payload::ConfluentAvro { bytes, .. } => bytes,
+            Payload::Unreadable { bytes, .. } => bytes,
         }
     }
 }
@@ -37,6 +51,17 @@ pub struct SourceRecord {
     pub position: String,
     pub key: Option<Vec<u8>>,
     pub payload: Payload,
+    /// Where a record came from in a log-based source, and the headers it carried.
+    pub meta: RecordMeta,
+}
+
+/// Source details a dead letter repeats so the event can be found and replayed.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct RecordMeta {
+    /// Topic, partition and offset, for a Kafka record.
+    pub origin: Option<(String, i32, i64)>,
+    /// The record's headers, unchanged (a header without a value has `None`).
+    pub headers: Vec<(String, Option<Vec<u8>>)>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -60,6 +85,12 @@ pub trait EventSource: Send {
 
     /// Every record handed out so far has reached its sinks (or the dead-letter sink).
     async fn acknowledge(&mut self) -> Result<(), SourceError>;
+
+    /// The worker is stopping and nothing is in flight: commit whatever was acknowledged but
+    /// not committed yet, and leave (e.g. a consumer group) cleanly.
+    async fn close(&mut self) -> Result<(), SourceError> {
+        Ok(())
+    }
 
     /// How many records there are in all, when the source knows (for progress).
     fn size_hint(&self) -> Option<u64> {

@@ -28,30 +28,13 @@ impl Decoder {
 
     pub fn decode(&self, payload: &Payload) -> Result<ProfileChange, Rejection> {
         let value = match payload {
-            Payload::AvroDatum { bytes, writer } => {
-                let mut slice = bytes.as_slice();
-                let value = apache_avro::reader::datum::GenericDatumReader::builder(writer)
-                    .reader_schema(&self.reader)
-                    .build()
-                    .and_then(|r| r.read_value(&mut slice))
-                    .map_err(|e| {
-                        Rejection::new(
-                            Stage::Decode,
-                            "schema",
-                            format!(
-                                "bytes are not a valid Avro datum of the writer schema, or it does not resolve to the reader schema ({})",
-                                avro_error_kind(&e)
-                            ),
-                        )
-                    })?;
-                if !slice.is_empty() {
-                    return Err(Rejection::new(
-                        Stage::Decode,
-                        "malformed",
-                        format!("{} trailing bytes after the Avro datum", slice.len()),
-                    ));
-                }
-                value
+            Payload::AvroDatum { bytes, writer } => self.avro(bytes, writer)?,
+            Payload::ConfluentAvro { bytes, writer } => {
+                // The source checked the 5-byte header when it resolved the writer schema.
+                self.avro(bytes.get(5..).unwrap_or_default(), writer)?
+            }
+            Payload::Unreadable { class, reason, .. } => {
+                return Err(Rejection::new(Stage::Decode, class, reason.clone()))
             }
             Payload::Json(bytes) => {
                 let json: Json = serde_json::from_slice(bytes).map_err(|e| {
@@ -71,6 +54,33 @@ impl Decoder {
             }
         };
         to_change(value)
+    }
+
+    /// One Avro binary datum, resolved from `writer` to the reader schema.
+    fn avro(&self, bytes: &[u8], writer: &Schema) -> Result<Value, Rejection> {
+        let mut slice = bytes;
+        let value = apache_avro::reader::datum::GenericDatumReader::builder(writer)
+            .reader_schema(&self.reader)
+            .build()
+            .and_then(|r| r.read_value(&mut slice))
+            .map_err(|e| {
+                Rejection::new(
+                    Stage::Decode,
+                    "schema",
+                    format!(
+                        "bytes are not a valid Avro datum of the writer schema, or it does not resolve to the reader schema ({})",
+                        avro_error_kind(&e)
+                    ),
+                )
+            })?;
+        if !slice.is_empty() {
+            return Err(Rejection::new(
+                Stage::Decode,
+                "malformed",
+                format!("{} trailing bytes after the Avro datum", slice.len()),
+            ));
+        }
+        Ok(value)
     }
 }
 

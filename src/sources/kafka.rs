@@ -1,0 +1,402 @@
+//! Kafka topics as an event source: a consumer in a consumer group, values in the Confluent
+//! wire format with writer schemas from a Schema Registry.
+//!
+//! The pipeline takes one batch at a time, so nothing is in flight while this source polls.
+//! That keeps the offset rules simple: `acknowledge` means every record handed out reached
+//! every sink, so the next offset of each partition in the batch becomes committable; commits
+//! are batched (`commit_every_events` / `commit_interval_ms`). On a revocation (which librdkafka
+//! reports while we poll) the pending offsets are committed and those partitions' buffered,
+//! unprocessed messages are dropped: the new owner reads them from the committed offset. A
+//! crash loses at most the uncommitted window, which is replayed harmlessly (versioned writes).
+
+use super::{EventSource, Payload, RecordMeta, SourceError, SourceRecord};
+use crate::retry::Backoff;
+use crate::schema::registry::{schema_id, Lookup, WriterSchemas};
+use async_trait::async_trait;
+use rdkafka::config::ClientConfig;
+use rdkafka::consumer::{
+    BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance, StreamConsumer,
+};
+use rdkafka::error::KafkaError;
+use rdkafka::message::{Headers, Message};
+use rdkafka::{ClientContext, Offset, TopicPartitionList};
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+/// Everything the source needs; built from the pipeline file.
+#[derive(Debug, Clone)]
+pub struct KafkaSourceSettings {
+    pub brokers: String,
+    pub topics: Vec<String>,
+    pub group_id: String,
+    /// librdkafka properties, already merged with the environment's.
+    pub properties: BTreeMap<String, String>,
+    pub linger: Duration,
+    pub commit_every_events: usize,
+    pub commit_interval: Duration,
+    pub stop_when_idle: Option<Duration>,
+}
+
+/// Offsets acknowledged but not committed yet: partition → next offset to read.
+#[derive(Default)]
+struct Pending {
+    offsets: HashMap<(String, i32), i64>,
+    events: usize,
+}
+
+/// Commits what completed when partitions are revoked, from inside librdkafka's poll.
+struct GroupContext {
+    pending: Arc<Mutex<Pending>>,
+}
+
+impl ClientContext for GroupContext {}
+
+impl ConsumerContext for GroupContext {
+    fn pre_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        let Rebalance::Revoke(revoked) = rebalance else {
+            return;
+        };
+        let Ok(mut pending) = self.pending.lock() else {
+            return;
+        };
+        let revoked: HashSet<(String, i32)> = revoked
+            .elements()
+            .iter()
+            .map(|e| (e.topic().to_string(), e.partition()))
+            .collect();
+        if let Err(e) = commit_offsets(consumer, &pending.offsets) {
+            tracing::warn!(error = %e, "commit on partition revocation failed; the new owner replays from the last commit");
+            metrics::counter!("profile_sync_kafka_commit_failures_total").increment(1);
+        }
+        // Whatever happened, those partitions are not ours to commit any more.
+        pending.offsets.retain(|k, _| !revoked.contains(k));
+        pending.events = 0;
+        tracing::info!(partitions = revoked.len(), "partitions revoked");
+    }
+
+    fn post_rebalance(&self, _consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        if let Rebalance::Assign(tpl) = rebalance {
+            tracing::info!(
+                partitions = tpl.count(),
+                "partitions assigned; resuming from committed offsets"
+            );
+        }
+    }
+}
+
+fn commit_offsets<C: Consumer<X>, X: ConsumerContext>(
+    consumer: &C,
+    offsets: &HashMap<(String, i32), i64>,
+) -> Result<(), KafkaError> {
+    if offsets.is_empty() {
+        return Ok(());
+    }
+    let mut tpl = TopicPartitionList::new();
+    for ((topic, partition), next) in offsets {
+        tpl.add_partition_offset(topic, *partition, Offset::Offset(*next))?;
+    }
+    consumer.commit(&tpl, CommitMode::Sync)
+}
+
+pub struct KafkaSource {
+    consumer: StreamConsumer<GroupContext>,
+    schemas: WriterSchemas,
+    settings: KafkaSourceSettings,
+    pending: Arc<Mutex<Pending>>,
+    /// Next offsets of what the current batch handed out.
+    handed_out: HashMap<(String, i32), i64>,
+    handed_events: usize,
+    last_commit: Instant,
+    backoff: Backoff,
+}
+
+/// A message copied out of librdkafka's buffer.
+struct Raw {
+    topic: String,
+    partition: i32,
+    offset: i64,
+    key: Option<Vec<u8>>,
+    value: Vec<u8>,
+    headers: Vec<(String, Option<Vec<u8>>)>,
+}
+
+fn read_err(reason: impl Into<String>) -> SourceError {
+    SourceError::Read {
+        what: "Kafka".into(),
+        reason: reason.into(),
+    }
+}
+
+impl KafkaSource {
+    /// Creates the consumer and subscribes. Bad properties are reported here, before any
+    /// message is read.
+    pub fn open(
+        settings: KafkaSourceSettings,
+        schemas: WriterSchemas,
+    ) -> Result<Self, SourceError> {
+        if settings.topics.is_empty() {
+            return Err(read_err(
+                "the kafka source names no topics: add `topics: [...]`",
+            ));
+        }
+        let mut config = ClientConfig::new();
+        config
+            .set("bootstrap.servers", &settings.brokers)
+            .set("group.id", &settings.group_id)
+            .set("auto.offset.reset", "earliest")
+            .set("client.id", "profile-sync");
+        for (k, v) in &settings.properties {
+            config.set(k, v);
+        }
+        // The at-least-once rule depends on these: offsets move only when the sinks are done.
+        config
+            .set("enable.auto.commit", "false")
+            .set("enable.auto.offset.store", "false");
+        let pending = Arc::new(Mutex::new(Pending::default()));
+        let consumer: StreamConsumer<GroupContext> = config
+            .create_with_context(GroupContext {
+                pending: pending.clone(),
+            })
+            .map_err(|e| {
+                read_err(format!(
+                    "cannot create the Kafka consumer ({e}): check `properties` in the pipeline file and PROFILE_SYNC_KAFKA_* variables"
+                ))
+            })?;
+        let topics: Vec<&str> = settings.topics.iter().map(String::as_str).collect();
+        consumer
+            .subscribe(&topics)
+            .map_err(|e| read_err(format!("cannot subscribe to {topics:?}: {e}")))?;
+        Ok(Self {
+            consumer,
+            schemas,
+            settings,
+            pending,
+            handed_out: HashMap::new(),
+            handed_events: 0,
+            last_commit: Instant::now(),
+            backoff: Backoff::default(),
+        })
+    }
+
+    /// The next message, or `None` when `wait` passed without one. Consumer errors (broker
+    /// down, transport) are logged, counted and waited out: they never end the worker.
+    async fn next_message(&mut self, wait: Duration) -> Option<Raw> {
+        let deadline = Instant::now() + wait;
+        let mut attempt = 0;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match tokio::time::timeout(left, self.consumer.recv()).await {
+                Err(_) => return None,
+                Ok(Ok(m)) => {
+                    return Some(Raw {
+                        topic: m.topic().to_string(),
+                        partition: m.partition(),
+                        offset: m.offset(),
+                        key: m.key().map(<[u8]>::to_vec),
+                        value: m.payload().map(<[u8]>::to_vec).unwrap_or_default(),
+                        headers: m
+                            .headers()
+                            .map(|h| {
+                                h.iter()
+                                    .map(|h| (h.key.to_string(), h.value.map(<[u8]>::to_vec)))
+                                    .collect()
+                            })
+                            .unwrap_or_default(),
+                    })
+                }
+                Ok(Err(e)) => {
+                    attempt += 1;
+                    let delay = self.backoff.delay(attempt).min(left);
+                    tracing::warn!(error = %e, attempt, "Kafka consumer error; retrying");
+                    metrics::counter!("profile_sync_kafka_transient_errors_total").increment(1);
+                    tokio::time::sleep(delay).await;
+                }
+            }
+        }
+    }
+
+    fn maybe_commit(&mut self, force: bool) -> Result<(), SourceError> {
+        let Ok(mut pending) = self.pending.lock() else {
+            return Err(read_err("offset bookkeeping lock poisoned"));
+        };
+        let due = pending.events >= self.settings.commit_every_events
+            || self.last_commit.elapsed() >= self.settings.commit_interval;
+        if pending.offsets.is_empty() || !(force || due) {
+            return Ok(());
+        }
+        match commit_offsets(&self.consumer, &pending.offsets) {
+            Ok(()) => {
+                pending.offsets.clear();
+                pending.events = 0;
+                self.last_commit = Instant::now();
+                metrics::counter!("profile_sync_kafka_commits_total").increment(1);
+            }
+            Err(e) => {
+                // Kept pending: retried on the next commit; never skipped past.
+                tracing::warn!(error = %e, "offset commit failed; will retry");
+                metrics::counter!("profile_sync_kafka_commit_failures_total").increment(1);
+                self.last_commit = Instant::now();
+            }
+        }
+        Ok(())
+    }
+
+    /// The record for a message: resolves the writer schema, waiting out registry outages.
+    async fn record(&self, raw: Raw) -> SourceRecord {
+        let position = format!("{}/{}@{}", raw.topic, raw.partition, raw.offset);
+        let payload = match schema_id(&raw.value) {
+            Err(reason) => Payload::Unreadable {
+                bytes: raw.value,
+                class: "malformed",
+                reason: reason.into(),
+            },
+            Ok(id) => {
+                let mut attempt = 0;
+                loop {
+                    match self.schemas.get(id).await {
+                        Ok(writer) => {
+                            break Payload::ConfluentAvro {
+                                bytes: raw.value,
+                                writer,
+                            }
+                        }
+                        Err(Lookup::Unknown(reason)) => {
+                            break Payload::Unreadable {
+                                bytes: raw.value,
+                                class: "schema",
+                                reason,
+                            }
+                        }
+                        Err(Lookup::Unavailable(reason)) => {
+                            attempt += 1;
+                            let delay = self.backoff.delay(attempt);
+                            tracing::warn!(%reason, attempt, delay_ms = delay.as_millis() as u64, "schema registry unavailable; retrying (the event is not dead-lettered)");
+                            metrics::counter!("profile_sync_registry_transient_errors_total")
+                                .increment(1);
+                            tokio::time::sleep(delay).await;
+                        }
+                    }
+                }
+            }
+        };
+        SourceRecord {
+            position,
+            key: raw.key,
+            payload,
+            meta: RecordMeta {
+                origin: Some((raw.topic, raw.partition, raw.offset)),
+                headers: raw.headers,
+            },
+        }
+    }
+}
+
+#[async_trait]
+impl EventSource for KafkaSource {
+    async fn next_batch(&mut self, max: usize) -> Result<Vec<SourceRecord>, SourceError> {
+        self.handed_out.clear();
+        self.handed_events = 0;
+        let idle_since = Instant::now();
+        // Wait for a first message, committing due offsets while idle.
+        let first = loop {
+            let mut wait = self.settings.commit_interval.max(Duration::from_millis(50));
+            if let Some(idle) = self.settings.stop_when_idle {
+                let left = idle.saturating_sub(idle_since.elapsed());
+                if left.is_zero() {
+                    return Ok(Vec::new());
+                }
+                wait = wait.min(left);
+            }
+            if let Some(m) = self.next_message(wait).await {
+                break m;
+            }
+            self.maybe_commit(false)?;
+        };
+        let mut raws = vec![first];
+        let linger_until = Instant::now() + self.settings.linger;
+        while raws.len() < max {
+            let left = linger_until.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                break;
+            }
+            match self.next_message(left).await {
+                Some(m) => raws.push(m),
+                None => break,
+            }
+        }
+        // A revocation during the linger: those messages belong to the new owner now.
+        if let Ok(assigned) = self.consumer.assignment() {
+            let owned: HashSet<(String, i32)> = assigned
+                .elements()
+                .iter()
+                .map(|e| (e.topic().to_string(), e.partition()))
+                .collect();
+            let before = raws.len();
+            raws.retain(|r| owned.contains(&(r.topic.clone(), r.partition)));
+            if raws.len() < before {
+                tracing::info!(
+                    dropped = before - raws.len(),
+                    "dropped buffered messages of revoked partitions"
+                );
+            }
+        }
+        let mut batch = Vec::with_capacity(raws.len());
+        for raw in raws {
+            let next = raw.offset + 1;
+            let slot = self
+                .handed_out
+                .entry((raw.topic.clone(), raw.partition))
+                .or_insert(next);
+            *slot = (*slot).max(next);
+            batch.push(self.record(raw).await);
+        }
+        self.handed_events = batch.len();
+        metrics::counter!("profile_sync_kafka_messages_total").increment(batch.len() as u64);
+        Ok(batch)
+    }
+
+    async fn acknowledge(&mut self) -> Result<(), SourceError> {
+        {
+            let Ok(mut pending) = self.pending.lock() else {
+                return Err(read_err("offset bookkeeping lock poisoned"));
+            };
+            for (k, next) in self.handed_out.drain() {
+                let slot = pending.offsets.entry(k).or_insert(next);
+                *slot = (*slot).max(next);
+            }
+            pending.events += std::mem::take(&mut self.handed_events);
+        }
+        self.maybe_commit(false)
+    }
+
+    async fn close(&mut self) -> Result<(), SourceError> {
+        // Pending offsets were all acknowledged; a failed final commit only means a replay.
+        let offsets = match self.pending.lock() {
+            Ok(p) => p.offsets.clone(),
+            Err(_) => return Err(read_err("offset bookkeeping lock poisoned")),
+        };
+        let mut attempt = 0;
+        loop {
+            match commit_offsets(&self.consumer, &offsets) {
+                Ok(()) => break,
+                Err(e) if attempt < 3 => {
+                    attempt += 1;
+                    tracing::warn!(error = %e, attempt, "final commit failed; retrying");
+                    tokio::time::sleep(self.backoff.delay(attempt)).await;
+                }
+                Err(e) => {
+                    return Err(read_err(format!(
+                        "final offset commit failed ({e}): the uncommitted events will be replayed on restart, harmlessly"
+                    )))
+                }
+            }
+        }
+        if let Ok(mut p) = self.pending.lock() {
+            p.offsets.clear();
+            p.events = 0;
+        }
+        self.consumer.unsubscribe();
+        Ok(())
+    }
+}

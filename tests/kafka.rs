@@ -1,0 +1,1026 @@
+//! Kafka ingest against a real Kafka-protocol broker (tansu, started by `scripts/services start
+//! kafka`) and the Schema Registry test double (or a real registry when `SCHEMA_REGISTRY_URL`
+//! is set). A test fails, never skips, when the broker is not reachable.
+//!
+//! The workers share one canonical SQLite store and one keyring; each has its own tantivy
+//! index folder, because the embedded index is single-writer (a shared search index is the
+//! OpenSearch adapter's job). Exactness is checked on the canonical store.
+
+mod common;
+
+use common::{expected_state, repo};
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::DefaultClientContext;
+use rdkafka::config::ClientConfig;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::message::{Headers, Message};
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::{Offset, TopicPartitionList};
+use serde_json::Value as Json;
+use std::collections::{HashMap, HashSet};
+use std::io::{BufRead, BufReader};
+use std::net::{TcpStream, ToSocketAddrs};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+/// The heavy tests share two cores: one at a time.
+static SERIAL: Mutex<()> = Mutex::new(());
+
+fn serial() -> std::sync::MutexGuard<'static, ()> {
+    SERIAL.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+fn brokers() -> String {
+    let brokers = std::env::var("KAFKA_BROKERS").unwrap_or_else(|_| "127.0.0.1:9092".into());
+    let reachable = brokers
+        .split(',')
+        .filter_map(|b| b.to_socket_addrs().ok())
+        .flatten()
+        .any(|a| TcpStream::connect_timeout(&a, Duration::from_secs(2)).is_ok());
+    assert!(
+        reachable,
+        "no Kafka broker reachable at {brokers}: start one with `scripts/services start kafka` \
+         (or set KAFKA_BROKERS). The Kafka tests need a real broker and never skip."
+    );
+    brokers
+}
+
+/// The binary under test; `PROFILE_SYNC_BIN` picks another build (e.g. a release one, or a
+/// copy when several worktrees share one target folder).
+fn binary() -> PathBuf {
+    std::env::var_os("PROFILE_SYNC_BIN")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| assert_cmd::cargo::cargo_bin("profile-sync"))
+}
+
+/// A Schema Registry for one test: the real one at `SCHEMA_REGISTRY_URL`, else the double.
+struct Registry {
+    url: String,
+    child: Option<Child>,
+}
+
+impl Drop for Registry {
+    fn drop(&mut self) {
+        if let Some(c) = &mut self.child {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+fn registry() -> Registry {
+    if let Ok(url) = std::env::var("SCHEMA_REGISTRY_URL") {
+        return Registry { url, child: None };
+    }
+    let mut child = Command::new(binary())
+        .args(["dev", "registry", "--listen", "127.0.0.1:0"])
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("start the registry double");
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    let url = line
+        .trim()
+        .rsplit(' ')
+        .next()
+        .expect("the double prints its URL")
+        .to_string();
+    assert!(url.starts_with("http://"), "unexpected line {line:?}");
+    Registry {
+        url,
+        child: Some(child),
+    }
+}
+
+fn client(brokers: &str) -> ClientConfig {
+    let mut c = ClientConfig::new();
+    c.set("bootstrap.servers", brokers);
+    c
+}
+
+async fn create_topics(brokers: &str, topics: &[(&str, i32)]) {
+    let admin: AdminClient<DefaultClientContext> = client(brokers).create().unwrap();
+    let new: Vec<NewTopic> = topics
+        .iter()
+        .map(|(t, p)| NewTopic::new(t, *p, TopicReplication::Fixed(1)))
+        .collect();
+    for r in admin
+        .create_topics(&new, &AdminOptions::new())
+        .await
+        .expect("create topics")
+    {
+        r.expect("topic created");
+    }
+}
+
+fn unique(name: &str) -> String {
+    format!("{name}-{}", uuid::Uuid::new_v4().simple())
+}
+
+/// One test's topics, group, registry and shared store.
+struct Setup {
+    brokers: String,
+    topic: String,
+    dlq: String,
+    group: String,
+    registry: Registry,
+    dir: tempfile::TempDir,
+}
+
+impl Setup {
+    async fn new(partitions: i32) -> Self {
+        let brokers = brokers();
+        let topic = unique("profiles");
+        let dlq = format!("{topic}-dlq");
+        create_topics(&brokers, &[(&topic, partitions), (&dlq, 1)]).await;
+        let dir = tempfile::tempdir().unwrap();
+        // Created once, before the workers race to create it.
+        profile_sync::keys::LocalKeyring::open_or_create(&dir.path().join("keyring.json")).unwrap();
+        Self {
+            brokers,
+            dlq,
+            group: unique("group"),
+            topic,
+            registry: registry(),
+            dir,
+        }
+    }
+
+    fn store(&self) -> PathBuf {
+        self.dir.path().join("profiles.sqlite")
+    }
+
+    /// A pipeline file from pipelines/kafka-local.yaml for this test; `extra` is appended to
+    /// the source section.
+    fn pipeline(&self, name: &str, group: &str, batch_size: usize, extra: &str) -> PathBuf {
+        let shared = self.dir.path().display().to_string();
+        let root = repo().display().to_string();
+        let text = std::fs::read_to_string(repo().join("pipelines/kafka-local.yaml"))
+            .unwrap()
+            .replace(
+                "brokers: 127.0.0.1:9092",
+                &format!("brokers: {}", self.brokers),
+            )
+            .replace(
+                "topics: [profile-changes]",
+                &format!("topics: [{}]", self.topic),
+            )
+            .replace("group_id: profile-sync", &format!("group_id: {group}"))
+            .replace(
+                "url: http://127.0.0.1:8081",
+                &format!("url: {}", self.registry.url),
+            )
+            .replace(
+                "topic: profile-changes-dlq",
+                &format!("topic: {}", self.dlq),
+            )
+            .replace(
+                "path: keyring.json",
+                &format!("path: {shared}/keyring.json"),
+            )
+            .replace(
+                "path: profiles.sqlite",
+                &format!("path: {shared}/profiles.sqlite"),
+            )
+            .replace("../schemas", &format!("{root}/schemas"))
+            .replace("../geoip/", &format!("{root}/geoip/"))
+            .replace("batch_size: 2000", &format!("batch_size: {batch_size}"))
+            .replace(
+                "  properties:                   # any",
+                &format!("{extra}  properties:                   # any"),
+            );
+        // A key in `extra` replaces the file's own line for it.
+        let overridden: Vec<&str> = extra.lines().filter_map(|l| l.split(':').next()).collect();
+        let text: String = text
+            .lines()
+            .filter(|l| {
+                extra.contains(l.trim_end()) && !l.trim().is_empty()
+                    || !overridden.iter().any(|k| l.starts_with(&format!("{k}:")))
+            })
+            .map(|l| format!("{l}\n"))
+            .collect();
+        let path = self.dir.path().join(format!("{name}.yaml"));
+        std::fs::write(&path, text).unwrap();
+        path
+    }
+
+    fn produce(&self, count: u64, invalid_ratio: f64, seed: u64) -> Json {
+        let pipeline = self.pipeline("produce", &self.group, 2000, "");
+        let out = Command::new(binary())
+            .current_dir(repo())
+            .args([
+                "produce",
+                "--count",
+                &count.to_string(),
+                "--seed",
+                &seed.to_string(),
+            ])
+            .args([
+                "--invalid-ratio",
+                &invalid_ratio.to_string(),
+                "--partitions",
+                "6",
+            ])
+            .arg("--pipeline")
+            .arg(&pipeline)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "produce failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        serde_json::from_slice(&out.stdout).expect("produce prints JSON")
+    }
+
+    /// The same events as JSON lines, for the expected state.
+    fn generated(&self, count: u64, invalid_ratio: f64, seed: u64) -> (PathBuf, Json) {
+        common::generate(self.dir.path(), count, invalid_ratio, "jsonl", seed)
+    }
+
+    fn worker(&self, name: &str, pipeline: &Path) -> Worker {
+        let data = self.dir.path().join(name);
+        let log = std::fs::File::create(self.dir.path().join(format!("{name}.log"))).unwrap();
+        let child = Command::new(binary())
+            .current_dir(repo())
+            .env("PROFILE_SYNC_LOG", "info")
+            .args([
+                "--log-format",
+                "json",
+                "run",
+                "--output",
+                "json",
+                "--drain-deadline-secs",
+                "60",
+            ])
+            .arg("--pipeline")
+            .arg(pipeline)
+            .arg("--data-dir")
+            .arg(&data)
+            .stdout(Stdio::piped())
+            .stderr(log)
+            .spawn()
+            .expect("start a worker");
+        Worker {
+            child,
+            log: self.dir.path().join(format!("{name}.log")),
+        }
+    }
+
+    fn consumer(&self, group: &str) -> BaseConsumer {
+        client(&self.brokers)
+            .set("group.id", group)
+            .set("enable.auto.commit", "false")
+            .create()
+            .unwrap()
+    }
+
+    /// (committed, end) offsets summed over the topic's partitions.
+    fn progress(&self, group: &str) -> (i64, i64) {
+        let started = Instant::now();
+        loop {
+            match self.try_progress(group) {
+                Ok(p) => return p,
+                // A busy broker on a shared machine: ask again, within reason.
+                Err(e) if started.elapsed() < Duration::from_secs(120) => {
+                    eprintln!("broker slow to answer ({e}); asking again");
+                    std::thread::sleep(Duration::from_secs(1));
+                }
+                Err(e) => panic!("the broker did not answer for 2 minutes: {e}"),
+            }
+        }
+    }
+
+    fn try_progress(&self, group: &str) -> Result<(i64, i64), rdkafka::error::KafkaError> {
+        let c = self.consumer(group);
+        let md = c.fetch_metadata(Some(&self.topic), Duration::from_secs(30))?;
+        let mut tpl = TopicPartitionList::new();
+        let mut end = 0;
+        for p in md.topics()[0].partitions() {
+            tpl.add_partition(&self.topic, p.id());
+            end += c
+                .fetch_watermarks(&self.topic, p.id(), Duration::from_secs(30))?
+                .1;
+        }
+        let committed = c
+            .committed_offsets(tpl, Duration::from_secs(30))?
+            .elements()
+            .iter()
+            .map(|e| match e.offset() {
+                Offset::Offset(o) => o,
+                _ => 0,
+            })
+            .sum();
+        Ok((committed, end))
+    }
+
+    /// Per partition: committed offset == end offset.
+    fn assert_fully_committed(&self, group: &str) {
+        let c = self.consumer(group);
+        let md = c
+            .fetch_metadata(Some(&self.topic), Duration::from_secs(30))
+            .unwrap();
+        let mut tpl = TopicPartitionList::new();
+        for p in md.topics()[0].partitions() {
+            tpl.add_partition(&self.topic, p.id());
+        }
+        let committed = c.committed_offsets(tpl, Duration::from_secs(30)).unwrap();
+        for e in committed.elements() {
+            let (_, high) = c
+                .fetch_watermarks(&self.topic, e.partition(), Duration::from_secs(30))
+                .unwrap();
+            assert_eq!(
+                e.offset(),
+                Offset::Offset(high),
+                "partition {}: committed offset must equal the end offset",
+                e.partition()
+            );
+        }
+    }
+
+    fn wait_committed(
+        &self,
+        group: &str,
+        at_least: i64,
+        within: Duration,
+        workers: &mut [&mut Worker],
+    ) {
+        let started = Instant::now();
+        loop {
+            let (committed, _) = self.progress(group);
+            if committed >= at_least {
+                return;
+            }
+            for w in workers.iter_mut() {
+                if let Some(status) = w.child.try_wait().unwrap() {
+                    panic!("a worker exited early ({status}): {}", w.log_tail());
+                }
+            }
+            assert!(
+                started.elapsed() < within,
+                "only {committed} of {at_least} offsets committed after {within:?}; worker log: {}",
+                workers.first().map(|w| w.log_tail()).unwrap_or_default()
+            );
+            std::thread::sleep(Duration::from_millis(500));
+        }
+    }
+
+    /// Every message of a topic: (partition, offset) → (key, value, headers).
+    fn read_all(&self, topic: &str) -> HashMap<(i32, i64), Delivered> {
+        let c = self.consumer(&unique("reader"));
+        let md = c
+            .fetch_metadata(Some(topic), Duration::from_secs(30))
+            .unwrap();
+        let mut tpl = TopicPartitionList::new();
+        let mut ends = HashMap::new();
+        for p in md.topics()[0].partitions() {
+            let (low, high) = c
+                .fetch_watermarks(topic, p.id(), Duration::from_secs(30))
+                .unwrap();
+            if high > low {
+                tpl.add_partition_offset(topic, p.id(), Offset::Offset(low))
+                    .unwrap();
+                ends.insert(p.id(), high);
+            }
+        }
+        let mut out = HashMap::new();
+        if ends.is_empty() {
+            return out;
+        }
+        c.assign(&tpl).unwrap();
+        let started = Instant::now();
+        while !ends.is_empty() {
+            assert!(
+                started.elapsed() < Duration::from_secs(120),
+                "reading {topic} timed out"
+            );
+            let Some(m) = c.poll(Duration::from_secs(1)) else {
+                continue;
+            };
+            let m = m.unwrap();
+            if ends
+                .get(&m.partition())
+                .is_some_and(|e| m.offset() + 1 >= *e)
+            {
+                ends.remove(&m.partition());
+            }
+            let headers = m
+                .headers()
+                .map(|h| {
+                    h.iter()
+                        .map(|x| {
+                            (
+                                x.key.to_string(),
+                                String::from_utf8_lossy(x.value.unwrap_or_default()).into_owned(),
+                            )
+                        })
+                        .collect()
+                })
+                .unwrap_or_default();
+            out.insert(
+                (m.partition(), m.offset()),
+                Delivered {
+                    key: m.key().map(<[u8]>::to_vec),
+                    value: m.payload().unwrap_or_default().to_vec(),
+                    headers,
+                },
+            );
+        }
+        out
+    }
+}
+
+#[derive(Debug, Clone)]
+struct Delivered {
+    key: Option<Vec<u8>>,
+    value: Vec<u8>,
+    headers: HashMap<String, String>,
+}
+
+struct Worker {
+    child: Child,
+    log: PathBuf,
+}
+
+impl Worker {
+    fn log_lines(&self) -> Vec<String> {
+        std::fs::read_to_string(&self.log)
+            .unwrap_or_default()
+            .lines()
+            .map(String::from)
+            .collect()
+    }
+
+    fn log_tail(&self) -> String {
+        let text = std::fs::read_to_string(&self.log).unwrap_or_default();
+        let lines: Vec<&str> = text.lines().collect();
+        lines[lines.len().saturating_sub(30)..].join("\n")
+    }
+
+    fn signal(&self, sig: &str) {
+        let ok = Command::new("kill")
+            .args([sig, &self.child.id().to_string()])
+            .status()
+            .unwrap()
+            .success();
+        assert!(ok, "kill {sig} failed");
+    }
+
+    /// SIGTERM, then the exit status and the JSON summary.
+    fn terminate(mut self) -> Json {
+        self.signal("-TERM");
+        self.finish()
+    }
+
+    fn finish(&mut self) -> Json {
+        let started = Instant::now();
+        let status = loop {
+            if let Some(s) = self.child.try_wait().unwrap() {
+                break s;
+            }
+            assert!(
+                started.elapsed() < Duration::from_secs(90),
+                "worker did not stop: {}",
+                self.log_tail()
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        };
+        assert!(
+            status.success(),
+            "worker exit status {status}: {}",
+            self.log_tail()
+        );
+        let mut out = String::new();
+        std::io::Read::read_to_string(self.child.stdout.as_mut().unwrap(), &mut out).unwrap();
+        serde_json::from_str(out.lines().last().expect("a summary line")).expect("summary JSON")
+    }
+}
+
+fn stored(store: &Path) -> HashMap<String, (i64, bool)> {
+    let conn = rusqlite::Connection::open(store).unwrap();
+    let mut stmt = conn
+        .prepare("SELECT user_id, version, deleted FROM profiles")
+        .unwrap();
+    stmt.query_map([], |r| Ok((r.get::<_, String>(0)?, (r.get(1)?, r.get(2)?))))
+        .unwrap()
+        .map(Result::unwrap)
+        .collect()
+}
+
+fn assert_exact_state(store: &Path, jsonl: &Path) {
+    let expected: HashMap<String, (i64, bool)> = expected_state(jsonl)
+        .into_iter()
+        .map(|(u, e)| (u, (e.version, e.deleted)))
+        .collect();
+    let stored = stored(store);
+    let wrong: Vec<_> = expected
+        .iter()
+        .filter(|(u, want)| stored.get(*u) != Some(want))
+        .take(5)
+        .collect();
+    assert!(
+        wrong.is_empty(),
+        "users not at their latest version, e.g. {wrong:?}"
+    );
+    assert_eq!(
+        stored.len(),
+        expected.len(),
+        "the store holds users that are not expected"
+    );
+}
+
+/// Every invalid event is in the dead-letter topic, unchanged, with its error headers.
+fn assert_dead_letters(setup: &Setup, expected_invalid: u64, exactly: bool) {
+    let source = setup.read_all(&setup.topic);
+    let letters = setup.read_all(&setup.dlq);
+    let mut positions = HashSet::new();
+    for letter in letters.values() {
+        let h = &letter.headers;
+        for name in [
+            "topic",
+            "partition",
+            "offset",
+            "stage",
+            "class.name",
+            "exception.message",
+            "timestamp",
+        ] {
+            assert!(
+                h.contains_key(&format!("__connect.errors.{name}")),
+                "dead letter lacks header __connect.errors.{name}: {h:?}"
+            );
+        }
+        assert_eq!(h["__connect.errors.topic"], setup.topic);
+        let at = (
+            h["__connect.errors.partition"].parse::<i32>().unwrap(),
+            h["__connect.errors.offset"].parse::<i64>().unwrap(),
+        );
+        let original = source
+            .get(&at)
+            .expect("the dead letter points at a source message");
+        assert_eq!(letter.value, original.value, "value unchanged");
+        assert_eq!(letter.key, original.key, "key unchanged");
+        for value in h.values() {
+            assert!(
+                !value.contains(".example.com")
+                    && !value.contains("300.1.2.999")
+                    && !value.contains("not-an-email"),
+                "PII-like value in a dead-letter header: {value}"
+            );
+        }
+        positions.insert(at);
+    }
+    assert_eq!(
+        positions.len() as u64,
+        expected_invalid,
+        "every invalid event is dead-lettered (and nothing else)"
+    );
+    if exactly {
+        assert_eq!(
+            letters.len() as u64,
+            expected_invalid,
+            "no duplicate dead letters"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn two_workers_in_one_group_reach_the_exact_state_and_commit_to_the_end() {
+    let _serial = serial();
+    let setup = Setup::new(6).await;
+    let (count, ratio, seed) = (50_000u64, 0.01, 7);
+    let produced = setup.produce(count, ratio, seed);
+    let (jsonl, generated) = setup.generated(count, ratio, seed);
+    assert_eq!(
+        produced["invalid"], generated["invalid"],
+        "produce and generate agree"
+    );
+
+    let pipeline = setup.pipeline("worker", &setup.group, 2000, "");
+    let mut a = setup.worker("a", &pipeline);
+    let mut b = setup.worker("b", &pipeline);
+    setup.wait_committed(
+        &setup.group,
+        count as i64,
+        Duration::from_secs(600),
+        &mut [&mut a, &mut b],
+    );
+    let sa = a.terminate();
+    let sb = b.terminate();
+    assert!(
+        sa["read"].as_u64().unwrap() > 0 && sb["read"].as_u64().unwrap() > 0,
+        "both workers took partitions: {sa} {sb}"
+    );
+
+    setup.assert_fully_committed(&setup.group);
+    assert_exact_state(&setup.store(), &jsonl);
+    assert_dead_letters(&setup, generated["invalid"].as_u64().unwrap(), true);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_worker_killed_mid_run_loses_nothing() {
+    let _serial = serial();
+    let setup = Setup::new(6).await;
+    let (count, ratio, seed) = (20_000u64, 0.01, 11);
+    setup.produce(count, ratio, seed);
+    let (jsonl, generated) = setup.generated(count, ratio, seed);
+
+    let pipeline = setup.pipeline("worker", &setup.group, 500, "");
+    let mut a = setup.worker("a", &pipeline);
+    let mut b = setup.worker("b", &pipeline);
+    setup.wait_committed(
+        &setup.group,
+        2_000,
+        Duration::from_secs(300),
+        &mut [&mut a, &mut b],
+    );
+    let seen = b.log_lines().len();
+    a.signal("-KILL");
+    let _ = a.child.wait();
+    // The survivor takes over all six partitions once the dead member's session expires...
+    let started = Instant::now();
+    while !b.log_lines()[seen..]
+        .iter()
+        .any(|l| l.contains("partitions assigned") && l.contains("\"partitions\":6"))
+    {
+        assert!(
+            started.elapsed() < Duration::from_secs(90),
+            "the surviving worker did not take over the killed worker's partitions: {}",
+            b.log_tail()
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    // ...and the killed one comes back.
+    let mut a = setup.worker("a2", &pipeline);
+    setup.wait_committed(
+        &setup.group,
+        count as i64,
+        Duration::from_secs(600),
+        &mut [&mut a, &mut b],
+    );
+    a.terminate();
+    b.terminate();
+
+    setup.assert_fully_committed(&setup.group);
+    assert_exact_state(&setup.store(), &jsonl);
+    // Replays after the kill may dead-letter an event twice; none may be missing.
+    assert_dead_letters(&setup, generated["invalid"].as_u64().unwrap(), false);
+}
+
+/// A hand-made event in the Confluent wire format.
+fn event(schema: &apache_avro::Schema, id: u32, user: &str, version: i64, plan: &str) -> Vec<u8> {
+    let json = serde_json::json!({
+        "event_id": uuid::Uuid::new_v4().to_string(),
+        "user_id": user,
+        "operation": "UPSERT",
+        "version": version,
+        "occurred_at": 1_767_225_600_000i64 + version,
+        "source": "test/out-of-order",
+        "profile": {"status": "ACTIVE", "marketing": {"lifetime_value": 1.0, "order_count": version, "plan": plan}},
+    });
+    let value = profile_sync::schema::avro_json_to_value(&json, schema).expect("valid event");
+    let mut datum = Vec::new();
+    apache_avro::writer::datum::GenericDatumWriter::builder(schema)
+        .build()
+        .unwrap()
+        .write_value(&mut datum, value)
+        .unwrap();
+    profile_sync::schema::registry::frame(id, &datum)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn out_of_order_and_duplicate_delivery_never_lets_an_older_version_win() {
+    let _serial = serial();
+    let setup = Setup::new(3).await;
+    let text = include_str!("../schemas/profile_change.avsc");
+    let schema = apache_avro::Schema::parse_str(text).unwrap();
+    let sr = profile_sync::schema::registry::settings(&setup.registry.url, Duration::from_secs(5))
+        .unwrap();
+    let id = profile_sync::schema::registry::register(
+        &sr,
+        &profile_sync::schema::registry::value_subject(&setup.topic),
+        &schema,
+        text,
+    )
+    .await
+    .unwrap();
+    let producer: FutureProducer = client(&setup.brokers).create().unwrap();
+    let users: Vec<String> = (0..3).map(|_| uuid::Uuid::new_v4().to_string()).collect();
+    // Per user: late, duplicate and out-of-order versions; the highest is 5.
+    for version in [2, 1, 2, 5, 3, 5, 4, 1] {
+        for user in &users {
+            let value = event(&schema, id, user, version, &format!("plan-v{version}"));
+            producer
+                .send(
+                    FutureRecord::to(&setup.topic)
+                        .key(user.as_bytes())
+                        .payload(&value),
+                    Duration::from_secs(30),
+                )
+                .await
+                .unwrap();
+        }
+    }
+    let extra = "  stop_when_idle_ms: 8000\n";
+    let first = setup.pipeline("first", &setup.group, 4, extra);
+    let mut w = setup.worker("first", &first);
+    let summary = w.finish();
+    assert_eq!(summary["read"], 24);
+    let state = stored(&setup.store());
+    for user in &users {
+        assert_eq!(state[user], (5, false), "user {user} ends at version 5");
+    }
+    // The whole topic delivered again (a new group): nothing changes, nothing is written.
+    let again = setup.pipeline("again", &unique("group"), 7, extra);
+    let mut w = setup.worker("again", &again);
+    let summary = w.finish();
+    assert_eq!(
+        summary["written"], 0,
+        "a redelivery writes nothing: {summary}"
+    );
+    assert_eq!(summary["read"], 24);
+    assert_eq!(stored(&setup.store()), state);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn sigterm_drains_commits_and_a_restart_processes_nothing_twice() {
+    let _serial = serial();
+    let setup = Setup::new(6).await;
+    let count = 20_000u64;
+    setup.produce(count, 0.0, 23);
+    let drain = "  commit_interval_ms: 200\n  stop_when_idle_ms: 8000\n";
+    let pipeline = setup.pipeline("worker", &setup.group, 250, drain);
+    let mut w = setup.worker("first", &pipeline);
+    setup.wait_committed(&setup.group, 1, Duration::from_secs(120), &mut [&mut w]);
+    let first = w.terminate();
+    let read_first = first["read"].as_i64().unwrap();
+    let (committed, end) = setup.progress(&setup.group);
+    assert!(
+        read_first < end,
+        "the worker was stopped mid-backlog (read {read_first} of {end})"
+    );
+    assert_eq!(
+        committed, read_first,
+        "SIGTERM committed exactly what was processed"
+    );
+
+    let mut w = setup.worker("second", &pipeline);
+    let second = w.finish();
+    assert_eq!(
+        read_first + second["read"].as_i64().unwrap(),
+        count as i64,
+        "after a SIGTERM the restart reads only what was not processed (uncommitted window: none)"
+    );
+    setup.assert_fully_committed(&setup.group);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn undecodable_messages_and_unknown_schema_ids_are_dead_lettered_and_replayable() {
+    let _serial = serial();
+    let setup = Setup::new(1).await;
+    // Register nothing under id 999; send garbage, an unknown id and one good event.
+    let text = include_str!("../schemas/profile_change.avsc");
+    let schema = apache_avro::Schema::parse_str(text).unwrap();
+    let sr = profile_sync::schema::registry::settings(&setup.registry.url, Duration::from_secs(5))
+        .unwrap();
+    let id = profile_sync::schema::registry::register(
+        &sr,
+        &profile_sync::schema::registry::value_subject(&setup.topic),
+        &schema,
+        text,
+    )
+    .await
+    .unwrap();
+    let user = uuid::Uuid::new_v4().to_string();
+    let good = event(&schema, id, &user, 1, "basic");
+    let mut unknown = good.clone();
+    unknown[1..5].copy_from_slice(&999_999u32.to_be_bytes());
+    let producer: FutureProducer = client(&setup.brokers).create().unwrap();
+    for value in [b"not avro at all".to_vec(), unknown, good] {
+        producer
+            .send(
+                FutureRecord::to(&setup.topic)
+                    .key(user.as_bytes())
+                    .payload(&value)
+                    .headers(rdkafka::message::OwnedHeaders::new().insert(
+                        rdkafka::message::Header {
+                            key: "trace-id",
+                            value: Some("abc"),
+                        },
+                    )),
+                Duration::from_secs(30),
+            )
+            .await
+            .unwrap();
+    }
+    let pipeline = setup.pipeline("worker", &setup.group, 10, "  stop_when_idle_ms: 8000\n");
+    let summary = setup.worker("w", &pipeline).finish();
+    assert_eq!(
+        (summary["read"].as_u64(), summary["dead_lettered"].as_u64()),
+        (Some(3), Some(2)),
+        "{summary}"
+    );
+    let letters = setup.read_all(&setup.dlq);
+    let classes: HashSet<String> = letters
+        .values()
+        .map(|l| l.headers["__connect.errors.class.name"].clone())
+        .collect();
+    assert_eq!(
+        classes,
+        HashSet::from(["malformed".to_string(), "schema".to_string()]),
+        "{letters:?}"
+    );
+    assert!(
+        letters
+            .values()
+            .all(|l| l.headers.get("trace-id").map(String::as_str) == Some("abc")),
+        "original headers kept"
+    );
+
+    // Replay the schema failures back to the source topic.
+    let out = Command::new(binary())
+        .current_dir(repo())
+        .args([
+            "dlq",
+            "replay",
+            "--from",
+            &setup.dlq,
+            "--filter",
+            "class.name=schema",
+            "--pipeline",
+        ])
+        .arg(&pipeline)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let replay: Json = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(
+        (replay["replayed"].as_u64(), replay["skipped"].as_u64()),
+        (Some(1), Some(1)),
+        "{replay}"
+    );
+    assert_eq!(
+        setup.read_all(&setup.topic).len(),
+        4,
+        "the replayed event is back on the source topic"
+    );
+}
+
+#[tokio::test]
+async fn registry_outage_is_transient_and_unknown_ids_are_not() {
+    use profile_sync::schema::registry::{settings, Lookup, WriterSchemas};
+    // Nothing listens on port 9 (discard) here: an outage.
+    let down = WriterSchemas::new(settings("http://127.0.0.1:9", Duration::from_secs(1)).unwrap());
+    assert!(matches!(down.get(1).await, Err(Lookup::Unavailable(_))));
+    let reg = registry();
+    let up = WriterSchemas::new(settings(&reg.url, Duration::from_secs(5)).unwrap());
+    assert!(matches!(up.get(987_654).await, Err(Lookup::Unknown(_))));
+}
+
+/// The REST subset against the registry: the real one when `SCHEMA_REGISTRY_URL` is set,
+/// otherwise the in-repo double (said loudly, so it is never mistaken for the real thing).
+#[tokio::test]
+async fn schema_registry_rest_subset_behaves_as_documented() {
+    match std::env::var("SCHEMA_REGISTRY_URL") {
+        Ok(url) => println!("schema registry REST test: against the REAL registry at {url}"),
+        Err(_) => println!(
+            "schema registry REST test: SCHEMA_REGISTRY_URL is not set, so this runs against the \
+             IN-REPO TEST DOUBLE, not a real Confluent registry. Set SCHEMA_REGISTRY_URL to check the real one."
+        ),
+    }
+    let reg = registry();
+    let http = reqwest::Client::new();
+    let subject = unique("subject-value");
+    let ct = "application/vnd.schemaregistry.v1+json";
+    let text = include_str!("../schemas/profile_change.avsc");
+
+    let r = http
+        .get(format!("{}/schemas/ids/{}", reg.url, 987_654))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 404);
+    assert!(r.headers()["content-type"]
+        .to_str()
+        .unwrap()
+        .starts_with(ct));
+    assert_eq!(r.json::<Json>().await.unwrap()["error_code"], 40403);
+
+    let r = http
+        .get(format!("{}/subjects/{subject}/versions/latest", reg.url))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 404);
+    assert_eq!(r.json::<Json>().await.unwrap()["error_code"], 40401);
+
+    let r = http
+        .post(format!(
+            "{}/compatibility/subjects/{subject}/versions/latest",
+            reg.url
+        ))
+        .header("content-type", ct)
+        .body(serde_json::json!({"schema": text}).to_string())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 404);
+    assert_eq!(r.json::<Json>().await.unwrap()["error_code"], 40401);
+
+    let register = |schema: String| {
+        http.post(format!("{}/subjects/{subject}/versions", reg.url))
+            .header("content-type", ct)
+            .body(serde_json::json!({"schema": schema}).to_string())
+            .send()
+    };
+    let r = register(text.into()).await.unwrap();
+    assert_eq!(r.status(), 200);
+    let id = r.json::<Json>().await.unwrap()["id"].as_u64().unwrap();
+    let again = register(text.into())
+        .await
+        .unwrap()
+        .json::<Json>()
+        .await
+        .unwrap();
+    assert_eq!(
+        again["id"].as_u64(),
+        Some(id),
+        "registering the same schema is idempotent"
+    );
+
+    let r = http
+        .get(format!("{}/schemas/ids/{id}", reg.url))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let body: Json = r.json().await.unwrap();
+    apache_avro::Schema::parse_str(body["schema"].as_str().unwrap())
+        .expect("the schema comes back");
+
+    let latest: Json = http
+        .get(format!("{}/subjects/{subject}/versions/latest", reg.url))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(
+        (latest["id"].as_u64(), latest["version"].as_u64()),
+        (Some(id), Some(1))
+    );
+    assert_eq!(latest["subject"], subject.as_str());
+
+    // A new required field without a default breaks BACKWARD compatibility.
+    let mut breaking: Json = serde_json::from_str(text).unwrap();
+    breaking["fields"]
+        .as_array_mut()
+        .unwrap()
+        .push(serde_json::json!({"name": "tenant", "type": "string"}));
+    let r = http
+        .post(format!(
+            "{}/compatibility/subjects/{subject}/versions/latest",
+            reg.url
+        ))
+        .header("content-type", ct)
+        .body(serde_json::json!({"schema": breaking.to_string()}).to_string())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.json::<Json>().await.unwrap()["is_compatible"], false);
+    let r = register(breaking.to_string()).await.unwrap();
+    assert_eq!(r.status(), 409);
+    assert_eq!(r.json::<Json>().await.unwrap()["error_code"], 409);
+
+    let r = register("{\"type\": \"nope\"}".into()).await.unwrap();
+    assert_eq!(r.status(), 422);
+    assert_eq!(r.json::<Json>().await.unwrap()["error_code"], 42201);
+}
+
+#[test]
+fn a_kafka_pipeline_with_a_typo_is_a_usage_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let text = std::fs::read_to_string(repo().join("pipelines/kafka-local.yaml"))
+        .unwrap()
+        .replace("group_id:", "groupid:");
+    let path = dir.path().join("bad.yaml");
+    std::fs::write(&path, text).unwrap();
+    let out = Command::new(binary())
+        .current_dir(repo())
+        .args(["run", "--pipeline"])
+        .arg(&path)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("groupid"));
+}
