@@ -2,8 +2,10 @@
 //! lives here. Exit codes: 0 success, 1 a failure while working (or invalid events found by
 //! `validate`), 2 a usage or configuration problem, named in one paragraph.
 
+mod bootstrap;
 mod generate;
 mod get;
+mod keys;
 mod run;
 mod search;
 mod validate;
@@ -53,6 +55,11 @@ enum Command {
     Get(get::Args),
     /// Check a file of events against the schemas and list every invalid one.
     Validate(validate::Args),
+    /// Create the DynamoDB table (and, for development, the KMS key) a pipeline needs.
+    Bootstrap(bootstrap::Args),
+    /// Key-encryption key rotation and re-wrapping (KMS).
+    #[command(subcommand)]
+    Keys(keys::Command),
 }
 
 /// How a command failed.
@@ -123,6 +130,8 @@ pub fn main() -> ExitCode {
             Command::Search(args) => search::run(args).await,
             Command::Get(args) => get::run(args).await,
             Command::Validate(args) => validate::run(args).await,
+            Command::Bootstrap(args) => bootstrap::run(args).await,
+            Command::Keys(command) => keys::run(command).await,
         }
     });
     match result {

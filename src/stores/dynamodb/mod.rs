@@ -39,6 +39,15 @@ use uuid::Uuid;
 const BATCH_GET: usize = 100;
 /// Requests per BatchWriteItem (the API's limit).
 const BATCH_WRITE: usize = 25;
+/// Conditional puts per TransactWriteItems (the API allows 100).
+const TRANSACT: usize = 100;
+
+/// A conditional put: the item, its condition and the condition's values.
+struct CondPut {
+    item: Item,
+    condition: &'static str,
+    values: Vec<(&'static str, AttributeValue)>,
+}
 
 pub struct DynamoStore {
     client: Client,
@@ -275,6 +284,47 @@ impl DynamoStore {
         Ok(versions)
     }
 
+    /// Writes the puts in transactions of up to 100; returns, per put, whether it was written
+    /// (`false`: the transaction of that put was cancelled, mostly by a failed condition, and
+    /// nothing of it was written: the caller decides item by item).
+    async fn transact_puts(&self, puts: Vec<CondPut>) -> Result<Vec<bool>, StoreError> {
+        let chunks: Vec<Vec<CondPut>> = {
+            let mut chunks = Vec::new();
+            let mut it = puts.into_iter().peekable();
+            while it.peek().is_some() {
+                chunks.push(it.by_ref().take(TRANSACT).collect());
+            }
+            chunks
+        };
+        let results: Vec<Vec<bool>> = futures::stream::iter(chunks)
+            .map(|chunk| async move {
+                let n = chunk.len();
+                let mut call = self.client.transact_write_items();
+                for p in chunk {
+                    let mut put = Put::builder()
+                        .table_name(&self.table)
+                        .set_item(Some(p.item))
+                        .condition_expression(p.condition);
+                    for (k, v) in p.values {
+                        put = put.expression_attribute_values(k, v);
+                    }
+                    let put = put
+                        .build()
+                        .map_err(|e| StoreError::Failed(format!("TransactWriteItems request: {e}")))?;
+                    call = call.transact_items(TransactWriteItem::builder().put(put).build());
+                }
+                match retrying("TransactWriteItems", || call.clone().send(), transient).await {
+                    Ok(_) => Ok(vec![true; n]),
+                    Err(e) if e.code() == Some("TransactionCanceledException") => Ok(vec![false; n]),
+                    Err(e) => Err(dynamo_err("TransactWriteItems", &e)),
+                }
+            })
+            .buffered(self.concurrency)
+            .try_collect()
+            .await?;
+        Ok(results.into_iter().flatten().collect())
+    }
+
     /// Applies one user's changes in order; `known` is the stored version read before.
     async fn apply_user(
         &self,
@@ -474,13 +524,60 @@ impl ProfileStore for DynamoStore {
         }
         let users: Vec<Uuid> = by_user.keys().copied().collect();
         let known = self.versions(&users).await?;
-        let results: Vec<Vec<(usize, WriteOutcome)>> = futures::stream::iter(by_user)
-            .map(|(user, mine)| self.apply_user(changes, mine, known.get(&user).copied()))
+        // Decide each change against the version read; per user only the last applied change
+        // needs writing (the end state of applying them in order), conditional on the version
+        // read being still there. A user whose write is refused is redone one change at a time.
+        let mut outcomes = vec![WriteOutcome::Stale; changes.len()];
+        let mut writes: Vec<(Uuid, Vec<usize>)> = Vec::new();
+        let mut puts = Vec::new();
+        for (user, mine) in &by_user {
+            let read = known.get(user).copied();
+            let mut current = read;
+            let mut last = None;
+            for &i in mine {
+                let v = changes[i].version;
+                outcomes[i] = match current {
+                    Some(c) if c > v => WriteOutcome::Stale,
+                    Some(c) if c == v => WriteOutcome::Replayed,
+                    _ => {
+                        current = Some(v);
+                        last = Some(i);
+                        WriteOutcome::Applied
+                    }
+                };
+            }
+            if let Some(i) = last {
+                puts.push(match read {
+                    None => CondPut {
+                        item: profile_item(&changes[i]),
+                        condition: "attribute_not_exists(pk)",
+                        values: vec![],
+                    },
+                    Some(r) => CondPut {
+                        item: profile_item(&changes[i]),
+                        condition: "version = :read",
+                        values: vec![(":read", AttributeValue::N(r.to_string()))],
+                    },
+                });
+                writes.push((*user, mine.clone()));
+            }
+        }
+        let written = self.transact_puts(puts).await?;
+        let redo: Vec<(Uuid, Vec<usize>)> = writes
+            .into_iter()
+            .zip(written)
+            .filter(|(_, ok)| !ok)
+            .map(|(w, _)| w)
+            .collect();
+        let redone: Vec<Vec<(usize, WriteOutcome)>> = futures::stream::iter(redo)
+            .map(|(user, mine)| async move {
+                let read = self.versions(&[user]).await?.get(&user).copied();
+                self.apply_user(changes, mine, read).await
+            })
             .buffer_unordered(self.concurrency)
             .try_collect()
             .await?;
-        let mut outcomes = vec![WriteOutcome::Stale; changes.len()];
-        for (i, outcome) in results.into_iter().flatten() {
+        for (i, outcome) in redone.into_iter().flatten() {
             outcomes[i] = outcome;
         }
         Ok(outcomes)
@@ -541,8 +638,29 @@ impl ProfileStore for DynamoStore {
         &self,
         keys: Vec<WrappedUserKey>,
     ) -> Result<Vec<WrappedUserKey>, StoreError> {
-        futures::stream::iter(keys)
-            .map(|key| async move {
+        let mut users: Vec<Uuid> = keys.iter().map(|k| k.user_id).collect();
+        users.sort();
+        users.dedup();
+        // Fast path: one transaction per 100 keys; a cancelled one is redone key by key.
+        let written = if users.len() == keys.len() {
+            self.transact_puts(
+                keys.iter()
+                    .map(|k| CondPut {
+                        item: key_item(k),
+                        condition: "attribute_not_exists(pk)",
+                        values: vec![],
+                    })
+                    .collect(),
+            )
+            .await?
+        } else {
+            vec![false; keys.len()]
+        };
+        futures::stream::iter(keys.into_iter().zip(written))
+            .map(|(key, written)| async move {
+                if written {
+                    return Ok(key);
+                }
                 let call = self
                     .client
                     .put_item()
@@ -555,6 +673,7 @@ impl ProfileStore for DynamoStore {
                         if e.as_service_error()
                             .is_some_and(|s| s.is_conditional_check_failed_exception()) =>
                     {
+                        // Another writer's key got there first: it wins.
                         let item = self
                             .get_item(key_of(user_pk(key.user_id), KEY))
                             .await?
