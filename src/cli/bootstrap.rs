@@ -77,13 +77,19 @@ async fn ensure_dev_key(key_id: &str, at: &Endpoint) -> Result<bool, DevKeyError
     let client = aws_sdk_kms::Client::new(&aws::sdk_config(at).await);
     let fail = |what: &str, e: aws::Failure| {
         DevKeyError::Kms(match e {
-            aws::Failure::Transient(why) => format!("KMS {what}: {why}: is KMS reachable? (locally: `scripts/services start kms`)"),
-            aws::Failure::Permanent { code, message } => format!("KMS {what} refused: {code} ({message})"),
+            aws::Failure::Transient(why) => format!(
+                "KMS {what}: {why}: is KMS reachable? (locally: `scripts/services start kms`)"
+            ),
+            aws::Failure::Permanent { code, message } => {
+                format!("KMS {what} refused: {code} ({message})")
+            }
         })
     };
     match client.describe_key().key_id(key_id).send().await {
         Ok(_) => return Ok(false),
-        Err(e) if e.as_service_error().is_some_and(|s| s.is_not_found_exception()) => {}
+        Err(e)
+            if e.as_service_error()
+                .is_some_and(|s| s.is_not_found_exception()) => {}
         Err(e) => return Err(fail("DescribeKey", aws::classify(&e))),
     }
     let created = client

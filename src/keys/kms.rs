@@ -53,7 +53,9 @@ fn blind_index_context() -> HashMap<String, String> {
 
 /// Splits a stored `kek_id` into the KMS key ARN and the KEK generation.
 pub fn split_kek_id(kek_id: &str) -> Option<(&str, &str)> {
-    kek_id.rsplit_once('#').filter(|(k, g)| !k.is_empty() && !g.is_empty())
+    kek_id
+        .rsplit_once('#')
+        .filter(|(k, g)| !k.is_empty() && !g.is_empty())
 }
 
 struct CurrentKek {
@@ -70,8 +72,8 @@ pub struct KmsKeyProvider {
     key_id: String,
     limits: KekCacheConfig,
     current: tokio::sync::Mutex<Option<CurrentKek>>,
-    /// Decrypted KEKs by their KMS ciphertext.
-    decrypted: Mutex<LruCache<Vec<u8>, (Arc<DataKey>, Instant)>>,
+    /// Decrypted KEKs by `kek_id` and KMS ciphertext (both: the context is part of the key).
+    decrypted: Mutex<LruCache<(String, Vec<u8>), (Arc<DataKey>, Instant)>>,
     blind_index: BlindIndexKey,
     calls: Arc<AtomicU64>,
 }
@@ -242,24 +244,25 @@ impl KmsKeyProvider {
             && kek.bytes + WRAP_BYTES <= self.limits.max_bytes.max(WRAP_BYTES)
     }
 
-    fn cached(&self, encrypted: &[u8]) -> Option<Arc<DataKey>> {
+    fn cached(&self, kek_id: &str, encrypted: &[u8]) -> Option<Arc<DataKey>> {
         let mut cache = self.decrypted.lock().expect("KEK cache lock");
         let max_age = Duration::from_secs(self.limits.max_age_secs);
-        match cache.get(encrypted) {
+        let key = (kek_id.to_string(), encrypted.to_vec());
+        match cache.get(&key) {
             Some((k, at)) if at.elapsed() < max_age => Some(k.clone()),
             Some(_) => {
-                cache.pop(encrypted);
+                cache.pop(&key);
                 None
             }
             None => None,
         }
     }
 
-    fn remember(&self, encrypted: Vec<u8>, kek: Arc<DataKey>) {
+    fn remember(&self, kek_id: String, encrypted: Vec<u8>, kek: Arc<DataKey>) {
         self.decrypted
             .lock()
             .expect("KEK cache lock")
-            .put(encrypted, (kek, Instant::now()));
+            .put((kek_id, encrypted), (kek, Instant::now()));
     }
 }
 
@@ -282,11 +285,12 @@ impl KeyProvider for KmsKeyProvider {
             )
             .await?;
             let kek = Arc::new(kek);
+            let kek_id = format!("{arn}#{generation}");
             // Our own KEK unwraps what it wrapped without asking KMS again.
-            self.remember(encrypted.clone(), kek.clone());
+            self.remember(kek_id.clone(), encrypted.clone(), kek.clone());
             *current = Some(CurrentKek {
                 kek,
-                kek_id: format!("{arn}#{generation}"),
+                kek_id,
                 encrypted,
                 created: Instant::now(),
                 uses: 0,
@@ -319,7 +323,7 @@ impl KeyProvider for KmsKeyProvider {
         let (arn, generation) = split_kek_id(&key.kek_id).ok_or_else(|| {
             KeyError::Refused("stored kek_id is not `<KMS key ARN>#<generation>`".into())
         })?;
-        let kek = match self.cached(&key.encrypted_kek) {
+        let kek = match self.cached(&key.kek_id, &key.encrypted_kek) {
             Some(k) => k,
             None => {
                 let k = Arc::new(
@@ -332,7 +336,7 @@ impl KeyProvider for KmsKeyProvider {
                     )
                     .await?,
                 );
-                self.remember(key.encrypted_kek.clone(), k.clone());
+                self.remember(key.kek_id.clone(), key.encrypted_kek.clone(), k.clone());
                 k
             }
         };

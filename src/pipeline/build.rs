@@ -68,7 +68,10 @@ pub fn open_store(
 
 /// The DynamoDB store of the pipeline file; a config error if the store is not DynamoDB.
 /// `check_table`: fail now, with a hint to run bootstrap, if the table does not exist.
-pub fn open_dynamodb(file: &config::Pipeline, check_table: bool) -> Result<DynamoStore, BuildError> {
+pub fn open_dynamodb(
+    file: &config::Pipeline,
+    check_table: bool,
+) -> Result<DynamoStore, BuildError> {
     match &file.config.store {
         StoreConfig::Dynamodb {
             table,

@@ -2,6 +2,8 @@
 //! straight from the generated file (independently of the pipeline's own decoder).
 #![allow(dead_code)]
 
+pub mod scenarios;
+
 use assert_cmd::Command;
 use serde_json::Value as Json;
 use std::collections::HashMap;
@@ -15,8 +17,22 @@ pub fn local_pipeline() -> PathBuf {
     repo().join("pipelines/local.yaml")
 }
 
+/// The binary under test, copied once per test process: other worktrees building into a
+/// shared target directory cannot swap it mid-run.
+pub fn binary() -> &'static Path {
+    static COPY: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    COPY.get_or_init(|| {
+        let built = PathBuf::from(env!("CARGO_BIN_EXE_profile-sync"));
+        let copy = std::env::temp_dir().join(format!("profile-sync-test-{}", std::process::id()));
+        match std::fs::copy(&built, &copy) {
+            Ok(_) => copy,
+            Err(_) => built,
+        }
+    })
+}
+
 pub fn bin() -> Command {
-    let mut cmd = Command::cargo_bin("profile-sync").expect("binary builds");
+    let mut cmd = Command::new(binary());
     cmd.current_dir(repo());
     cmd.env_remove("PROFILE_SYNC_LOG");
     cmd

@@ -99,10 +99,7 @@ fn strings(values: &[String]) -> AttributeValue {
 
 fn get_strings(item: &Item, name: &str) -> Vec<String> {
     match item.get(name) {
-        Some(AttributeValue::L(l)) => l
-            .iter()
-            .filter_map(|v| v.as_s().ok().cloned())
-            .collect(),
+        Some(AttributeValue::L(l)) => l.iter().filter_map(|v| v.as_s().ok().cloned()).collect(),
         _ => Vec::new(),
     }
 }

@@ -308,14 +308,16 @@ impl DynamoStore {
                     for (k, v) in p.values {
                         put = put.expression_attribute_values(k, v);
                     }
-                    let put = put
-                        .build()
-                        .map_err(|e| StoreError::Failed(format!("TransactWriteItems request: {e}")))?;
+                    let put = put.build().map_err(|e| {
+                        StoreError::Failed(format!("TransactWriteItems request: {e}"))
+                    })?;
                     call = call.transact_items(TransactWriteItem::builder().put(put).build());
                 }
                 match retrying("TransactWriteItems", || call.clone().send(), transient).await {
                     Ok(_) => Ok(vec![true; n]),
-                    Err(e) if e.code() == Some("TransactionCanceledException") => Ok(vec![false; n]),
+                    Err(e) if e.code() == Some("TransactionCanceledException") => {
+                        Ok(vec![false; n])
+                    }
                     Err(e) => Err(dynamo_err("TransactWriteItems", &e)),
                 }
             })
@@ -347,7 +349,10 @@ impl DynamoStore {
                     .table_name(&self.table)
                     .set_item(Some(profile_item(change)))
                     .condition_expression("attribute_not_exists(pk) OR version < :v")
-                    .expression_attribute_values(":v", AttributeValue::N(change.version.to_string()));
+                    .expression_attribute_values(
+                        ":v",
+                        AttributeValue::N(change.version.to_string()),
+                    );
                 match retrying("PutItem", || call.clone().send(), transient).await {
                     Ok(_) => {
                         known = Some(change.version);
@@ -358,18 +363,20 @@ impl DynamoStore {
                             .is_some_and(|s| s.is_conditional_check_failed_exception()) =>
                     {
                         // Another writer got there first: what is stored now decides.
-                        let stored = self.get_item(key_of(user_pk(change.user_id), PROFILE)).await?;
+                        let stored = self
+                            .get_item(key_of(user_pk(change.user_id), PROFILE))
+                            .await?;
                         let v = match stored {
                             Some(item) => get_n(&item, "profile", "version")?,
-                            None => {
-                                return Err(StoreError::Unavailable(
-                                    "DynamoDB PutItem: condition failed on a missing item; retrying".into(),
-                                ))
-                            }
+                            None => return Err(StoreError::Unavailable(
+                                "DynamoDB PutItem: condition failed on a missing item; retrying"
+                                    .into(),
+                            )),
                         };
                         if v < change.version {
                             return Err(StoreError::Unavailable(
-                                "DynamoDB PutItem: a concurrent write moved the version; retrying".into(),
+                                "DynamoDB PutItem: a concurrent write moved the version; retrying"
+                                    .into(),
                             ));
                         }
                         known = Some(v);
@@ -398,10 +405,7 @@ impl DynamoStore {
     ) -> Result<Vec<u8>, StoreError> {
         let mut item = key_of(SETTINGS_PK.into(), name);
         item.insert("value".into(), AttributeValue::B(Blob::new(value.clone())));
-        item.insert(
-            "created_at".into(),
-            AttributeValue::S(ts(&Utc::now())),
-        );
+        item.insert("created_at".into(), AttributeValue::S(ts(&Utc::now())));
         let call = self
             .client
             .put_item()
@@ -793,11 +797,14 @@ impl ProfileStore for DynamoStore {
         &self,
         users: &[Uuid],
     ) -> Result<HashMap<Uuid, ConsentState>, StoreError> {
-        let histories: Vec<(Uuid, Vec<ConsentRecord>)> = futures::stream::iter(users.to_vec())
-            .map(|user| async move { Ok::<_, StoreError>((user, self.consent_history(user).await?)) })
-            .buffer_unordered(self.concurrency)
-            .try_collect()
-            .await?;
+        let histories: Vec<(Uuid, Vec<ConsentRecord>)> =
+            futures::stream::iter(users.to_vec())
+                .map(|user| async move {
+                    Ok::<_, StoreError>((user, self.consent_history(user).await?))
+                })
+                .buffer_unordered(self.concurrency)
+                .try_collect()
+                .await?;
         Ok(histories
             .into_iter()
             .filter(|(_, h)| !h.is_empty())
@@ -824,7 +831,11 @@ impl ProfileStore for DynamoStore {
             let call = self
                 .client
                 .transact_write_items()
-                .transact_items(TransactWriteItem::builder().put(put.build().map_err(build)?).build())
+                .transact_items(
+                    TransactWriteItem::builder()
+                        .put(put.build().map_err(build)?)
+                        .build(),
+                )
                 .transact_items(
                     TransactWriteItem::builder()
                         .delete(
@@ -897,7 +908,8 @@ impl ProfileStore for DynamoStore {
 
 fn is_condition_cancel<E: ProvideErrorMetadata>(e: &SdkError<E, HttpResponse>) -> bool {
     e.code() == Some("TransactionCanceledException")
-        && e.message().is_some_and(|m| m.contains("ConditionalCheckFailed"))
+        && e.message()
+            .is_some_and(|m| m.contains("ConditionalCheckFailed"))
 }
 
 #[cfg(test)]
