@@ -358,10 +358,10 @@ fn the_end_to_end_scenario_holds_with_dynamodb_and_kms_and_no_pii_reaches_dynamo
     assert_no_plaintext_pii(&items, &run.expected);
     let profiles = of_kind(&items, "PROFILE");
     let keys = of_kind(&items, "KEY");
-    for p in &profiles {
+    for p in profiles.iter().filter(|p| p.contains_key("record")) {
         assert!(
             keys.iter().any(|k| s(k, "pk") == s(p, "pk")),
-            "every stored profile has its key"
+            "every stored profile with a record has its key"
         );
     }
     let live: Vec<(&String, &Expected)> = run
@@ -1215,12 +1215,14 @@ async fn store_audit_is_append_only_ordered_and_expires() {
         store.append_audit(&old).await.is_err(),
         "an audit record is never replaced"
     );
+    let ids = |trail: Vec<AuditRecord>| trail.into_iter().map(|r| r.id).collect::<Vec<_>>();
     assert_eq!(
-        store.audit_trail(u).await.unwrap(),
-        vec![old.clone(), new.clone()]
+        ids(store.audit_trail(u).await.unwrap()),
+        vec![old.id, new.id],
+        "oldest first"
     );
     assert_eq!(store.expire_audit(at(50)).await.unwrap(), 1);
-    assert_eq!(store.audit_trail(u).await.unwrap(), vec![new]);
+    assert_eq!(ids(store.audit_trail(u).await.unwrap()), vec![new.id]);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
