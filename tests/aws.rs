@@ -1005,294 +1005,308 @@ fn wrapped(user: Uuid, bytes: Vec<u8>) -> WrappedUserKey {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn store_versions_decide_applied_replayed_and_stale() {
+#[test]
+fn store_versions_decide_applied_replayed_and_stale() {
     let _services = shared();
-    let store = fresh_store().await;
-    let u = Uuid::new_v4();
-    let outcomes = store
-        .apply(&[
-            change(u, 2, Operation::Upsert),
-            change(u, 2, Operation::Upsert),
-            change(u, 1, Operation::Upsert),
-            change(u, 3, Operation::Delete),
-            change(u, 2, Operation::Upsert),
-        ])
-        .await
-        .unwrap();
-    use WriteOutcome::*;
-    assert_eq!(outcomes, vec![Applied, Replayed, Stale, Applied, Stale]);
-    let stored = store.get(u).await.unwrap().unwrap();
-    assert_eq!((stored.version, stored.record), (3, None));
-    assert_eq!(
-        store
+    runtime().block_on(async {
+        let store = fresh_store().await;
+        let u = Uuid::new_v4();
+        let outcomes = store
             .apply(&[
-                change(u, 3, Operation::Upsert),
-                change(u, 4, Operation::Upsert)
+                change(u, 2, Operation::Upsert),
+                change(u, 2, Operation::Upsert),
+                change(u, 1, Operation::Upsert),
+                change(u, 3, Operation::Delete),
+                change(u, 2, Operation::Upsert),
             ])
             .await
-            .unwrap(),
-        vec![Replayed, Applied]
-    );
-    assert_eq!(
+            .unwrap();
+        use WriteOutcome::*;
+        assert_eq!(outcomes, vec![Applied, Replayed, Stale, Applied, Stale]);
+        let stored = store.get(u).await.unwrap().unwrap();
+        assert_eq!((stored.version, stored.record), (3, None));
+        assert_eq!(
+            store
+                .apply(&[
+                    change(u, 3, Operation::Upsert),
+                    change(u, 4, Operation::Upsert)
+                ])
+                .await
+                .unwrap(),
+            vec![Replayed, Applied]
+        );
+        assert_eq!(
+            store
+                .find_by_email_index(&format!("idx-{u}"))
+                .await
+                .unwrap(),
+            Some(u)
+        );
         store
-            .find_by_email_index(&format!("idx-{u}"))
+            .apply(&[change(u, 5, Operation::Delete)])
             .await
-            .unwrap(),
-        Some(u)
-    );
-    store
-        .apply(&[change(u, 5, Operation::Delete)])
-        .await
-        .unwrap();
-    assert_eq!(
-        store
-            .find_by_email_index(&format!("idx-{u}"))
-            .await
-            .unwrap(),
-        None,
-        "a deleted profile is not found by email"
-    );
-    let counts = store.counts().await.unwrap();
-    assert_eq!((counts.live, counts.deleted), (0, 1));
+            .unwrap();
+        assert_eq!(
+            store
+                .find_by_email_index(&format!("idx-{u}"))
+                .await
+                .unwrap(),
+            None,
+            "a deleted profile is not found by email"
+        );
+        let counts = store.counts().await.unwrap();
+        assert_eq!((counts.live, counts.deleted), (0, 1));
+    })
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn store_scan_pages_through_every_profile_once() {
+#[test]
+fn store_scan_pages_through_every_profile_once() {
     let _services = shared();
-    let store = fresh_store().await;
-    let changes: Vec<_> = (0..25)
-        .map(|i| {
-            change(
-                Uuid::new_v4(),
-                1,
-                if i % 5 == 0 {
-                    Operation::Delete
-                } else {
-                    Operation::Upsert
-                },
-            )
-        })
-        .collect();
-    store.apply(&changes).await.unwrap();
-    store
-        .insert_user_keys(vec![wrapped(changes[1].user_id, vec![1])])
-        .await
-        .unwrap();
-    let (mut seen, mut cursor) = (Vec::new(), None);
-    loop {
-        let (page, next) = store.scan(cursor, 10).await.unwrap();
-        assert!(page.len() <= 10);
-        seen.extend(page.into_iter().map(|p| p.user_id));
-        if next.is_none() {
-            break;
+    runtime().block_on(async {
+        let store = fresh_store().await;
+        let changes: Vec<_> = (0..25)
+            .map(|i| {
+                change(
+                    Uuid::new_v4(),
+                    1,
+                    if i % 5 == 0 {
+                        Operation::Delete
+                    } else {
+                        Operation::Upsert
+                    },
+                )
+            })
+            .collect();
+        store.apply(&changes).await.unwrap();
+        store
+            .insert_user_keys(vec![wrapped(changes[1].user_id, vec![1])])
+            .await
+            .unwrap();
+        let (mut seen, mut cursor) = (Vec::new(), None);
+        loop {
+            let (page, next) = store.scan(cursor, 10).await.unwrap();
+            assert!(page.len() <= 10);
+            seen.extend(page.into_iter().map(|p| p.user_id));
+            if next.is_none() {
+                break;
+            }
+            cursor = next;
         }
-        cursor = next;
-    }
-    seen.sort();
-    let mut want: Vec<Uuid> = changes.iter().map(|c| c.user_id).collect();
-    want.sort();
-    assert_eq!(seen, want);
-    assert!(store.scan(Some("not a cursor".into()), 10).await.is_err());
+        seen.sort();
+        let mut want: Vec<Uuid> = changes.iter().map(|c| c.user_id).collect();
+        want.sort();
+        assert_eq!(seen, want);
+        assert!(store.scan(Some("not a cursor".into()), 10).await.is_err());
+    })
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn store_erase_shreds_the_key_and_leaves_a_fenced_tombstone() {
+#[test]
+fn store_erase_shreds_the_key_and_leaves_a_fenced_tombstone() {
     let _services = shared();
-    let store = fresh_store().await;
-    let u = Uuid::new_v4();
-    store
-        .apply(&[change(u, 4, Operation::Upsert)])
-        .await
-        .unwrap();
-    store
-        .insert_user_keys(vec![wrapped(u, vec![1, 2, 3])])
-        .await
-        .unwrap();
-    assert_eq!(
-        store.erase(u, 2, Utc::now()).await.unwrap(),
-        4,
-        "the fence never goes back"
-    );
-    assert!(store.user_keys(&[u]).await.unwrap().is_empty());
-    let stored = store.get(u).await.unwrap().unwrap();
-    assert!(stored.record.is_none() && stored.erased_at.is_some());
-    assert_eq!(
-        store.erasure_fences(&[u, Uuid::new_v4()]).await.unwrap(),
-        HashMap::from([(u, 4)])
-    );
-    assert_eq!(
+    runtime().block_on(async {
+        let store = fresh_store().await;
+        let u = Uuid::new_v4();
         store
-            .apply(&[change(u, 3, Operation::Upsert)])
+            .apply(&[change(u, 4, Operation::Upsert)])
             .await
-            .unwrap(),
-        vec![WriteOutcome::Stale]
-    );
-    let never = Uuid::new_v4();
-    assert_eq!(store.erase(never, 7, Utc::now()).await.unwrap(), 7);
-    assert_eq!(store.erasure_fences(&[never]).await.unwrap()[&never], 7);
+            .unwrap();
+        store
+            .insert_user_keys(vec![wrapped(u, vec![1, 2, 3])])
+            .await
+            .unwrap();
+        assert_eq!(
+            store.erase(u, 2, Utc::now()).await.unwrap(),
+            4,
+            "the fence never goes back"
+        );
+        assert!(store.user_keys(&[u]).await.unwrap().is_empty());
+        let stored = store.get(u).await.unwrap().unwrap();
+        assert!(stored.record.is_none() && stored.erased_at.is_some());
+        assert_eq!(
+            store.erasure_fences(&[u, Uuid::new_v4()]).await.unwrap(),
+            HashMap::from([(u, 4)])
+        );
+        assert_eq!(
+            store
+                .apply(&[change(u, 3, Operation::Upsert)])
+                .await
+                .unwrap(),
+            vec![WriteOutcome::Stale]
+        );
+        let never = Uuid::new_v4();
+        assert_eq!(store.erase(never, 7, Utc::now()).await.unwrap(), 7);
+        assert_eq!(store.erasure_fences(&[never]).await.unwrap()[&never], 7);
+    })
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn store_insert_user_keys_lets_the_first_writer_win() {
+#[test]
+fn store_insert_user_keys_lets_the_first_writer_win() {
     let _services = shared();
-    let store = fresh_store().await;
-    let (a, b) = (Uuid::new_v4(), Uuid::new_v4());
-    store
-        .insert_user_keys(vec![wrapped(a, vec![1])])
-        .await
-        .unwrap();
-    let winners = store
-        .insert_user_keys(vec![wrapped(a, vec![2]), wrapped(b, vec![3])])
-        .await
-        .unwrap();
-    assert_eq!(winners[0].wrapped_key, vec![1], "the stored key wins");
-    assert_eq!(winners[1].wrapped_key, vec![3]);
-    let keys = store.user_keys(&[a, b, Uuid::new_v4()]).await.unwrap();
-    assert_eq!(keys.len(), 2);
-    assert_eq!(keys[&a].wrapped_key, vec![1]);
+    runtime().block_on(async {
+        let store = fresh_store().await;
+        let (a, b) = (Uuid::new_v4(), Uuid::new_v4());
+        store
+            .insert_user_keys(vec![wrapped(a, vec![1])])
+            .await
+            .unwrap();
+        let winners = store
+            .insert_user_keys(vec![wrapped(a, vec![2]), wrapped(b, vec![3])])
+            .await
+            .unwrap();
+        assert_eq!(winners[0].wrapped_key, vec![1], "the stored key wins");
+        assert_eq!(winners[1].wrapped_key, vec![3]);
+        let keys = store.user_keys(&[a, b, Uuid::new_v4()]).await.unwrap();
+        assert_eq!(keys.len(), 2);
+        assert_eq!(keys[&a].wrapped_key, vec![1]);
+    })
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn store_consent_state_follows_the_highest_version_per_purpose() {
+#[test]
+fn store_consent_state_follows_the_highest_version_per_purpose() {
     let _services = shared();
-    let store = fresh_store().await;
-    let u = Uuid::new_v4();
-    let record = |purpose: &str, granted, version| ConsentRecord {
-        user_id: u,
-        purpose: purpose.into(),
-        granted,
-        policy_version: "2026-01".into(),
-        source: "t".into(),
-        occurred_at: Utc::now(),
-        version,
-        event_id: Uuid::new_v4(),
-    };
-    let late = record("marketing", true, 1);
-    for r in [
-        record("marketing", false, 2),
-        late.clone(),
-        late,
-        record("analytics", true, 3),
-    ] {
-        store.append_consent(&r).await.unwrap();
-    }
-    let history = store.consent_history(u).await.unwrap();
-    assert_eq!(
-        history.len(),
-        3,
-        "appending the same event twice keeps one record"
-    );
-    assert!(
-        history.windows(2).all(|w| w[0].version <= w[1].version),
-        "oldest version first"
-    );
-    let state = &store.consent_states(&[u, Uuid::new_v4()]).await.unwrap()[&u];
-    assert_eq!(state.get("marketing"), Some(&false));
-    assert_eq!(state.get("analytics"), Some(&true));
+    runtime().block_on(async {
+        let store = fresh_store().await;
+        let u = Uuid::new_v4();
+        let record = |purpose: &str, granted, version| ConsentRecord {
+            user_id: u,
+            purpose: purpose.into(),
+            granted,
+            policy_version: "2026-01".into(),
+            source: "t".into(),
+            occurred_at: Utc::now(),
+            version,
+            event_id: Uuid::new_v4(),
+        };
+        let late = record("marketing", true, 1);
+        for r in [
+            record("marketing", false, 2),
+            late.clone(),
+            late,
+            record("analytics", true, 3),
+        ] {
+            store.append_consent(&r).await.unwrap();
+        }
+        let history = store.consent_history(u).await.unwrap();
+        assert_eq!(
+            history.len(),
+            3,
+            "appending the same event twice keeps one record"
+        );
+        assert!(
+            history.windows(2).all(|w| w[0].version <= w[1].version),
+            "oldest version first"
+        );
+        let state = &store.consent_states(&[u, Uuid::new_v4()]).await.unwrap()[&u];
+        assert_eq!(state.get("marketing"), Some(&false));
+        assert_eq!(state.get("analytics"), Some(&true));
+    })
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn store_audit_is_append_only_ordered_and_expires() {
+#[test]
+fn store_audit_is_append_only_ordered_and_expires() {
     let _services = shared();
-    let store = fresh_store().await;
-    let u = Uuid::new_v4();
-    let at = |days: i64| Utc::now() - chrono::Duration::days(days);
-    let record = |when| AuditRecord {
-        id: Uuid::new_v4(),
-        at: when,
-        actor: "a".into(),
-        action: "reveal".into(),
-        user_id: u,
-        fields: vec!["email".into()],
-        reason: "r".into(),
-        request_id: Uuid::new_v4(),
-    };
-    let (old, new) = (record(at(100)), record(at(1)));
-    store.append_audit(&new).await.unwrap();
-    store.append_audit(&old).await.unwrap();
-    assert!(
-        store.append_audit(&old).await.is_err(),
-        "an audit record is never replaced"
-    );
-    let ids = |trail: Vec<AuditRecord>| trail.into_iter().map(|r| r.id).collect::<Vec<_>>();
-    assert_eq!(
-        ids(store.audit_trail(u).await.unwrap()),
-        vec![old.id, new.id],
-        "oldest first"
-    );
-    assert_eq!(store.expire_audit(at(50)).await.unwrap(), 1);
-    assert_eq!(ids(store.audit_trail(u).await.unwrap()), vec![new.id]);
+    runtime().block_on(async {
+        let store = fresh_store().await;
+        let u = Uuid::new_v4();
+        let at = |days: i64| Utc::now() - chrono::Duration::days(days);
+        let record = |when| AuditRecord {
+            id: Uuid::new_v4(),
+            at: when,
+            actor: "a".into(),
+            action: "reveal".into(),
+            user_id: u,
+            fields: vec!["email".into()],
+            reason: "r".into(),
+            request_id: Uuid::new_v4(),
+        };
+        let (old, new) = (record(at(100)), record(at(1)));
+        store.append_audit(&new).await.unwrap();
+        store.append_audit(&old).await.unwrap();
+        assert!(
+            store.append_audit(&old).await.is_err(),
+            "an audit record is never replaced"
+        );
+        let ids = |trail: Vec<AuditRecord>| trail.into_iter().map(|r| r.id).collect::<Vec<_>>();
+        assert_eq!(
+            ids(store.audit_trail(u).await.unwrap()),
+            vec![old.id, new.id],
+            "oldest first"
+        );
+        assert_eq!(store.expire_audit(at(50)).await.unwrap(), 1);
+        assert_eq!(ids(store.audit_trail(u).await.unwrap()), vec![new.id]);
+    })
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn kms_provider_caches_keks_within_limits_and_refuses_tampered_ones() {
+#[test]
+fn kms_provider_caches_keks_within_limits_and_refuses_tampered_ones() {
     let _services = shared();
-    let store = fresh_store().await;
-    let client = kms().await;
-    let key = client.create_key().send().await.unwrap();
-    let key_id = key.key_metadata().unwrap().key_id().to_string();
-    let at = Endpoint {
-        region: Some("us-east-1".into()),
-        endpoint: Some(kms_endpoint()),
-    };
-    let limits = KekCacheConfig {
-        max_uses: 2,
-        ..KekCacheConfig::default()
-    };
-    let provider = KmsKeyProvider::connect(&key_id, &at, &limits, &store)
-        .await
-        .unwrap();
-    assert_eq!(
-        provider.calls(),
-        2,
-        "the blind-index key: generated once, decrypted"
-    );
-    let dek = profile_sync::crypto::DataKey::generate().unwrap();
-    let users: Vec<Uuid> = (0..5).map(|_| Uuid::new_v4()).collect();
-    let mut wraps = Vec::new();
-    for u in &users {
-        wraps.push(provider.wrap(*u, 1, &dek).await.unwrap());
-    }
-    assert_eq!(
-        provider.calls(),
-        2 + 3,
-        "one GenerateDataKey per two wraps (max_uses 2)"
-    );
-    for w in &wraps {
-        assert_eq!(provider.unwrap(w).await.unwrap().expose(), dek.expose());
-    }
-    assert_eq!(provider.calls(), 5, "own KEKs unwrap from the cache");
+    runtime().block_on(async {
+        let store = fresh_store().await;
+        let client = kms().await;
+        let key = client.create_key().send().await.unwrap();
+        let key_id = key.key_metadata().unwrap().key_id().to_string();
+        let at = Endpoint {
+            region: Some("us-east-1".into()),
+            endpoint: Some(kms_endpoint()),
+        };
+        let limits = KekCacheConfig {
+            max_uses: 2,
+            ..KekCacheConfig::default()
+        };
+        let provider = KmsKeyProvider::connect(&key_id, &at, &limits, &store)
+            .await
+            .unwrap();
+        assert_eq!(
+            provider.calls(),
+            2,
+            "the blind-index key: generated once, decrypted"
+        );
+        let dek = profile_sync::crypto::DataKey::generate().unwrap();
+        let users: Vec<Uuid> = (0..5).map(|_| Uuid::new_v4()).collect();
+        let mut wraps = Vec::new();
+        for u in &users {
+            wraps.push(provider.wrap(*u, 1, &dek).await.unwrap());
+        }
+        assert_eq!(
+            provider.calls(),
+            2 + 3,
+            "one GenerateDataKey per two wraps (max_uses 2)"
+        );
+        for w in &wraps {
+            assert_eq!(provider.unwrap(w).await.unwrap().expose(), dek.expose());
+        }
+        assert_eq!(provider.calls(), 5, "own KEKs unwrap from the cache");
 
-    // A second worker shares the blind-index key and decrypts each KEK once.
-    let other = KmsKeyProvider::connect(&key_id, &at, &limits, &store)
-        .await
-        .unwrap();
-    assert_eq!(other.calls(), 1);
-    assert_eq!(
-        other.blind_index().email("a@b.c"),
-        provider.blind_index().email("a@b.c")
-    );
-    for w in &wraps {
-        other.unwrap(w).await.unwrap();
-    }
-    assert_eq!(other.calls(), 1 + 3);
+        // A second worker shares the blind-index key and decrypts each KEK once.
+        let other = KmsKeyProvider::connect(&key_id, &at, &limits, &store)
+            .await
+            .unwrap();
+        assert_eq!(other.calls(), 1);
+        assert_eq!(
+            other.blind_index().email("a@b.c"),
+            provider.blind_index().email("a@b.c")
+        );
+        for w in &wraps {
+            other.unwrap(w).await.unwrap();
+        }
+        assert_eq!(other.calls(), 1 + 3);
 
-    let mut tampered = wraps[0].clone();
-    tampered.encrypted_kek[10] ^= 1;
-    let err = other.unwrap(&tampered).await.unwrap_err();
-    assert!(!err.is_transient(), "{err}");
-    let mut moved = wraps[0].clone();
-    moved.kek_id = format!("{}#kek-other", moved.kek_id.split('#').next().unwrap());
-    let err = other.unwrap(&moved).await.unwrap_err();
-    assert!(
-        !err.is_transient(),
-        "a wrong encryption context is refused: {err}"
-    );
-    let mut other_user = wraps[0].clone();
-    other_user.user_id = Uuid::new_v4();
-    assert!(
-        other.unwrap(&other_user).await.is_err(),
-        "a DEK moved to another user does not unwrap"
-    );
+        let mut tampered = wraps[0].clone();
+        tampered.encrypted_kek[10] ^= 1;
+        let err = other.unwrap(&tampered).await.unwrap_err();
+        assert!(!err.is_transient(), "{err}");
+        let mut moved = wraps[0].clone();
+        moved.kek_id = format!("{}#kek-other", moved.kek_id.split('#').next().unwrap());
+        let err = other.unwrap(&moved).await.unwrap_err();
+        assert!(
+            !err.is_transient(),
+            "a wrong encryption context is refused: {err}"
+        );
+        let mut other_user = wraps[0].clone();
+        other_user.user_id = Uuid::new_v4();
+        assert!(
+            other.unwrap(&other_user).await.is_err(),
+            "a DEK moved to another user does not unwrap"
+        );
+    })
 }

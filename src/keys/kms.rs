@@ -67,13 +67,16 @@ struct CurrentKek {
     bytes: u64,
 }
 
+/// A decrypted KEK and when it was decrypted.
+type DecryptedKek = (Arc<DataKey>, Instant);
+
 pub struct KmsKeyProvider {
     client: Client,
     key_id: String,
     limits: KekCacheConfig,
     current: tokio::sync::Mutex<Option<CurrentKek>>,
     /// Decrypted KEKs by `kek_id` and KMS ciphertext (both: the context is part of the key).
-    decrypted: Mutex<LruCache<(String, Vec<u8>), (Arc<DataKey>, Instant)>>,
+    decrypted: Mutex<LruCache<(String, Vec<u8>), DecryptedKek>>,
     blind_index: BlindIndexKey,
     calls: Arc<AtomicU64>,
 }

@@ -295,7 +295,7 @@ mod tests {
 
     #[test]
     fn consent_sort_keys_order_by_version_numerically() {
-        let mut versions = vec![i64::MAX, 10, -3, 2, 0, i64::MIN, 100];
+        let mut versions = [i64::MAX, 10, -3, 2, 0, i64::MIN, 100];
         let mut keys: Vec<String> = versions.iter().map(|v| sortable(*v)).collect();
         keys.sort();
         versions.sort();
