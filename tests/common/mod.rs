@@ -17,15 +17,48 @@ pub fn local_pipeline() -> PathBuf {
     repo().join("pipelines/local.yaml")
 }
 
-/// The binary under test, copied once per test process: other worktrees building into a
-/// shared target directory cannot swap it mid-run.
+/// The binary under test, copied once per build (named by its size and modification time, so
+/// test processes share the copy): other worktrees building into a shared target directory
+/// cannot swap it mid-run.
 pub fn binary() -> &'static Path {
     static COPY: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
     COPY.get_or_init(|| {
         let built = PathBuf::from(env!("CARGO_BIN_EXE_profile-sync"));
-        let copy = std::env::temp_dir().join(format!("profile-sync-test-{}", std::process::id()));
-        match std::fs::copy(&built, &copy) {
-            Ok(_) => copy,
+        let Ok(meta) = std::fs::metadata(&built) else {
+            return built;
+        };
+        let stamp = meta
+            .modified()
+            .ok()
+            .and_then(|m| m.duration_since(std::time::UNIX_EPOCH).ok())
+            .map_or(0, |d| d.as_nanos());
+        let copy = std::env::temp_dir().join(format!("profile-sync-test-{}-{stamp}", meta.len()));
+        if copy.exists() {
+            return copy;
+        }
+        // Copies of older builds that no test run can still be using (an hour old) go.
+        for old in std::fs::read_dir(std::env::temp_dir())
+            .into_iter()
+            .flatten()
+            .flatten()
+        {
+            let stale = old
+                .metadata()
+                .ok()
+                .and_then(|m| m.modified().ok())
+                .and_then(|m| m.elapsed().ok());
+            if old
+                .file_name()
+                .to_string_lossy()
+                .starts_with("profile-sync-test-")
+                && stale.is_some_and(|age| age > std::time::Duration::from_secs(3600))
+            {
+                let _ = std::fs::remove_file(old.path());
+            }
+        }
+        let partial = copy.with_extension(format!("partial-{}", std::process::id()));
+        match std::fs::copy(&built, &partial).and_then(|_| std::fs::rename(&partial, &copy)) {
+            Ok(()) => copy,
             Err(_) => built,
         }
     })
