@@ -2,12 +2,14 @@
 //! lives here. Exit codes: 0 success, 1 a failure while working (or invalid events found by
 //! `validate`), 2 a usage or configuration problem, named in one paragraph.
 
+mod bootstrap;
 mod check;
 mod dev;
 mod dlq;
 mod generate;
 mod get;
 mod kafka_args;
+mod keys;
 mod privacy;
 mod produce;
 mod run;
@@ -80,6 +82,11 @@ enum Command {
     /// Development helpers (the Schema Registry test double).
     #[command(hide = true)]
     Dev(dev::Args),
+    /// Create the DynamoDB table (and, for development, the KMS key) a pipeline needs.
+    Bootstrap(bootstrap::Args),
+    /// Key-encryption key rotation and re-wrapping (KMS).
+    #[command(subcommand)]
+    Keys(keys::Command),
 }
 
 /// How a command failed.
@@ -159,6 +166,8 @@ pub fn main() -> ExitCode {
             Command::Schemas(args) => schemas::run(args).await,
             Command::Dlq(args) => dlq::run(args).await,
             Command::Dev(args) => dev::run(args).await,
+            Command::Bootstrap(args) => bootstrap::run(args).await,
+            Command::Keys(command) => keys::run(command).await,
         }
     });
     match result {

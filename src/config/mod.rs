@@ -154,6 +154,75 @@ pub enum KeysConfig {
         #[serde(default)]
         cache: KeyCacheConfig,
     },
+    /// AWS KMS: key-encryption keys are KMS data keys (see `src/keys/kms.rs`).
+    Kms {
+        /// The KMS key that generates key-encryption keys: key id, ARN, alias name or alias ARN.
+        key_id: String,
+        /// AWS region; default: the SDK chain (`AWS_REGION`, profile, IMDS).
+        #[serde(default)]
+        region: Option<String>,
+        /// Endpoint override (LocalStack, an emulator); default: the real KMS endpoint.
+        #[serde(default)]
+        endpoint: Option<String>,
+        /// Development only: `profile-sync bootstrap` creates the KMS key and the alias named
+        /// by `key_id` (which must then be `alias/...`) when the alias does not exist.
+        #[serde(default)]
+        create_for_development: bool,
+        #[serde(default)]
+        kek_cache: KekCacheConfig,
+        #[serde(default)]
+        cache: KeyCacheConfig,
+    },
+}
+
+impl KeysConfig {
+    /// Bounds on the cache of unwrapped per-user data keys.
+    pub fn cache(&self) -> &KeyCacheConfig {
+        match self {
+            KeysConfig::LocalKeyring { cache, .. } | KeysConfig::Kms { cache, .. } => cache,
+        }
+    }
+}
+
+/// Bounds on the cache of plaintext key-encryption keys from KMS. The current KEK wraps new
+/// user keys until it is `max_age_secs` old, has wrapped `max_uses` keys or `max_bytes` bytes
+/// of key material, whichever comes first; then the next wrap asks KMS for a new one.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KekCacheConfig {
+    #[serde(default = "default_kek_max_age")]
+    pub max_age_secs: u64,
+    #[serde(default = "default_kek_max_uses")]
+    pub max_uses: u64,
+    #[serde(default = "default_kek_max_bytes")]
+    pub max_bytes: u64,
+    /// Decrypted KEKs (of stored user keys) held at once.
+    #[serde(default = "default_kek_max_entries")]
+    pub max_entries: usize,
+}
+
+impl Default for KekCacheConfig {
+    fn default() -> Self {
+        Self {
+            max_age_secs: default_kek_max_age(),
+            max_uses: default_kek_max_uses(),
+            max_bytes: default_kek_max_bytes(),
+            max_entries: default_kek_max_entries(),
+        }
+    }
+}
+
+fn default_kek_max_age() -> u64 {
+    3600
+}
+fn default_kek_max_uses() -> u64 {
+    100_000
+}
+fn default_kek_max_bytes() -> u64 {
+    4 * 1024 * 1024
+}
+fn default_kek_max_entries() -> usize {
+    1000
 }
 
 /// Bounds on the cache of unwrapped per-user data keys.
@@ -188,6 +257,30 @@ pub enum StoreConfig {
         #[serde(default = "default_sqlite")]
         path: PathBuf,
     },
+    /// Amazon DynamoDB, one table (see `src/stores/dynamodb/` and ARCHITECTURE.md).
+    Dynamodb {
+        table: String,
+        /// AWS region; default: the SDK chain (`AWS_REGION`, profile, IMDS).
+        #[serde(default)]
+        region: Option<String>,
+        /// Endpoint override (DynamoDB Local, LocalStack); default: the real endpoint.
+        #[serde(default)]
+        endpoint: Option<String>,
+        /// Conditional writes in flight at once.
+        #[serde(default = "default_dynamodb_concurrency")]
+        concurrency: usize,
+        /// Audit records get a TTL attribute this many days after their time (DynamoDB
+        /// removes them some time after that); `expire_audit` removes them explicitly too.
+        #[serde(default = "default_audit_retention_days")]
+        audit_retention_days: u64,
+    },
+}
+
+fn default_dynamodb_concurrency() -> usize {
+    16
+}
+fn default_audit_retention_days() -> u64 {
+    400
 }
 
 #[derive(Debug, Clone, Deserialize)]

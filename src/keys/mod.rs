@@ -6,9 +6,11 @@
 
 mod cache;
 mod data_keys;
+pub mod kms;
 mod local_keyring;
 
 pub use data_keys::{DataKeys, UserKey};
+pub use kms::KmsKeyProvider;
 pub use local_keyring::{KeyringError, LocalKeyring};
 
 use crate::crypto::{BlindIndexKey, DataKey};

@@ -5,7 +5,7 @@ use super::Pipeline;
 use crate::config::{self, DeadLetterConfig, IndexConfig, KeysConfig, SourceConfig, StoreConfig};
 use crate::dead_letter::{DeadLetterError, DeadLetterFile, DeadLetterSink};
 use crate::indexes::{IndexError, SearchIndex, TantivyIndex};
-use crate::keys::{DataKeys, KeyProvider, LocalKeyring};
+use crate::keys::{DataKeys, KeyError, KeyProvider, KmsKeyProvider, LocalKeyring};
 use crate::privacy::Profiles;
 use crate::schema::{ProfileSchemas, SchemaError};
 use crate::sources::{EventSource, FileSource, SourceError};
@@ -13,7 +13,7 @@ use crate::stages::decode::Decoder;
 use crate::stages::enrich::{Enricher, RegionError, RegionResolver, SegmentError, SegmentRules};
 use crate::stages::project::{Projection, ProjectionError};
 use crate::stages::protect::Protector;
-use crate::stores::{ProfileStore, SqliteStore, StoreError};
+use crate::stores::{DynamoStore, ProfileStore, SqliteStore, StoreError};
 use std::path::Path;
 use std::sync::Arc;
 
@@ -34,6 +34,8 @@ pub enum BuildError {
     Keyring(#[from] crate::keys::KeyringError),
     #[error(transparent)]
     Store(#[from] StoreError),
+    #[error(transparent)]
+    Keys(#[from] KeyError),
     #[error(transparent)]
     Index(#[from] IndexError),
     #[error(transparent)]
@@ -77,7 +79,68 @@ pub fn open_store(
         StoreConfig::Sqlite { path } => {
             Arc::new(SqliteStore::open(&file.data_path(data_dir, path))?)
         }
+        StoreConfig::Dynamodb { .. } => Arc::new(open_dynamodb(file, true)?),
     })
+}
+
+/// The DynamoDB store of the pipeline file; a config error if the store is not DynamoDB.
+/// `check_table`: fail now, with a hint to run bootstrap, if the table does not exist.
+pub fn open_dynamodb(
+    file: &config::Pipeline,
+    check_table: bool,
+) -> Result<DynamoStore, BuildError> {
+    match &file.config.store {
+        StoreConfig::Dynamodb {
+            table,
+            region,
+            endpoint,
+            concurrency,
+            audit_retention_days,
+        } => Ok(DynamoStore::open(
+            table,
+            &crate::aws::Endpoint {
+                region: region.clone(),
+                endpoint: endpoint.clone(),
+            },
+            *concurrency,
+            *audit_retention_days,
+            check_table,
+        )?),
+        _ => Err(file
+            .invalid("this needs `store: {type: dynamodb, ...}` (the KMS key provider keeps its blind-index key in the DynamoDB table)")
+            .into()),
+    }
+}
+
+/// The KMS key provider of the pipeline file, using `key_id` instead of the configured key
+/// when given (`keys rewrap --to-key`).
+pub fn open_kms(
+    file: &config::Pipeline,
+    key_id: Option<&str>,
+) -> Result<KmsKeyProvider, BuildError> {
+    match &file.config.keys {
+        KeysConfig::Kms {
+            key_id: configured,
+            region,
+            endpoint,
+            kek_cache,
+            ..
+        } => {
+            let settings = open_dynamodb(file, true)?;
+            Ok(KmsKeyProvider::open(
+                key_id.unwrap_or(configured),
+                &crate::aws::Endpoint {
+                    region: region.clone(),
+                    endpoint: endpoint.clone(),
+                },
+                kek_cache,
+                &settings,
+            )?)
+        }
+        _ => Err(file
+            .invalid("this needs `keys: {type: kms, key_id: ...}`")
+            .into()),
+    }
 }
 
 pub fn open_data_keys(
@@ -92,6 +155,7 @@ pub fn open_data_keys(
             )?),
             cache,
         ),
+        KeysConfig::Kms { cache, .. } => (Arc::new(open_kms(file, None)?), cache),
     };
     Ok(Arc::new(DataKeys::new(provider, store, cache)))
 }

@@ -16,6 +16,8 @@ pub struct FileSource {
     total: Option<u64>,
 }
 
+// One per source, so the Avro reader's size does not matter.
+#[allow(clippy::large_enum_variant)]
 enum Records {
     Jsonl(BufReader<File>),
     Avro {

@@ -4,8 +4,10 @@
 //! replays and out-of-order deliveries can never let older data win. A delete leaves a version
 //! fence behind, so a replayed older upsert cannot bring a deleted profile back.
 
+pub mod dynamodb;
 mod sqlite;
 
+pub use dynamodb::DynamoStore;
 pub use sqlite::SqliteStore;
 
 use crate::event::{ProtectedChange, ProtectedRecord};

@@ -2,6 +2,8 @@
 //! straight from the generated file (independently of the pipeline's own decoder).
 #![allow(dead_code)]
 
+pub mod scenarios;
+
 use assert_cmd::Command;
 use serde_json::Value as Json;
 use std::collections::HashMap;
@@ -15,8 +17,16 @@ pub fn local_pipeline() -> PathBuf {
     repo().join("pipelines/local.yaml")
 }
 
+/// The binary under test: the one cargo built for these tests, or `PROFILE_SYNC_BIN` (e.g. a
+/// release build) when set.
+pub fn binary() -> PathBuf {
+    std::env::var_os("PROFILE_SYNC_BIN")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_profile-sync")))
+}
+
 pub fn bin() -> Command {
-    let mut cmd = Command::cargo_bin("profile-sync").expect("binary builds");
+    let mut cmd = Command::new(binary());
     cmd.current_dir(repo());
     cmd.env_remove("PROFILE_SYNC_LOG");
     cmd
