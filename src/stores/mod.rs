@@ -96,4 +96,12 @@ pub trait ProfileStore: Send + Sync {
     async fn audit_trail(&self, user: Uuid) -> Result<Vec<AuditRecord>, StoreError>;
 
     async fn counts(&self) -> Result<StoreCounts, StoreError>;
+
+    /// A page of stored profiles (delete fences included, with `record: None`) and the cursor
+    /// of the next page, `None` at the end.
+    async fn scan(
+        &self,
+        cursor: Option<String>,
+        limit: usize,
+    ) -> Result<(Vec<StoredProfile>, Option<String>), StoreError>;
 }

@@ -358,6 +358,52 @@ impl ProfileStore for SqliteStore {
         .await
     }
 
+    async fn scan(
+        &self,
+        cursor: Option<String>,
+        limit: usize,
+    ) -> Result<(Vec<StoredProfile>, Option<String>), StoreError> {
+        self.with_conn(move |conn| {
+            let mut stmt = conn
+                .prepare_cached(
+                    "SELECT user_id, version, record, updated_at FROM profiles
+                     WHERE user_id > ?1 ORDER BY user_id LIMIT ?2",
+                )
+                .map_err(failed)?;
+            let rows = stmt
+                .query_map(params![cursor.unwrap_or_default(), limit as i64], |r| {
+                    Ok((
+                        r.get::<_, String>(0)?,
+                        r.get::<_, i64>(1)?,
+                        r.get::<_, Option<String>>(2)?,
+                        r.get::<_, String>(3)?,
+                    ))
+                })
+                .map_err(failed)?;
+            let mut page = Vec::new();
+            for row in rows {
+                let (user, version, record, at) = row.map_err(failed)?;
+                let record = match record {
+                    Some(text) => Some(serde_json::from_str(&text).map_err(|_| {
+                        StoreError::Failed("a stored record is not valid JSON".into())
+                    })?),
+                    None => None,
+                };
+                page.push(StoredProfile {
+                    user_id: parse_uuid(&user)?,
+                    version,
+                    record,
+                    updated_at: parse_ts(&at),
+                });
+            }
+            let next = (page.len() == limit)
+                .then(|| page.last().map(|p| p.user_id.to_string()))
+                .flatten();
+            Ok((page, next))
+        })
+        .await
+    }
+
     async fn counts(&self) -> Result<StoreCounts, StoreError> {
         self.with_conn(|conn| {
             let (live, deleted) = conn
