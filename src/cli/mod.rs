@@ -4,6 +4,7 @@
 
 mod generate;
 mod get;
+mod reindex;
 mod run;
 mod search;
 mod validate;
@@ -37,6 +38,7 @@ enum LogFormat {
 
 #[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum Output {
+    #[value(alias = "table")]
     Text,
     Json,
 }
@@ -47,8 +49,10 @@ enum Command {
     Run(run::Args),
     /// Write realistic synthetic events to a file.
     Generate(generate::Args),
-    /// Search the profile index (no PII in it).
+    /// Search the profile index (no PII in it), with counts by field (--agg).
     Search(search::Args),
+    /// Rebuild the OpenSearch index from the canonical store, then swap the aliases.
+    Reindex(reindex::Args),
     /// Show a stored profile, PII masked unless revealed with a reason (audited).
     Get(get::Args),
     /// Check a file of events against the schemas and list every invalid one.
@@ -121,6 +125,7 @@ pub fn main() -> ExitCode {
             Command::Run(args) => run::run(args).await,
             Command::Generate(args) => generate::run(args),
             Command::Search(args) => search::run(args).await,
+            Command::Reindex(args) => reindex::run(args).await,
             Command::Get(args) => get::run(args).await,
             Command::Validate(args) => validate::run(args).await,
         }
