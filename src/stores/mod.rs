@@ -28,14 +28,51 @@ pub enum WriteOutcome {
     Stale,
 }
 
-/// A stored profile (or the fence a delete left).
+/// A stored profile (or the fence a delete or an erasure left).
 #[derive(Debug, Clone, PartialEq)]
 pub struct StoredProfile {
     pub user_id: Uuid,
     pub version: i64,
-    /// `None` once deleted: the row is then only a version fence.
+    /// `None` once deleted or erased: the row is then only a version fence.
     pub record: Option<ProtectedRecord>,
     pub updated_at: DateTime<Utc>,
+    /// Set when the user was erased (crypto-shredded): the row is a tombstone.
+    pub erased_at: Option<DateTime<Utc>>,
+}
+
+/// One consent decision, kept forever (append-only): who consented to what, when, under
+/// which policy. The current state per purpose is the record with the highest version.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ConsentRecord {
+    pub user_id: Uuid,
+    pub purpose: String,
+    pub granted: bool,
+    pub policy_version: String,
+    pub source: String,
+    pub occurred_at: DateTime<Utc>,
+    /// The user's event version that carried it.
+    pub version: i64,
+    pub event_id: Uuid,
+}
+
+/// Purpose → granted, derived from a user's consent records.
+pub type ConsentState = std::collections::BTreeMap<String, bool>;
+
+/// The current state per purpose: the highest-version record of each purpose wins.
+pub fn consent_state<'a>(records: impl IntoIterator<Item = &'a ConsentRecord>) -> ConsentState {
+    let mut latest: HashMap<&str, &ConsentRecord> = HashMap::new();
+    for r in records {
+        if latest
+            .get(r.purpose.as_str())
+            .is_none_or(|l| r.version >= l.version)
+        {
+            latest.insert(&r.purpose, r);
+        }
+    }
+    latest
+        .into_iter()
+        .map(|(p, r)| (p.to_string(), r.granted))
+        .collect()
 }
 
 /// An append-only record of an access to or action on personal data. Names fields, never values.
@@ -97,11 +134,34 @@ pub trait ProfileStore: Send + Sync {
 
     async fn counts(&self) -> Result<StoreCounts, StoreError>;
 
-    /// A page of stored profiles (delete fences included, with `record: None`) and the cursor
-    /// of the next page, `None` at the end.
+    /// One page of stored profiles (delete fences included, with `record: None`) and the
+    /// cursor of the next page, `None` after the last. For reindexing, retention and audits.
     async fn scan(
         &self,
         cursor: Option<String>,
         limit: usize,
     ) -> Result<(Vec<StoredProfile>, Option<String>), StoreError>;
+
+    /// Appends a consent record; a record with the same user and event id is not added twice.
+    async fn append_consent(&self, record: &ConsentRecord) -> Result<(), StoreError>;
+
+    /// Every consent record of a user, oldest version first.
+    async fn consent_history(&self, user: Uuid) -> Result<Vec<ConsentRecord>, StoreError>;
+
+    /// The current consent state of each of `users` that has any consent record.
+    async fn consent_states(
+        &self,
+        users: &[Uuid],
+    ) -> Result<HashMap<Uuid, ConsentState>, StoreError>;
+
+    /// Erases a user: in one atomic step, deletes their wrapped data key (crypto-shredding:
+    /// every ciphertext of theirs becomes unreadable) and replaces the profile with a tombstone
+    /// (no record, `erased_at` set) fenced at `max(stored version, version)`. Returns the fence.
+    async fn erase(&self, user: Uuid, version: i64, at: DateTime<Utc>) -> Result<i64, StoreError>;
+
+    /// For each of `users` that was erased, the version fence of the tombstone.
+    async fn erasure_fences(&self, users: &[Uuid]) -> Result<HashMap<Uuid, i64>, StoreError>;
+
+    /// Removes audit records older than `before` (retention expiry, the only removal there is).
+    async fn expire_audit(&self, before: DateTime<Utc>) -> Result<u64, StoreError>;
 }

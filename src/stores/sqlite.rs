@@ -1,6 +1,9 @@
 //! The embedded canonical store: one SQLite file (WAL mode).
 
-use super::{AuditRecord, ProfileStore, StoreCounts, StoreError, StoredProfile, WriteOutcome};
+use super::{
+    consent_state, AuditRecord, ConsentRecord, ConsentState, ProfileStore, StoreCounts, StoreError,
+    StoredProfile, WriteOutcome,
+};
 use crate::event::{Operation, ProtectedChange, ProtectedRecord};
 use crate::keys::WrappedUserKey;
 use async_trait::async_trait;
@@ -20,7 +23,8 @@ CREATE TABLE IF NOT EXISTS profiles (
     deleted     INTEGER NOT NULL,
     record      TEXT,
     email_index TEXT,
-    updated_at  TEXT NOT NULL
+    updated_at  TEXT NOT NULL,
+    erased_at   TEXT
 );
 CREATE INDEX IF NOT EXISTS profiles_by_email_index ON profiles(email_index) WHERE email_index IS NOT NULL;
 CREATE TABLE IF NOT EXISTS user_keys (
@@ -43,6 +47,17 @@ CREATE TABLE IF NOT EXISTS audit (
     request_id TEXT NOT NULL
 );
 CREATE INDEX IF NOT EXISTS audit_by_user ON audit(user_id, at);
+CREATE TABLE IF NOT EXISTS consents (
+    user_id        TEXT NOT NULL,
+    event_id       TEXT NOT NULL,
+    purpose        TEXT NOT NULL,
+    granted        INTEGER NOT NULL,
+    policy_version TEXT NOT NULL,
+    source         TEXT NOT NULL,
+    occurred_at    TEXT NOT NULL,
+    version        INTEGER NOT NULL,
+    PRIMARY KEY (user_id, event_id, purpose)
+);
 CREATE TRIGGER IF NOT EXISTS audit_is_append_only BEFORE UPDATE ON audit
 BEGIN SELECT RAISE(ABORT, 'audit records are append-only'); END;
 "#;
@@ -113,6 +128,68 @@ fn parse_uuid(s: &str) -> Result<Uuid, StoreError> {
     Uuid::parse_str(s).map_err(|_| StoreError::Failed("a stored user id is not a UUID".into()))
 }
 
+fn stored_profile(
+    user_id: Uuid,
+    version: i64,
+    record: Option<String>,
+    updated_at: &str,
+    erased_at: Option<&str>,
+) -> Result<StoredProfile, StoreError> {
+    let record = match record {
+        Some(text) => Some(serde_json::from_str::<ProtectedRecord>(&text).map_err(|e| {
+            StoreError::Failed(format!(
+                "stored record of user {user_id} does not parse: {e}"
+            ))
+        })?),
+        None => None,
+    };
+    Ok(StoredProfile {
+        user_id,
+        version,
+        record,
+        updated_at: parse_ts(updated_at),
+        erased_at: erased_at.map(parse_ts),
+    })
+}
+
+fn consents_of(conn: &Connection, user: Uuid) -> Result<Vec<ConsentRecord>, StoreError> {
+    let mut stmt = conn
+        .prepare_cached(
+            "SELECT event_id, purpose, granted, policy_version, source, occurred_at, version
+             FROM consents WHERE user_id = ?1 ORDER BY version, purpose",
+        )
+        .map_err(failed)?;
+    let rows = stmt
+        .query_map([user.to_string()], |r| {
+            Ok((
+                r.get::<_, String>(0)?,
+                r.get::<_, String>(1)?,
+                r.get::<_, bool>(2)?,
+                r.get::<_, String>(3)?,
+                r.get::<_, String>(4)?,
+                r.get::<_, String>(5)?,
+                r.get::<_, i64>(6)?,
+            ))
+        })
+        .map_err(failed)?;
+    let mut out = Vec::new();
+    for row in rows {
+        let (event_id, purpose, granted, policy_version, source, occurred_at, version) =
+            row.map_err(failed)?;
+        out.push(ConsentRecord {
+            user_id: user,
+            purpose,
+            granted,
+            policy_version,
+            source,
+            occurred_at: parse_ts(&occurred_at),
+            version,
+            event_id: parse_uuid(&event_id)?,
+        });
+    }
+    Ok(out)
+}
+
 fn key_from_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<(String, WrappedUserKey)> {
     let user: String = row.get(0)?;
     let created: String = row.get(6)?;
@@ -158,10 +235,11 @@ impl ProfileStore for SqliteStore {
                 let mut current = tx.prepare_cached("SELECT version FROM profiles WHERE user_id = ?1").map_err(failed)?;
                 let mut upsert = tx
                     .prepare_cached(
-                        "INSERT INTO profiles (user_id, version, deleted, record, email_index, updated_at)
-                         VALUES (?1, ?2, ?3, ?4, ?5, ?6)
+                        "INSERT INTO profiles (user_id, version, deleted, record, email_index, updated_at, erased_at)
+                         VALUES (?1, ?2, ?3, ?4, ?5, ?6, NULL)
                          ON CONFLICT(user_id) DO UPDATE SET version = excluded.version, deleted = excluded.deleted,
-                           record = excluded.record, email_index = excluded.email_index, updated_at = excluded.updated_at",
+                           record = excluded.record, email_index = excluded.email_index, updated_at = excluded.updated_at,
+                           erased_at = NULL",
                     )
                     .map_err(failed)?;
                 for (user, version, record, email_index, at) in &rows {
@@ -189,37 +267,23 @@ impl ProfileStore for SqliteStore {
         self.with_conn(move |conn| {
             let row = conn
                 .query_row(
-                    "SELECT version, record, updated_at FROM profiles WHERE user_id = ?1",
+                    "SELECT version, record, updated_at, erased_at FROM profiles WHERE user_id = ?1",
                     [user.to_string()],
                     |r| {
                         Ok((
                             r.get::<_, i64>(0)?,
                             r.get::<_, Option<String>>(1)?,
                             r.get::<_, String>(2)?,
+                            r.get::<_, Option<String>>(3)?,
                         ))
                     },
                 )
                 .optional()
                 .map_err(failed)?;
-            let Some((version, record, updated_at)) = row else {
+            let Some((version, record, updated_at, erased_at)) = row else {
                 return Ok(None);
             };
-            let record = match record {
-                Some(text) => {
-                    Some(serde_json::from_str::<ProtectedRecord>(&text).map_err(|e| {
-                        StoreError::Failed(format!(
-                            "stored record of a profile does not parse: {e}"
-                        ))
-                    })?)
-                }
-                None => None,
-            };
-            Ok(Some(StoredProfile {
-                user_id: user,
-                version,
-                record,
-                updated_at: parse_ts(&updated_at),
-            }))
+            stored_profile(user, version, record, &updated_at, erased_at.as_deref()).map(Some)
         })
         .await
     }
@@ -358,52 +422,6 @@ impl ProfileStore for SqliteStore {
         .await
     }
 
-    async fn scan(
-        &self,
-        cursor: Option<String>,
-        limit: usize,
-    ) -> Result<(Vec<StoredProfile>, Option<String>), StoreError> {
-        self.with_conn(move |conn| {
-            let mut stmt = conn
-                .prepare_cached(
-                    "SELECT user_id, version, record, updated_at FROM profiles
-                     WHERE user_id > ?1 ORDER BY user_id LIMIT ?2",
-                )
-                .map_err(failed)?;
-            let rows = stmt
-                .query_map(params![cursor.unwrap_or_default(), limit as i64], |r| {
-                    Ok((
-                        r.get::<_, String>(0)?,
-                        r.get::<_, i64>(1)?,
-                        r.get::<_, Option<String>>(2)?,
-                        r.get::<_, String>(3)?,
-                    ))
-                })
-                .map_err(failed)?;
-            let mut page = Vec::new();
-            for row in rows {
-                let (user, version, record, at) = row.map_err(failed)?;
-                let record = match record {
-                    Some(text) => Some(serde_json::from_str(&text).map_err(|_| {
-                        StoreError::Failed("a stored record is not valid JSON".into())
-                    })?),
-                    None => None,
-                };
-                page.push(StoredProfile {
-                    user_id: parse_uuid(&user)?,
-                    version,
-                    record,
-                    updated_at: parse_ts(&at),
-                });
-            }
-            let next = (page.len() == limit)
-                .then(|| page.last().map(|p| p.user_id.to_string()))
-                .flatten();
-            Ok((page, next))
-        })
-        .await
-    }
-
     async fn counts(&self) -> Result<StoreCounts, StoreError> {
         self.with_conn(|conn| {
             let (live, deleted) = conn
@@ -416,5 +434,311 @@ impl ProfileStore for SqliteStore {
             Ok(StoreCounts { live: live as u64, deleted: deleted as u64 })
         })
         .await
+    }
+
+    async fn scan(
+        &self,
+        cursor: Option<String>,
+        limit: usize,
+    ) -> Result<(Vec<StoredProfile>, Option<String>), StoreError> {
+        let after = cursor.unwrap_or_default();
+        let limit = limit.max(1);
+        self.with_conn(move |conn| {
+            let mut stmt = conn
+                .prepare_cached(
+                    "SELECT user_id, version, record, updated_at, erased_at FROM profiles WHERE user_id > ?1 ORDER BY user_id LIMIT ?2",
+                )
+                .map_err(failed)?;
+            let rows = stmt
+                .query_map(params![after, limit as i64], |r| {
+                    Ok((
+                        r.get::<_, String>(0)?,
+                        r.get::<_, i64>(1)?,
+                        r.get::<_, Option<String>>(2)?,
+                        r.get::<_, String>(3)?,
+                        r.get::<_, Option<String>>(4)?,
+                    ))
+                })
+                .map_err(failed)?;
+            let mut page = Vec::with_capacity(limit);
+            let mut last = None;
+            for row in rows {
+                let (user, version, record, updated_at, erased_at) = row.map_err(failed)?;
+                page.push(stored_profile(parse_uuid(&user)?, version, record, &updated_at, erased_at.as_deref())?);
+                last = Some(user);
+            }
+            let next = if page.len() == limit { last } else { None };
+            Ok((page, next))
+        })
+        .await
+    }
+
+    async fn append_consent(&self, record: &ConsentRecord) -> Result<(), StoreError> {
+        let r = record.clone();
+        self.with_conn(move |conn| {
+            conn.execute(
+                "INSERT INTO consents (user_id, event_id, purpose, granted, policy_version, source, occurred_at, version)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8) ON CONFLICT DO NOTHING",
+                params![r.user_id.to_string(), r.event_id.to_string(), r.purpose, r.granted, r.policy_version, r.source, ts(&r.occurred_at), r.version],
+            )
+            .map_err(failed)?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn consent_history(&self, user: Uuid) -> Result<Vec<ConsentRecord>, StoreError> {
+        self.with_conn(move |conn| consents_of(conn, user)).await
+    }
+
+    async fn consent_states(
+        &self,
+        users: &[Uuid],
+    ) -> Result<HashMap<Uuid, ConsentState>, StoreError> {
+        let users = users.to_vec();
+        self.with_conn(move |conn| {
+            let mut states = HashMap::new();
+            for user in users {
+                let records = consents_of(conn, user)?;
+                if !records.is_empty() {
+                    states.insert(user, consent_state(&records));
+                }
+            }
+            Ok(states)
+        })
+        .await
+    }
+
+    async fn erase(&self, user: Uuid, version: i64, at: DateTime<Utc>) -> Result<i64, StoreError> {
+        self.with_conn(move |conn| {
+            let tx = conn.transaction().map_err(failed)?;
+            let id = user.to_string();
+            let stored: Option<i64> = tx
+                .query_row("SELECT version FROM profiles WHERE user_id = ?1", [&id], |r| r.get(0))
+                .optional()
+                .map_err(failed)?;
+            let fence = stored.map_or(version, |s| s.max(version));
+            tx.execute(
+                "INSERT INTO profiles (user_id, version, deleted, record, email_index, updated_at, erased_at)
+                 VALUES (?1, ?2, 1, NULL, NULL, ?3, ?3)
+                 ON CONFLICT(user_id) DO UPDATE SET version = excluded.version, deleted = 1, record = NULL,
+                   email_index = NULL, updated_at = excluded.updated_at, erased_at = excluded.erased_at",
+                params![id, fence, ts(&at)],
+            )
+            .map_err(failed)?;
+            tx.execute("DELETE FROM user_keys WHERE user_id = ?1", [&id]).map_err(failed)?;
+            tx.commit().map_err(failed)?;
+            Ok(fence)
+        })
+        .await
+    }
+
+    async fn erasure_fences(&self, users: &[Uuid]) -> Result<HashMap<Uuid, i64>, StoreError> {
+        let users = users.to_vec();
+        self.with_conn(move |conn| {
+            let mut stmt = conn
+                .prepare_cached(
+                    "SELECT version FROM profiles WHERE user_id = ?1 AND erased_at IS NOT NULL",
+                )
+                .map_err(failed)?;
+            let mut fences = HashMap::new();
+            for user in users {
+                if let Some(v) = stmt
+                    .query_row([user.to_string()], |r| r.get::<_, i64>(0))
+                    .optional()
+                    .map_err(failed)?
+                {
+                    fences.insert(user, v);
+                }
+            }
+            Ok(fences)
+        })
+        .await
+    }
+
+    async fn expire_audit(&self, before: DateTime<Utc>) -> Result<u64, StoreError> {
+        self.with_conn(move |conn| {
+            let n = conn
+                .execute("DELETE FROM audit WHERE at < ?1", [ts(&before)])
+                .map_err(failed)?;
+            Ok(n as u64)
+        })
+        .await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::event::{Operation, Region};
+
+    fn change(user: Uuid, version: i64, op: Operation) -> ProtectedChange {
+        let record = (op == Operation::Upsert).then(|| ProtectedRecord {
+            event_id: Uuid::new_v4(),
+            source: "t".into(),
+            occurred_at: Utc::now(),
+            profile: Default::default(),
+            encrypted: Default::default(),
+            key_version: 1,
+            region: Region::unknown(),
+            segments: vec![],
+        });
+        ProtectedChange {
+            user_id: user,
+            version,
+            operation: op,
+            occurred_at: Utc::now(),
+            record,
+            email_index: None,
+        }
+    }
+
+    #[tokio::test]
+    async fn versions_decide_applied_replayed_and_stale() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SqliteStore::open(&dir.path().join("s.sqlite")).unwrap();
+        let u = Uuid::new_v4();
+        let outcomes = store
+            .apply(&[
+                change(u, 2, Operation::Upsert),
+                change(u, 2, Operation::Upsert),
+                change(u, 1, Operation::Upsert),
+                change(u, 3, Operation::Delete),
+                change(u, 2, Operation::Upsert),
+            ])
+            .await
+            .unwrap();
+        use WriteOutcome::*;
+        assert_eq!(outcomes, vec![Applied, Replayed, Stale, Applied, Stale]);
+        let stored = store.get(u).await.unwrap().unwrap();
+        assert_eq!((stored.version, stored.record), (3, None));
+    }
+
+    #[tokio::test]
+    async fn scan_pages_through_every_profile_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SqliteStore::open(&dir.path().join("s.sqlite")).unwrap();
+        let changes: Vec<_> = (0..25)
+            .map(|i| {
+                change(
+                    Uuid::new_v4(),
+                    1,
+                    if i % 5 == 0 {
+                        Operation::Delete
+                    } else {
+                        Operation::Upsert
+                    },
+                )
+            })
+            .collect();
+        store.apply(&changes).await.unwrap();
+        let (mut seen, mut cursor) = (Vec::new(), None);
+        loop {
+            let (page, next) = store.scan(cursor, 10).await.unwrap();
+            seen.extend(page.into_iter().map(|p| p.user_id));
+            if next.is_none() {
+                break;
+            }
+            cursor = next;
+        }
+        let mut want: Vec<Uuid> = changes.iter().map(|c| c.user_id).collect();
+        want.sort();
+        assert_eq!(seen, want);
+    }
+
+    #[tokio::test]
+    async fn erase_shreds_the_key_and_leaves_a_fenced_tombstone() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SqliteStore::open(&dir.path().join("s.sqlite")).unwrap();
+        let u = Uuid::new_v4();
+        store
+            .apply(&[change(u, 4, Operation::Upsert)])
+            .await
+            .unwrap();
+        let key = crate::keys::WrappedUserKey {
+            user_id: u,
+            key_version: 1,
+            provider: "local".into(),
+            kek_id: "k".into(),
+            encrypted_kek: vec![],
+            wrapped_key: vec![1, 2, 3],
+            created_at: Utc::now(),
+        };
+        store.insert_user_keys(vec![key]).await.unwrap();
+        assert_eq!(
+            store.erase(u, 2, Utc::now()).await.unwrap(),
+            4,
+            "the fence never goes back"
+        );
+        assert!(store.user_keys(&[u]).await.unwrap().is_empty());
+        let stored = store.get(u).await.unwrap().unwrap();
+        assert!(stored.record.is_none() && stored.erased_at.is_some());
+        assert_eq!(
+            store.erasure_fences(&[u, Uuid::new_v4()]).await.unwrap(),
+            HashMap::from([(u, 4)])
+        );
+        assert_eq!(
+            store
+                .apply(&[change(u, 3, Operation::Upsert)])
+                .await
+                .unwrap(),
+            vec![WriteOutcome::Stale]
+        );
+    }
+
+    #[tokio::test]
+    async fn consent_state_follows_the_highest_version_per_purpose() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SqliteStore::open(&dir.path().join("s.sqlite")).unwrap();
+        let u = Uuid::new_v4();
+        let record = |purpose: &str, granted, version| ConsentRecord {
+            user_id: u,
+            purpose: purpose.into(),
+            granted,
+            policy_version: "2026-01".into(),
+            source: "t".into(),
+            occurred_at: Utc::now(),
+            version,
+            event_id: Uuid::new_v4(),
+        };
+        let late = record("marketing", true, 1);
+        for r in [
+            record("marketing", false, 2),
+            late.clone(),
+            late,
+            record("analytics", true, 3),
+        ] {
+            store.append_consent(&r).await.unwrap();
+        }
+        assert_eq!(
+            store.consent_history(u).await.unwrap().len(),
+            3,
+            "appending the same event twice keeps one record"
+        );
+        let state = &store.consent_states(&[u]).await.unwrap()[&u];
+        assert_eq!(state.get("marketing"), Some(&false));
+        assert_eq!(state.get("analytics"), Some(&true));
+    }
+
+    #[tokio::test]
+    async fn audit_records_cannot_be_updated() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SqliteStore::open(&dir.path().join("s.sqlite")).unwrap();
+        let record = AuditRecord {
+            id: Uuid::new_v4(),
+            at: Utc::now(),
+            actor: "a".into(),
+            action: "reveal".into(),
+            user_id: Uuid::new_v4(),
+            fields: vec!["email".into()],
+            reason: "r".into(),
+            request_id: Uuid::new_v4(),
+        };
+        store.append_audit(&record).await.unwrap();
+        let conn = store.conn.lock().unwrap();
+        let err = conn
+            .execute("UPDATE audit SET reason = 'x'", [])
+            .unwrap_err();
+        assert!(err.to_string().contains("append-only"));
     }
 }

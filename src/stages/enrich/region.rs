@@ -70,6 +70,11 @@ impl RegionResolver {
         let Some(ip) = ip.and_then(|s| s.parse::<IpAddr>().ok()) else {
             return Region::unknown();
         };
+        // `::ffff:a.b.c.d` is an IPv4 address: look it up as one, as MaxMind's readers do.
+        let ip = match ip {
+            IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
+            v4 => v4,
+        };
         if !is_public(&ip) {
             return Region::unknown();
         }
@@ -153,6 +158,36 @@ mod tests {
         ] {
             assert_eq!(r.resolve(ip), Region::unknown(), "{ip:?}");
         }
+    }
+
+    #[test]
+    fn ipv4_and_ipv6_resolve_to_country_subdivision_continent_and_zone() {
+        let r = resolver();
+        let de = r.resolve(Some("5.100.1.1"));
+        assert_eq!(
+            (
+                de.country.as_str(),
+                de.subdivision.as_deref(),
+                de.continent.as_str(),
+                de.residency_zone.as_str()
+            ),
+            ("DE", Some("BE"), "EU", "EU")
+        );
+        assert_eq!(r.resolve(Some("::ffff:5.100.1.1")), de);
+        let us = r.resolve(Some("2600:1700::1"));
+        assert_eq!(
+            (us.country.as_str(), us.residency_zone.as_str()),
+            ("US", "OTHER")
+        );
+        let sg = r.resolve(Some("121.6.2.2"));
+        assert_eq!((sg.country.as_str(), sg.subdivision), ("SG", None));
+    }
+
+    #[test]
+    fn public_addresses_outside_the_database_are_unknown() {
+        let r = resolver();
+        assert_eq!(r.resolve(Some("11.22.33.44")), Region::unknown());
+        assert_eq!(r.resolve(Some("2001:db8::1")), Region::unknown());
     }
 
     #[test]
