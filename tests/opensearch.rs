@@ -87,7 +87,10 @@ fn pipeline(dir: &Path, names: &Names, server: &str, replace: &[(&str, &str)]) -
         .replace("../", &format!("{}/", repo().display()))
         .replace("url: http://127.0.0.1:9200", &format!("url: {server}"))
         .replace("name: profiles ", &format!("name: {} ", names.name))
-        .replace("read_alias: profiles ", &format!("read_alias: {} ", names.read()))
+        .replace(
+            "read_alias: profiles ",
+            &format!("read_alias: {} ", names.read()),
+        )
         .replace(
             "write_alias: profiles-write",
             &format!("write_alias: {}", names.write()),
@@ -146,7 +149,8 @@ fn all_documents(index: &str) -> HashMap<String, Json> {
     let mut out = HashMap::new();
     let mut after: Option<Json> = None;
     loop {
-        let mut body = json!({"size": 5000, "sort": [{"user_id": "asc"}], "query": {"match_all": {}}});
+        let mut body =
+            json!({"size": 5000, "sort": [{"user_id": "asc"}], "query": {"match_all": {}}});
         if let Some(a) = &after {
             body["search_after"] = a.clone();
         }
@@ -216,10 +220,17 @@ fn expected_document(user: &str, e: &Expected, stored: &Json) -> Json {
     };
     put("user_id", Json::from(user));
     put("version", Json::from(e.version));
-    put("occurred_at", Json::from(stored["occurred_at"].as_str().unwrap()));
+    let occurred_at = chrono::DateTime::parse_from_rfc3339(stored["occurred_at"].as_str().unwrap())
+        .unwrap()
+        .to_utc()
+        .to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
+    put("occurred_at", Json::from(occurred_at));
     put("status", p.get("status").cloned().unwrap_or(Json::Null));
     put("locale", p.get("locale").cloned().unwrap_or(Json::Null));
-    put("time_zone", p.get("time_zone").cloned().unwrap_or(Json::Null));
+    put(
+        "time_zone",
+        p.get("time_zone").cloned().unwrap_or(Json::Null),
+    );
     put(
         "last_seen_at",
         millis_to_rfc3339(p.get("last_seen_at").unwrap_or(&Json::Null)),
@@ -281,8 +292,7 @@ fn the_index_holds_exactly_the_pii_free_projection_of_every_live_profile() {
     assert_eq!(s["dead_lettered"], f.generated["invalid"], "{s}");
     assert!(s["stale"].as_u64().unwrap() > 0, "{s}");
     let stored = stored_live(&f.data);
-    let live: HashMap<&String, &Expected> =
-        f.expected.iter().filter(|(_, e)| !e.deleted).collect();
+    let live: HashMap<&String, &Expected> = f.expected.iter().filter(|(_, e)| !e.deleted).collect();
     assert!(live.len() > 3000, "the scenario has many live profiles");
     assert_eq!(f.documents.len(), live.len());
     let (_, count) = http(
@@ -328,12 +338,18 @@ fn no_generated_pii_is_in_any_document_mapping_log_or_search_result() {
     ] {
         let text = get(&path).to_string();
         assert!(text.contains("strict"), "{path}: {text}");
-        assert!(
-            matcher.find(&text).is_none(),
-            "{path} holds PII: {text}"
-        );
-        for field in ["email", "phone", "display_name", "postal_address", "last_seen_ip"] {
-            assert!(!text.contains(&format!("\"{field}\"")), "{path} maps {field}");
+        assert!(matcher.find(&text).is_none(), "{path} holds PII: {text}");
+        for field in [
+            "email",
+            "phone",
+            "display_name",
+            "postal_address",
+            "last_seen_ip",
+        ] {
+            assert!(
+                !text.contains(&format!("\"{field}\"")),
+                "{path} maps {field}"
+            );
         }
     }
     assert!(f.logs.contains("batch done"), "debug logs were captured");
@@ -373,9 +389,22 @@ fn search_finds_by_segment_and_region_and_aggregates_counts() {
     }
     let aggregated = cli_search(
         &f.pipeline,
-        &["*", "--limit", "1", "--agg", "country", "--agg", "segments"],
+        &[
+            "*",
+            "--limit",
+            "1",
+            "--agg-size",
+            "100",
+            "--agg",
+            "country",
+            "--agg",
+            "segments",
+        ],
     );
-    assert_eq!(aggregated["total"].as_u64().unwrap() as usize, f.documents.len());
+    assert_eq!(
+        aggregated["total"].as_u64().unwrap() as usize,
+        f.documents.len()
+    );
     for (i, field) in ["country", "segments"].iter().enumerate() {
         let mut want: BTreeMap<String, u64> = BTreeMap::new();
         for doc in f.documents.values() {
@@ -393,7 +422,12 @@ fn search_finds_by_segment_and_region_and_aggregates_counts() {
             .as_array()
             .unwrap()
             .iter()
-            .map(|b| (b["key"].as_str().unwrap().into(), b["count"].as_u64().unwrap()))
+            .map(|b| {
+                (
+                    b["key"].as_str().unwrap().into(),
+                    b["count"].as_u64().unwrap(),
+                )
+            })
             .collect();
         assert_eq!(got, want, "{field}");
     }
@@ -415,18 +449,36 @@ fn the_embedded_index_aggregates_like_opensearch() {
     run_logged(&os, &input, &dir.path().join("os"));
     let tantivy_data = dir.path().join("tantivy");
     run(&input, &tantivy_data);
-    http(reqwest::Method::POST, &format!("/{}/_refresh", names.read()), None);
+    http(
+        reqwest::Method::POST,
+        &format!("/{}/_refresh", names.read()),
+        None,
+    );
     for query in ["*", "segments:dormant", "plan:pro OR plan:enterprise"] {
-        let from_os = cli_search(&os, &[query, "--agg", "residency_zone", "--agg", "segments"]);
+        let from_os = cli_search(
+            &os,
+            &[query, "--agg", "residency_zone", "--agg", "segments"],
+        );
         let output = bin()
-            .args(["search", query, "--agg", "residency_zone", "--agg", "segments"])
+            .args([
+                "search",
+                query,
+                "--agg",
+                "residency_zone",
+                "--agg",
+                "segments",
+            ])
             .args(["--output", "json", "--pipeline"])
             .arg(local_pipeline())
             .arg("--data-dir")
             .arg(&tantivy_data)
             .output()
             .unwrap();
-        assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+        assert!(
+            output.status.success(),
+            "{}",
+            String::from_utf8_lossy(&output.stderr)
+        );
         let from_tantivy: Json = serde_json::from_slice(&output.stdout).unwrap();
         assert_eq!(from_os["total"], from_tantivy["total"], "{query}");
         assert!(from_os["total"].as_u64().unwrap() > 0, "{query}");
@@ -440,7 +492,12 @@ fn the_embedded_index_aggregates_like_opensearch() {
                         .as_array()
                         .unwrap()
                         .iter()
-                        .map(|b| (b["key"].as_str().unwrap().into(), b["count"].as_u64().unwrap()))
+                        .map(|b| {
+                            (
+                                b["key"].as_str().unwrap().into(),
+                                b["count"].as_u64().unwrap(),
+                            )
+                        })
                         .collect()
                 })
                 .collect()
@@ -480,7 +537,12 @@ fn reindex(pipeline: &Path, data: &Path, page_size: &str) -> std::process::Outpu
 fn reindex_while_the_pipeline_writes_ends_equal_to_the_store_behind_the_new_version() {
     let dir = tempfile::tempdir().unwrap();
     let names = Names::new("reindex");
-    let pipeline = pipeline(dir.path(), &names, &url(), &[("batch_size: 2000", "batch_size: 200")]);
+    let pipeline = pipeline(
+        dir.path(),
+        &names,
+        &url(),
+        &[("batch_size: 2000", "batch_size: 200")],
+    );
     let (input, _) = generate(dir.path(), 12_000, 0.01, "jsonl", 23);
     // The first half now; the second half (newer versions of the same users) while reindexing.
     let text = std::fs::read_to_string(&input).unwrap();
@@ -492,14 +554,24 @@ fn reindex_while_the_pipeline_writes_ends_equal_to_the_store_behind_the_new_vers
     std::fs::write(&second_path, second.join("\n") + "\n").unwrap();
     let data = dir.path().join("data");
     run_logged(&pipeline, &first_path, &data);
-    assert_eq!(aliases(&names), (vec![format!("{}-v1", names.name)], vec![format!("{}-v1", names.name)]));
+    assert_eq!(
+        aliases(&names),
+        (
+            vec![format!("{}-v1", names.name)],
+            vec![format!("{}-v1", names.name)]
+        )
+    );
 
     let live = {
         let (pipeline, second_path, data) = (pipeline.clone(), second_path.clone(), data.clone());
         std::thread::spawn(move || run_logged(&pipeline, &second_path, &data))
     };
     let output = reindex(&pipeline, &data, "100");
-    assert!(output.status.success(), "reindex failed: {}", String::from_utf8_lossy(&output.stderr));
+    assert!(
+        output.status.success(),
+        "reindex failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
     live.join().unwrap();
     let report: Json = serde_json::from_slice(&output.stdout).unwrap();
     let v2 = format!("{}-v2", names.name);
@@ -558,11 +630,17 @@ fn a_projection_change_needs_a_reindex_which_builds_the_next_version() {
         .code(2)
         .stderr(predicates::str::contains("profile-sync reindex"));
     let output = reindex(&wide, &data, "2000");
-    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
     let v2 = format!("{}-v2", names.name);
     assert_eq!(aliases(&names), (vec![v2.clone()], vec![v2.clone()]));
     let mapping = get(&format!("/{v2}/_mapping"));
-    assert!(mapping[&v2]["mappings"]["properties"].get("status").is_some());
+    assert!(mapping[&v2]["mappings"]["properties"]
+        .get("status")
+        .is_some());
     let v1_mapping = get(&format!("/{}-v1/_mapping", names.name));
     assert!(
         v1_mapping[format!("{}-v1", names.name)]["mappings"]["properties"]
@@ -590,8 +668,15 @@ fn an_unreachable_server_or_a_pii_field_stops_the_pipeline_with_exit_code_2() {
         .arg(dir.path().join("d1"))
         .assert()
         .code(2)
-        .stderr(predicates::str::contains("cannot reach OpenSearch at http://127.0.0.1:1"));
-    let pii = pipeline(dir.path(), &names, &url(), &[("fields: [status,", "fields: [email, status,")]);
+        .stderr(predicates::str::contains(
+            "cannot reach OpenSearch at http://127.0.0.1:1",
+        ));
+    let pii = pipeline(
+        dir.path(),
+        &names,
+        &url(),
+        &[("fields: [status,", "fields: [email, status,")],
+    );
     bin()
         .arg("run")
         .arg("--pipeline")
@@ -602,7 +687,9 @@ fn an_unreachable_server_or_a_pii_field_stops_the_pipeline_with_exit_code_2() {
         .arg(dir.path().join("d2"))
         .assert()
         .code(2)
-        .stderr(predicates::str::contains("`email`, which is classified pii"));
+        .stderr(predicates::str::contains(
+            "`email`, which is classified pii",
+        ));
     let (status, _) = http(reqwest::Method::GET, &format!("/{}-v1", names.name), None);
     assert_eq!(status, 404, "nothing was created for a refused projection");
 }
@@ -736,13 +823,22 @@ fn a_429_storm_loses_nothing() {
         dir.path(),
         &names,
         &storm.url,
-        &[("max_docs: 5000", "max_docs: 50"), ("batch_size: 2000", "batch_size: 500")],
+        &[
+            ("max_docs: 5000", "max_docs: 50"),
+            ("batch_size: 2000", "batch_size: 500"),
+        ],
     );
     let (input, generated) = generate(dir.path(), 3_000, 0.01, "jsonl", 29);
     let (summary, _) = run_logged(&pipeline, &input, &dir.path().join("data"));
     assert_eq!(summary["dead_lettered"], generated["invalid"], "{summary}");
-    assert!(storm.whole.load(Ordering::SeqCst) > 0, "whole requests were refused");
-    assert!(storm.items.load(Ordering::SeqCst) > 100, "items were refused");
+    assert!(
+        storm.whole.load(Ordering::SeqCst) > 0,
+        "whole requests were refused"
+    );
+    assert!(
+        storm.items.load(Ordering::SeqCst) > 100,
+        "items were refused"
+    );
     let indexed: HashMap<String, i64> = all_documents(names.read())
         .into_iter()
         .map(|(u, d)| (u, d["version"].as_i64().unwrap()))

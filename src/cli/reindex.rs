@@ -3,7 +3,8 @@
 
 use super::{data_dir, pipeline_file, usage, Failure, Output};
 use crate::indexes::opensearch::{reindex, ReindexCounts};
-use crate::pipeline::{open_opensearch, open_store, schemas};
+use crate::indexes::OpenSearchIndex;
+use crate::pipeline::{open_store, opensearch_settings, schemas};
 use std::path::PathBuf;
 
 #[derive(clap::Args)]
@@ -25,18 +26,34 @@ pub async fn run(args: Args) -> Result<(), Failure> {
     let file = pipeline_file(args.pipeline.as_deref())?;
     let data_dir = data_dir(&file, args.data_dir.as_deref());
     let schemas = schemas(&file).map_err(usage)?;
-    let (projection, index) = open_opensearch(&file, &schemas).map_err(usage)?;
+    let (projection, settings) = opensearch_settings(&file, &schemas).map_err(usage)?;
+    let index = OpenSearchIndex::open_for_reindex(settings, &projection).map_err(usage)?;
     let store = open_store(&file, &data_dir).map_err(usage)?;
-    let total = store.counts().await.map(|c| c.live + c.deleted).unwrap_or(0);
+    let total = store
+        .counts()
+        .await
+        .map(|c| c.live + c.deleted)
+        .unwrap_or(0);
     let bar = indicatif::ProgressBar::new(total);
     bar.set_style(
-        indicatif::ProgressStyle::with_template("{spinner} reindex {pos}/{len} profiles  {per_sec}  {msg}")
-            .expect("static template"),
+        indicatif::ProgressStyle::with_template(
+            "{spinner} reindex {pos}/{len} profiles  {per_sec}  {msg}",
+        )
+        .expect("static template"),
     );
-    let counts = reindex(&index, store.as_ref(), &projection, args.page_size, |c: &ReindexCounts| {
-        bar.set_position(c.scanned);
-        bar.set_message(format!("into {}: {} stale, {} failed", c.index, c.stale, c.failed));
-    })
+    let counts = reindex(
+        &index,
+        store.as_ref(),
+        &projection,
+        args.page_size,
+        |c: &ReindexCounts| {
+            bar.set_position(c.scanned);
+            bar.set_message(format!(
+                "into {}: {} stale, {} failed",
+                c.index, c.stale, c.failed
+            ));
+        },
+    )
     .await?;
     bar.finish_and_clear();
     match args.output {
@@ -46,8 +63,14 @@ pub async fn run(args: Args) -> Result<(), Failure> {
             println!("  into           {}", counts.index);
             println!("  scanned        {:>9}", counts.scanned);
             println!("  indexed        {:>9}", counts.indexed);
-            println!("  deleted        {:>9}   (delete fences, written as versioned deletes)", counts.deleted);
-            println!("  stale          {:>9}   (the live pipeline had already written a newer version)", counts.stale);
+            println!(
+                "  deleted        {:>9}   (delete fences, written as versioned deletes)",
+                counts.deleted
+            );
+            println!(
+                "  stale          {:>9}   (the live pipeline had already written a newer version)",
+                counts.stale
+            );
             println!("  failed         {:>9}", counts.failed);
             for (reason, n) in &counts.failures {
                 println!("    {n:>9}  {reason}");

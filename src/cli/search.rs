@@ -139,7 +139,12 @@ fn print_aggregation(agg: &Aggregation) {
         }
     };
     for b in &agg.buckets {
-        println!("{:<width$}  {:>9}  {:>5.1}%", b.key, b.count, share(b.count));
+        println!(
+            "{:<width$}  {:>9}  {:>5.1}%",
+            b.key,
+            b.count,
+            share(b.count)
+        );
     }
     if agg.other > 0 {
         println!("{:<width$}  {:>9}", "(other)", agg.other);

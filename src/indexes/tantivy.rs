@@ -261,9 +261,7 @@ impl SearchIndex for TantivyIndex {
         self.reader.reload().map_err(failed)?;
         let searcher = self.reader.searcher();
         let parsed = self.parse(query)?;
-        let matches = searcher
-            .search(&parsed, &DocSetCollector)
-            .map_err(failed)?;
+        let matches = searcher.search(&parsed, &DocSetCollector).map_err(failed)?;
         let mut counts: std::collections::HashMap<String, u64> = Default::default();
         for address in &matches {
             let doc: TantivyDocument = searcher.doc(*address).map_err(failed)?;

@@ -90,16 +90,19 @@ pub fn open_index(
             &file.data_path(data_dir, path),
             &projection,
         )?),
-        IndexConfig::Opensearch { .. } => Arc::new(open_opensearch(file, schemas)?.1),
+        IndexConfig::Opensearch { .. } => {
+            let (_, settings) = opensearch_settings(file, schemas)?;
+            Arc::new(OpenSearchIndex::open(settings, &projection)?)
+        }
     };
     Ok((projection, index))
 }
 
-/// The OpenSearch adapter of an `index: {type: opensearch}` pipeline file (for `reindex`).
-pub fn open_opensearch(
+/// The projection and OpenSearch settings of an `index: {type: opensearch}` pipeline file.
+pub fn opensearch_settings(
     file: &config::Pipeline,
     schemas: &ProfileSchemas,
-) -> Result<(Projection, OpenSearchIndex), BuildError> {
+) -> Result<(Projection, OpenSearchSettings), BuildError> {
     let IndexConfig::Opensearch {
         url,
         name,
@@ -119,17 +122,26 @@ pub fn open_opensearch(
     let valid_name = |n: &str| {
         !n.is_empty()
             && !n.starts_with(['-', '_', '+'])
-            && n.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || "-_.".contains(c))
+            && n.chars()
+                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || "-_.".contains(c))
     };
     let read_alias = read_alias.clone().unwrap_or_else(|| name.clone());
-    let write_alias = write_alias.clone().unwrap_or_else(|| format!("{name}-write"));
-    for (key, value) in [("name", name), ("read_alias", &read_alias), ("write_alias", &write_alias)] {
+    let write_alias = write_alias
+        .clone()
+        .unwrap_or_else(|| format!("{name}-write"));
+    for (key, value) in [
+        ("name", name),
+        ("read_alias", &read_alias),
+        ("write_alias", &write_alias),
+    ] {
         if !valid_name(value) {
             return Err(file.invalid(format!("index.{key} {value:?} is not a valid OpenSearch name: use lowercase letters, digits, `-`, `_` and `.`")).into());
         }
     }
     if read_alias == write_alias {
-        return Err(file.invalid("index.read_alias and index.write_alias must differ").into());
+        return Err(file
+            .invalid("index.read_alias and index.write_alias must differ")
+            .into());
     }
     if bulk.max_bytes < 1024 || bulk.max_docs == 0 || bulk.max_in_flight == 0 {
         return Err(file.invalid("index.bulk: max_bytes must be at least 1024, max_docs and max_in_flight at least 1").into());
@@ -152,8 +164,7 @@ pub fn open_opensearch(
         max_in_flight: bulk.max_in_flight,
         gzip: bulk.gzip,
     };
-    let index = OpenSearchIndex::open(settings, &projection)?;
-    Ok((projection, index))
+    Ok((projection, settings))
 }
 
 fn open_dead_letters(

@@ -16,7 +16,12 @@ pub fn local_pipeline() -> PathBuf {
 }
 
 pub fn bin() -> Command {
-    let mut cmd = Command::cargo_bin("profile-sync").expect("binary builds");
+    // PROFILE_SYNC_BIN: a binary to test instead of cargo's (useful when several worktrees
+    // share one target directory and overwrite each other's `target/debug/profile-sync`).
+    let mut cmd = match std::env::var_os("PROFILE_SYNC_BIN") {
+        Some(path) => Command::new(path),
+        None => Command::cargo_bin("profile-sync").expect("binary builds"),
+    };
     cmd.current_dir(repo());
     cmd.env_remove("PROFILE_SYNC_LOG");
     cmd

@@ -94,7 +94,12 @@ pub fn parse_response(
                 .get("status")
                 .and_then(Json::as_u64)
                 .ok_or("a _bulk item has no status")?;
-            Ok(classify(action, status as u16, result.get("error"), mapping))
+            Ok(classify(
+                action,
+                status as u16,
+                result.get("error"),
+                mapping,
+            ))
         })
         .collect()
 }
@@ -129,7 +134,9 @@ pub fn reason(status: u16, error: Option<&Json>, mapping: &Mapping) -> String {
         })
         .filter(|name| mapping.has_field(name));
     match field {
-        Some(name) => format!("OpenSearch refused the document: {kind} on field {name} (HTTP {status})"),
+        Some(name) => {
+            format!("OpenSearch refused the document: {kind} on field {name} (HTTP {status})")
+        }
         None => format!("OpenSearch refused the document: {kind} (HTTP {status})"),
     }
 }
@@ -202,7 +209,10 @@ mod tests {
         let ItemStatus::Rejected(r) = &got[5] else {
             panic!("{:?}", got[5])
         };
-        assert!(!r.contains('@') && r.contains("strict_dynamic_mapping_exception"), "{r}");
+        assert!(
+            !r.contains('@') && r.contains("strict_dynamic_mapping_exception"),
+            "{r}"
+        );
         assert_eq!(got[6], ItemStatus::Applied);
         assert_eq!(got[7], ItemStatus::Stale);
     }

@@ -65,9 +65,9 @@ impl Client {
         if let Some((user, password)) = credentials {
             builder = builder.auth(Credentials::Basic(user, password));
         }
-        let transport = builder.build().map_err(|e| {
-            IndexError::Failed(format!("cannot set up the OpenSearch client: {e}"))
-        })?;
+        let transport = builder
+            .build()
+            .map_err(|e| IndexError::Failed(format!("cannot set up the OpenSearch client: {e}")))?;
         Ok(Self {
             transport,
             url: url.to_string(),
@@ -95,18 +95,23 @@ impl Client {
         let mut headers = HeaderMap::new();
         let bytes = match body {
             None => None,
-            Some(Body::Json(j)) => Some(serde_json::to_vec(j).map_err(|e| {
-                IndexError::Failed(format!("cannot encode a request: {e}"))
-            })?),
+            Some(Body::Json(j)) => Some(
+                serde_json::to_vec(j)
+                    .map_err(|e| IndexError::Failed(format!("cannot encode a request: {e}")))?,
+            ),
             Some(Body::NdJson(b)) => {
-                headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/x-ndjson"));
+                headers.insert(
+                    CONTENT_TYPE,
+                    HeaderValue::from_static("application/x-ndjson"),
+                );
                 Some(b.clone())
             }
         };
         let bytes = match bytes {
             Some(b) if gzip => {
                 headers.insert(CONTENT_ENCODING, HeaderValue::from_static("gzip"));
-                let mut enc = GzEncoder::new(Vec::with_capacity(b.len() / 4), flate2::Compression::fast());
+                let mut enc =
+                    GzEncoder::new(Vec::with_capacity(b.len() / 4), flate2::Compression::fast());
                 enc.write_all(&b)
                     .and_then(|_| enc.finish())
                     .map(Some)
@@ -161,7 +166,12 @@ impl Client {
                 };
             }
             let delay = self.backoff.delay(attempt);
-            tracing::warn!(path, attempt, delay_ms = delay.as_millis() as u64, "OpenSearch request failed transiently; retrying");
+            tracing::warn!(
+                path,
+                attempt,
+                delay_ms = delay.as_millis() as u64,
+                "OpenSearch request failed transiently; retrying"
+            );
             tokio::time::sleep(delay).await;
         }
     }

@@ -126,10 +126,11 @@ mod tests {
     use crate::schema::Classification;
 
     fn projection(fields: &[&str]) -> Projection {
-        let catalog =
-            crate::schema::ProfileSchemas::parse(include_str!("../../../schemas/profile_change.avsc"))
-                .unwrap()
-                .catalog;
+        let catalog = crate::schema::ProfileSchemas::parse(include_str!(
+            "../../../schemas/profile_change.avsc"
+        ))
+        .unwrap()
+        .catalog;
         let names: Vec<String> = fields.iter().map(|s| s.to_string()).collect();
         Projection::new(&catalog, &names).unwrap()
     }
@@ -147,7 +148,13 @@ mod tests {
         assert_eq!(props["last_seen_at"]["type"], "date");
         assert_eq!(props["segments"]["type"], "keyword");
         assert_eq!(props["country"]["type"], "keyword");
-        for name in ["email", "phone", "display_name", "postal_address", "preferences"] {
+        for name in [
+            "email",
+            "phone",
+            "display_name",
+            "postal_address",
+            "preferences",
+        ] {
             assert!(!props.contains_key(name), "{name} must not be mapped");
         }
         for spec in p.fields() {

@@ -74,6 +74,23 @@ impl OpenSearchIndex {
     /// Connects, installs the template and the first index version if there is none, and checks
     /// that the write alias points at an index built for this projection.
     pub fn open(settings: OpenSearchSettings, projection: &Projection) -> Result<Self, IndexError> {
+        Self::connect(settings, projection, true)
+    }
+
+    /// Connects without creating or checking anything: `reindex` builds the version it needs,
+    /// also when the write alias is missing or holds another mapping.
+    pub fn open_for_reindex(
+        settings: OpenSearchSettings,
+        projection: &Projection,
+    ) -> Result<Self, IndexError> {
+        Self::connect(settings, projection, false)
+    }
+
+    fn connect(
+        settings: OpenSearchSettings,
+        projection: &Projection,
+        prepare: bool,
+    ) -> Result<Self, IndexError> {
         let index = Self {
             client: Client::new(&settings.url, settings.credentials.clone())?,
             mapping: Mapping::new(projection),
@@ -100,7 +117,12 @@ impl OpenSearchIndex {
                             mapping: index.mapping.clone(),
                             backoff: index.backoff,
                         };
-                        setup.prepare().await
+                        if prepare {
+                            setup.prepare().await
+                        } else {
+                            setup.alias_state().await?;
+                            Ok(setup.settings.gzip && setup.accepts_gzip().await)
+                        }
                     })
                 })
                 .join()
@@ -162,7 +184,7 @@ impl OpenSearchIndex {
     /// Whether the server takes a gzipped body (OpenSearch does unless `http.compression` is off).
     async fn accepts_gzip(&self) -> bool {
         let body = Body::Json(json!({ "query": { "match_all": {} } }));
-        let path = format!("/{}/_count", self.settings.write_alias);
+        let path = format!("/{}-v*/_count", self.settings.name);
         matches!(
             self.client.send_once(Method::Post, &path, Some(&body), true).await,
             Ok(a) if a.ok() && a.body.get("count").is_some()
@@ -263,7 +285,10 @@ impl OpenSearchIndex {
     /// Writes the operations to `target` (an alias or an index), re-sending 429/5xx items with
     /// backoff. Returns one outcome per operation, in order.
     async fn write(&self, target: &str, ops: &[IndexOp]) -> Result<Vec<IndexOutcome>, IndexError> {
-        let encoded: Vec<Vec<u8>> = ops.iter().map(|op| bulk::encode(op, &self.mapping)).collect();
+        let encoded: Vec<Vec<u8>> = ops
+            .iter()
+            .map(|op| bulk::encode(op, &self.mapping))
+            .collect();
         let mut outcomes: Vec<Option<IndexOutcome>> = vec![None; ops.len()];
         let mut pending: Vec<usize> = (0..ops.len()).collect();
         let path = format!("/{target}/_bulk");
@@ -322,7 +347,11 @@ impl OpenSearchIndex {
                 }
             }
             if !retry.is_empty() {
-                tracing::warn!(items = retry.len(), round, "OpenSearch asked to retry bulk items");
+                tracing::warn!(
+                    items = retry.len(),
+                    round,
+                    "OpenSearch asked to retry bulk items"
+                );
             }
             retry.sort_unstable();
             pending = retry;
@@ -421,7 +450,10 @@ impl SearchIndex for OpenSearchIndex {
                 .as_u64()
                 .or_else(|| answer["hits"]["total"].as_u64())
                 .unwrap_or(total);
-            let page = answer["hits"]["hits"].as_array().cloned().unwrap_or_default();
+            let page = answer["hits"]["hits"]
+                .as_array()
+                .cloned()
+                .unwrap_or_default();
             let n = page.len();
             after = page.last().map(|h| h["sort"].clone());
             hits.extend(page.into_iter().map(|mut h| h["_source"].take()));
