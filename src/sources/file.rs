@@ -16,6 +16,8 @@ pub struct FileSource {
     total: Option<u64>,
 }
 
+// The Avro reader is large, but there is one `Records` per source: boxing buys nothing.
+#[allow(clippy::large_enum_variant)]
 enum Records {
     Jsonl(BufReader<File>),
     Avro {

@@ -25,6 +25,9 @@ use opensearch::http::Method;
 use serde_json::{json, Value as Json};
 use std::collections::BTreeMap;
 
+/// The operations of one bulk request (by position) and what became of each.
+type Answered = (Vec<usize>, Vec<ItemStatus>);
+
 /// How many whole-request attempts administrative calls and searches get.
 const ATTEMPTS: u32 = 4;
 /// How many rounds of re-sending 429/5xx items before the batch fails as a whole (and the
@@ -310,7 +313,7 @@ impl OpenSearchIndex {
                 self.settings.max_bulk_bytes,
                 self.settings.max_bulk_docs,
             );
-            let answers: Vec<Result<(Vec<usize>, Vec<ItemStatus>), IndexError>> =
+            let answers: Vec<Result<Answered, IndexError>> =
                 futures::stream::iter(requests.into_iter().map(|range| {
                     let members: Vec<usize> = pending[range].to_vec();
                     let path = path.as_str();
