@@ -232,7 +232,7 @@ impl SearchIndex for TantivyIndex {
             )
             .map_err(failed)?;
         let mut hits = Vec::with_capacity(top.len());
-        for (_, address) in top {
+        for (_, address) in top.into_iter().take(limit) {
             let doc: TantivyDocument = searcher.doc(address).map_err(failed)?;
             hits.push(self.to_json(&doc));
         }
