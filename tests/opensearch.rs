@@ -701,6 +701,8 @@ struct Storm {
     url: String,
     whole: Arc<AtomicU64>,
     items: Arc<AtomicU64>,
+    /// Bulk requests that arrived gzipped.
+    gzipped: Arc<AtomicU64>,
 }
 
 fn storm() -> Storm {
@@ -711,8 +713,9 @@ fn storm() -> Storm {
     let seen_items = Arc::new(AtomicU64::new(0));
     let whole = Arc::new(AtomicU64::new(0));
     let items = Arc::new(AtomicU64::new(0));
+    let gzipped = Arc::new(AtomicU64::new(0));
     let (tx, rx) = std::sync::mpsc::channel();
-    let (w, i) = (whole.clone(), items.clone());
+    let (w, i, g) = (whole.clone(), items.clone(), gzipped.clone());
     std::thread::spawn(move || {
         let runtime = tokio::runtime::Runtime::new().unwrap();
         runtime.block_on(async move {
@@ -720,8 +723,13 @@ fn storm() -> Storm {
             let client = reqwest::Client::new();
             let handler = move |method: Method, uri: Uri, headers: HeaderMap, body: Bytes| {
                 let (client, upstream) = (client.clone(), upstream.clone());
-                let (requests, seen_items, whole, items) =
-                    (requests.clone(), seen_items.clone(), w.clone(), i.clone());
+                let (requests, seen_items, whole, items, gzipped) = (
+                    requests.clone(),
+                    seen_items.clone(),
+                    w.clone(),
+                    i.clone(),
+                    g.clone(),
+                );
                 async move {
                     let gz = headers
                         .get("content-encoding")
@@ -738,6 +746,9 @@ fn storm() -> Storm {
                     }
                     let path = uri.path_and_query().map(|p| p.as_str()).unwrap_or("/");
                     let bulk = uri.path().ends_with("/_bulk");
+                    if bulk && gz {
+                        gzipped.fetch_add(1, Ordering::SeqCst);
+                    }
                     let forward = |body: Vec<u8>| {
                         client
                             .request(method.clone(), format!("{upstream}{path}"))
@@ -811,6 +822,7 @@ fn storm() -> Storm {
         url: format!("http://{addr}"),
         whole,
         items,
+        gzipped,
     }
 }
 

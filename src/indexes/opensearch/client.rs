@@ -159,9 +159,15 @@ impl Client {
             };
             if !retry || attempt >= attempts {
                 return match result {
-                    Ok(a) if a.status == 429 || a.status >= 500 => Err(IndexError::Unavailable(
-                        format!("OpenSearch at {} answered {path}: {}", self.url, a.error()),
-                    )),
+                    // The error type only: a server's reason may quote a document.
+                    Ok(a) if a.status == 429 || a.status >= 500 => {
+                        Err(IndexError::Unavailable(format!(
+                            "OpenSearch at {} kept answering {path} with HTTP {} ({}) after {attempt} attempts",
+                            self.url,
+                            a.status,
+                            a.error_type().unwrap_or("no error type")
+                        )))
+                    }
                     other => other,
                 };
             }
