@@ -313,3 +313,60 @@ impl TantivyIndex {
             .map_err(|e| IndexError::Query(e.to_string()))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::stages::project::IndexDocument;
+
+    fn doc(n: u128, country: &str, segments: &[&str]) -> IndexOp {
+        let mut fields = crate::event::Fields::new();
+        fields.insert("country".into(), Json::from(country));
+        fields.insert("segments".into(), Json::from(segments.to_vec()));
+        fields.insert("plan".into(), Json::from("pro"));
+        IndexOp::Upsert(IndexDocument {
+            user_id: uuid::Uuid::from_u128(n),
+            version: 1,
+            occurred_at: chrono::DateTime::from_timestamp_millis(0).unwrap(),
+            fields,
+        })
+    }
+
+    #[tokio::test]
+    async fn aggregations_count_matching_documents_by_value_most_frequent_first() {
+        let catalog =
+            crate::schema::ProfileSchemas::parse(include_str!("../../schemas/profile_change.avsc"))
+                .unwrap()
+                .catalog;
+        let projection = Projection::new(&catalog, &["plan".into()]).unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let index = TantivyIndex::open(dir.path(), &projection).unwrap();
+        index
+            .apply(vec![
+                doc(1, "DE", &["a", "b"]),
+                doc(2, "DE", &["a"]),
+                doc(3, "FR", &["b"]),
+                doc(4, "US", &[]),
+            ])
+            .await
+            .unwrap();
+        let by_country = index.aggregate("*", "country", 2).await.unwrap();
+        assert_eq!(by_country.total, 4);
+        let keys: Vec<(&str, u64)> = by_country
+            .buckets
+            .iter()
+            .map(|b| (b.key.as_str(), b.count))
+            .collect();
+        assert_eq!(keys, vec![("DE", 2), ("FR", 1)]);
+        assert_eq!(by_country.other, 1);
+        let segments = index.aggregate("country:DE", "segments", 10).await.unwrap();
+        assert_eq!(segments.total, 2);
+        assert_eq!(segments.buckets[0].key, "a");
+        assert_eq!(segments.buckets[0].count, 2);
+        let err = index.aggregate("*", "email", 10).await.unwrap_err();
+        assert!(
+            matches!(&err, IndexError::Query(m) if m.contains("cannot aggregate on `email`")),
+            "{err}"
+        );
+    }
+}
