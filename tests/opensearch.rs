@@ -851,6 +851,10 @@ fn a_429_storm_loses_nothing() {
         storm.items.load(Ordering::SeqCst) > 100,
         "items were refused"
     );
+    assert!(
+        storm.gzipped.load(Ordering::SeqCst) > 0,
+        "the server takes gzip, so bulk bodies are gzipped"
+    );
     let indexed: HashMap<String, i64> = all_documents(names.read())
         .into_iter()
         .map(|(u, d)| (u, d["version"].as_i64().unwrap()))
