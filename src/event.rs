@@ -17,8 +17,10 @@ pub struct ProfileChange {
     pub version: i64,
     pub occurred_at: DateTime<Utc>,
     pub source: String,
-    /// The whole profile after the change; `None` for a delete.
+    /// The whole profile after the change; only for an upsert.
     pub profile: Option<Fields>,
+    /// The consent decision; only for a consent event.
+    pub consent: Option<ConsentChange>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -26,6 +28,18 @@ pub struct ProfileChange {
 pub enum Operation {
     Upsert,
     Delete,
+    /// Crypto-shred the user: key deleted, profile replaced by a tombstone.
+    Erase,
+    /// A consent decision for one purpose.
+    Consent,
+}
+
+/// A consent decision carried by a consent event.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ConsentChange {
+    pub purpose: String,
+    pub granted: bool,
+    pub policy_version: String,
 }
 
 /// Where the user was last seen, derived from the IP address.
@@ -76,6 +90,8 @@ pub enum Stage {
     Project,
     Store,
     Index,
+    /// Consent and erasure rules (e.g. an event for an erased user).
+    Privacy,
 }
 
 impl Stage {
@@ -88,6 +104,7 @@ impl Stage {
             Stage::Project => "project",
             Stage::Store => "store",
             Stage::Index => "index",
+            Stage::Privacy => "privacy",
         }
     }
 }
@@ -139,6 +156,9 @@ pub struct ProtectedRecord {
     pub key_version: u32,
     pub region: Region,
     pub segments: Vec<String>,
+    /// HMAC of the normalised email, for lookup by email (see `crypto::BlindIndexKey`).
+    #[serde(default)]
+    pub email_index: Option<String>,
 }
 
 /// A change ready for the sinks: nothing in it is plaintext PII.
@@ -150,6 +170,4 @@ pub struct ProtectedChange {
     pub occurred_at: DateTime<Utc>,
     /// `None` for a delete.
     pub record: Option<ProtectedRecord>,
-    /// HMAC of the normalised email, for lookup by email.
-    pub email_index: Option<String>,
 }

@@ -102,6 +102,7 @@ struct User {
     country: usize,
     version: i64,
     deleted: bool,
+    erased: bool,
     late: Option<Value>,
     last: Option<Value>,
 }
@@ -114,6 +115,7 @@ pub struct EventGenerator {
     users: Vec<User>,
     invalid_ratio: f64,
     allow_malformed: bool,
+    privacy_ratio: f64,
     queue: std::collections::VecDeque<GeneratedEvent>,
     clock: i64,
 }
@@ -148,6 +150,7 @@ impl EventGenerator {
                 country: rng.random_range(0..countries.len().max(1)),
                 version: 0,
                 deleted: false,
+                erased: false,
                 late: None,
                 last: None,
             })
@@ -159,9 +162,16 @@ impl EventGenerator {
             users,
             invalid_ratio,
             allow_malformed,
+            privacy_ratio: 0.0,
             queue: Default::default(),
             clock: EPOCH_MILLIS,
         }
+    }
+
+    /// Mixes in consent decisions and, rarely, erasures: `ratio` of the valid events.
+    pub fn with_privacy_events(mut self, ratio: f64) -> Self {
+        self.privacy_ratio = ratio.clamp(0.0, 1.0);
+        self
     }
 
     pub fn user_count(&self) -> u64 {
@@ -176,7 +186,19 @@ impl EventGenerator {
         if self.rng.random_bool(self.invalid_ratio.clamp(0.0, 1.0)) {
             return self.invalid();
         }
-        let u = self.rng.random_range(0..self.users.len());
+        let mut u = self.rng.random_range(0..self.users.len());
+        for _ in 0..8 {
+            if !self.users[u].erased {
+                break;
+            }
+            u = self.rng.random_range(0..self.users.len());
+        }
+        if self.privacy_ratio > 0.0
+            && !self.users[u].erased
+            && self.rng.random_bool(self.privacy_ratio)
+        {
+            return self.privacy(u);
+        }
         // Sometimes deliver a duplicate of the user's previous event.
         if self.users[u].last.is_some() && self.rng.random_bool(0.01) {
             let value = self.users[u].last.clone().expect("checked");
@@ -202,6 +224,51 @@ impl EventGenerator {
         GeneratedEvent::Record { value, valid: true }
     }
 
+    /// A consent decision (mostly) or an erasure of user `u`.
+    fn privacy(&mut self, u: usize) -> GeneratedEvent {
+        self.users[u].version += 1;
+        let (user_id, version) = (self.users[u].id, self.users[u].version);
+        let null = Value::Union(0, Box::new(Value::Null));
+        let value = if self.rng.random_bool(0.05) {
+            self.users[u].erased = true;
+            event(
+                Head {
+                    event_id: uuid_from(&mut self.rng),
+                    user_id,
+                    op: "ERASE",
+                    version,
+                    at: self.clock,
+                    source: "generator/privacy-portal",
+                },
+                null.clone(),
+                null,
+            )
+        } else {
+            let purpose =
+                ["marketing", "analytics", "personalization"][self.rng.random_range(0..3)];
+            let consent = Value::Record(vec![
+                ("purpose".into(), Value::String(purpose.into())),
+                ("granted".into(), Value::Boolean(self.rng.random_bool(0.85))),
+                ("policy_version".into(), Value::String("2026-01".into())),
+            ]);
+            let consent = Value::Union(1, Box::new(consent));
+            event(
+                Head {
+                    event_id: uuid_from(&mut self.rng),
+                    user_id,
+                    op: "CONSENT",
+                    version,
+                    at: self.clock,
+                    source: "generator/consent-banner",
+                },
+                null,
+                consent,
+            )
+        };
+        self.users[u].last = Some(value.clone());
+        GeneratedEvent::Record { value, valid: true }
+    }
+
     fn change(&mut self, u: usize, delete: bool) -> Value {
         let user_id = self.users[u].id;
         let version = self.users[u].version;
@@ -211,15 +278,15 @@ impl EventGenerator {
             Value::Union(1, Box::new(self.profile(u)))
         };
         let source = SOURCES[self.rng.random_range(0..SOURCES.len())];
-        event(
-            uuid_from(&mut self.rng),
+        let head = Head {
+            event_id: uuid_from(&mut self.rng),
             user_id,
-            if delete { "DELETE" } else { "UPSERT" },
+            op: if delete { "DELETE" } else { "UPSERT" },
             version,
-            self.clock,
+            at: self.clock,
             source,
-            profile,
-        )
+        };
+        event(head, profile, Value::Union(0, Box::new(Value::Null)))
     }
 
     fn profile(&mut self, u: usize) -> Value {
@@ -432,7 +499,16 @@ impl EventGenerator {
             "unknown_operation" => ("UNKNOWN", 1, Value::Union(1, Box::new(profile))),
             _ => ("UPSERT", 1, Value::Union(1, Box::new(profile))),
         };
-        let value = event(event_id, user_id, op, version, self.clock, &source, profile);
+        let null = Value::Union(0, Box::new(Value::Null));
+        let head = Head {
+            event_id,
+            user_id,
+            op,
+            version,
+            at: self.clock,
+            source: &source,
+        };
+        let value = event(head, profile, null);
         match kind {
             "truncated" | "wrong_type" | "missing_user" => {
                 GeneratedEvent::Malformed(malformed(kind, &value))
@@ -464,19 +540,31 @@ fn malformed(kind: &str, value: &Value) -> Vec<u8> {
     line
 }
 
-fn event(
+/// The envelope fields of one event.
+struct Head<'a> {
     event_id: Uuid,
     user_id: Uuid,
-    op: &str,
+    op: &'a str,
     version: i64,
     at: i64,
-    source: &str,
-    profile: Value,
-) -> Value {
+    source: &'a str,
+}
+
+fn event(head: Head<'_>, profile: Value, consent: Value) -> Value {
+    let Head {
+        event_id,
+        user_id,
+        op,
+        version,
+        at,
+        source,
+    } = head;
     let op_index = match op {
         "UPSERT" => 0,
         "DELETE" => 1,
-        _ => 2,
+        "ERASE" => 2,
+        "CONSENT" => 3,
+        _ => 4,
     };
     Value::Record(vec![
         ("event_id".into(), Value::Uuid(event_id)),
@@ -485,6 +573,7 @@ fn event(
         ("version".into(), Value::Long(version)),
         ("occurred_at".into(), Value::TimestampMillis(at)),
         ("source".into(), Value::String(source.into())),
+        ("consent".into(), consent),
         ("profile".into(), profile),
     ])
 }
@@ -528,16 +617,33 @@ pub enum Format {
 }
 
 /// Writes `count` events to `out`.
+/// What to generate.
+#[derive(Debug, Clone, Copy)]
+pub struct Spec {
+    pub count: u64,
+    pub seed: u64,
+    /// Share of events that are invalid on purpose.
+    pub invalid_ratio: f64,
+    /// Share of valid events that are consent decisions or erasures.
+    pub privacy_ratio: f64,
+    pub format: Format,
+}
+
 pub fn write_file(
     out: &std::path::Path,
-    format: Format,
-    count: u64,
-    seed: u64,
-    invalid_ratio: f64,
+    spec: Spec,
     schema: &Schema,
 ) -> std::io::Result<Generated> {
     use std::io::Write;
-    let mut gen = EventGenerator::new(seed, count, invalid_ratio, format == Format::Jsonl);
+    let Spec {
+        count,
+        seed,
+        invalid_ratio,
+        privacy_ratio,
+        format,
+    } = spec;
+    let mut gen = EventGenerator::new(seed, count, invalid_ratio, format == Format::Jsonl)
+        .with_privacy_events(privacy_ratio);
     let mut summary = Generated {
         users: gen.user_count(),
         ..Generated::default()
@@ -546,7 +652,8 @@ pub fn write_file(
         std::fs::create_dir_all(dir)?;
     }
     let file = std::io::BufWriter::new(std::fs::File::create(out)?);
-    let to_io = |e: apache_avro::Error| std::io::Error::other(e.to_string());
+    // The library's messages quote the values: report only the error's kind.
+    let to_io = |e: apache_avro::Error| std::io::Error::other(crate::schema::avro_error_kind(&e));
     match format {
         Format::Jsonl => {
             let mut file = file;

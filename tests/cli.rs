@@ -176,3 +176,68 @@ fn garbage_input_is_dead_lettered_not_a_crash() {
         (Some(6), Some(6))
     );
 }
+
+/// Every key of the shipped pipeline file, misspelt in turn, is refused with exit code 2 and
+/// a message naming the misspelt key (user-chosen names, like segment names, are not keys).
+#[test]
+fn every_misspelt_key_of_the_pipeline_file_is_named_with_exit_code_2() {
+    let text = std::fs::read_to_string(local_pipeline()).unwrap();
+    let doc: serde_yaml::Value = serde_yaml::from_str(&text).unwrap();
+    let mut paths = Vec::new();
+    fn walk(v: &serde_yaml::Value, path: Vec<String>, out: &mut Vec<Vec<String>>) {
+        let Some(map) = v.as_mapping() else { return };
+        let free_names = matches!(
+            path.last().map(String::as_str),
+            Some("segments" | "residency_zones")
+        );
+        for (k, child) in map {
+            let key = k.as_str().unwrap().to_string();
+            let mut p = path.clone();
+            p.push(key);
+            if !free_names {
+                out.push(p.clone());
+            }
+            if !free_names || child.is_mapping() {
+                walk(child, p, out);
+            }
+        }
+    }
+    walk(&doc, Vec::new(), &mut paths);
+    assert!(paths.len() >= 20, "{paths:?}");
+    let dir = tempfile::tempdir().unwrap();
+    for path in paths {
+        let mut mutated = doc.clone();
+        let mut node = &mut mutated;
+        for key in &path[..path.len() - 1] {
+            node = node.get_mut(key.as_str()).unwrap();
+        }
+        let map = node.as_mapping_mut().unwrap();
+        let last = path.last().unwrap();
+        let value = map.remove(last.as_str()).unwrap();
+        let wrong = format!("{last}_typo");
+        map.insert(serde_yaml::Value::from(wrong.clone()), value);
+        let file = dir.path().join("pipeline.yaml");
+        let yaml = serde_yaml::to_string(&mutated)
+            .unwrap()
+            .replace("../", &format!("{}/", repo().display()));
+        std::fs::write(&file, yaml).unwrap();
+        let out = bin()
+            .arg("run")
+            .arg("--pipeline")
+            .arg(&file)
+            .arg("--data-dir")
+            .arg(dir.path().join("d"))
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{}: {stderr}", path.join("."));
+        // An unknown key is named as written; a required key that is now missing, by its name.
+        let named = stderr.contains(&format!("`{wrong}`"))
+            || stderr.contains(&format!("missing field `{last}`"));
+        assert!(
+            named,
+            "{}: the message should name `{wrong}` or `{last}`: {stderr}",
+            path.join(".")
+        );
+    }
+}

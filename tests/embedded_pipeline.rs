@@ -329,3 +329,35 @@ fn reveal_without_a_reason_is_refused() {
         .assert()
         .code(2);
 }
+
+#[test]
+fn no_pii_reaches_the_logs_at_any_level() {
+    let dir = tempfile::tempdir().unwrap();
+    let (input, _) = generate(dir.path(), 3_000, 0.05, "jsonl", 21);
+    let output = bin()
+        .args(["--log-format", "json", "run", "--input"])
+        .arg(&input)
+        .arg("--data-dir")
+        .arg(dir.path().join("data"))
+        .env("PROFILE_SYNC_LOG", "trace")
+        .output()
+        .unwrap();
+    assert!(output.status.success());
+    let logs = [output.stdout, output.stderr].concat();
+    assert!(logs.len() > 1000, "trace logging produced output to scan");
+    let mut needles = Vec::new();
+    for e in expected_state(&input).values() {
+        for field in ["email", "phone", "display_name", "last_seen_ip"] {
+            if let Some(Json::String(s)) = e.profile.get(field) {
+                needles.push(s.clone());
+            }
+        }
+    }
+    let matcher = AhoCorasick::new(&needles).unwrap();
+    if let Some(m) = matcher.find(&logs) {
+        panic!(
+            "a log line holds generated PII (pattern {})",
+            m.pattern().as_usize()
+        );
+    }
+}

@@ -1,7 +1,7 @@
 //! `profile-sync generate`: synthetic events for demos, tests and benchmarks.
 
 use super::{usage, Failure};
-use crate::generate::{write_file, Format};
+use crate::generate::{write_file, Format, Spec};
 use std::path::PathBuf;
 
 #[derive(clap::Args)]
@@ -15,6 +15,9 @@ pub struct Args {
     /// Share of events that must be dead-lettered (0.0 to 1.0).
     #[arg(long, default_value_t = 0.0)]
     invalid_ratio: f64,
+    /// Share of valid events that are consent decisions or erasures (0.0 to 1.0).
+    #[arg(long, default_value_t = 0.0)]
+    privacy_ratio: f64,
     #[arg(long, value_enum, default_value_t = Format::Jsonl)]
     format: Format,
     #[arg(long)]
@@ -28,15 +31,15 @@ pub fn run(args: Args) -> Result<(), Failure> {
         )));
     }
     let schema = apache_avro::Schema::parse_str(include_str!("../../schemas/profile_change.avsc"))?;
-    let summary = write_file(
-        &args.out,
-        args.format,
-        args.count,
-        args.seed,
-        args.invalid_ratio,
-        &schema,
-    )
-    .map_err(|e| usage(anyhow::anyhow!("cannot write {}: {e}", args.out.display())))?;
+    let spec = Spec {
+        count: args.count,
+        seed: args.seed,
+        invalid_ratio: args.invalid_ratio,
+        privacy_ratio: args.privacy_ratio,
+        format: args.format,
+    };
+    let summary = write_file(&args.out, spec, &schema)
+        .map_err(|e| usage(anyhow::anyhow!("cannot write {}: {e}", args.out.display())))?;
     println!(
         "{}",
         serde_json::json!({"valid": summary.valid, "invalid": summary.invalid, "users": summary.users, "out": args.out})

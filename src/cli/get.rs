@@ -3,10 +3,9 @@
 //! before anything is shown.
 
 use super::{data_dir, pipeline_file, usage, Failure};
-use crate::crypto::open_field;
-use crate::pipeline::{open_data_keys, open_store, schemas};
+use crate::pipeline::{open_profiles, schemas};
+use crate::privacy::{Actor, PrivacyError};
 use crate::schema::Classification;
-use crate::stores::AuditRecord;
 use serde_json::Value as Json;
 use std::path::PathBuf;
 use uuid::Uuid;
@@ -53,14 +52,15 @@ pub async fn run(args: Args) -> Result<(), Failure> {
             "--reveal needs a non-empty --reason"
         )));
     }
-    let catalog = schemas(&file).map_err(usage)?.catalog;
-    let store = open_store(&file, &data_dir).map_err(usage)?;
-    let keys = open_data_keys(&file, &data_dir, store.clone()).map_err(usage)?;
+    let schemas = schemas(&file).map_err(usage)?;
+    let catalog = &schemas.catalog;
+    let profiles = open_profiles(&file, &data_dir, &schemas).map_err(usage)?;
     let user = match Uuid::parse_str(&args.user) {
         Ok(u) => u,
         Err(_) if args.user.contains('@') => {
-            let index = keys.provider().blind_index().email(&args.user);
-            store
+            let index = profiles.keys.provider().blind_index().email(&args.user);
+            profiles
+                .store
                 .find_by_email_index(&index)
                 .await?
                 .ok_or_else(|| usage(anyhow::anyhow!("no live profile has that email address")))?
@@ -72,10 +72,21 @@ pub async fn run(args: Args) -> Result<(), Failure> {
             )))
         }
     };
-    let stored = store
+    let stored = profiles
+        .store
         .get(user)
         .await?
         .ok_or_else(|| Failure::Runtime(anyhow::anyhow!("no profile for user {user}")))?;
+    if let Some(at) = stored.erased_at {
+        if args.reveal {
+            return Err(Failure::Runtime(PrivacyError::Erased(user).into()));
+        }
+        println!(
+            "{}",
+            serde_json::json!({"user_id": user, "version": stored.version, "state": "erased", "erased_at": at})
+        );
+        return Ok(());
+    }
     let Some(record) = stored.record else {
         println!(
             "{}",
@@ -85,14 +96,13 @@ pub async fn run(args: Args) -> Result<(), Failure> {
     };
     let mut profile = record.profile.clone();
     for (name, class) in catalog.top_level() {
-        match class {
-            Classification::Sensitive if !args.reveal && profile.contains_key(name) => {
-                profile.insert(name.clone(), Json::from(MASK));
-            }
-            Classification::Pii if record.encrypted.contains_key(name) => {
-                profile.insert(name.clone(), Json::from(MASK));
-            }
-            _ => {}
+        let present = match class {
+            Classification::Pii => record.encrypted.contains_key(name),
+            Classification::Sensitive if !args.reveal => profile.contains_key(name),
+            _ => false,
+        };
+        if present {
+            profile.insert(name.clone(), Json::from(MASK));
         }
     }
     if args.reveal {
@@ -105,40 +115,16 @@ pub async fn run(args: Args) -> Result<(), Failure> {
             })
             .map(|(n, _)| n.clone())
             .collect();
-        let key = keys
-            .for_users(&[user], false)
-            .await?
-            .remove(&user)
-            .ok_or_else(|| {
-                Failure::Runtime(anyhow::anyhow!(
-                    "user {user} has no data key: their PII cannot be decrypted"
-                ))
-            })?
-            .map_err(|reason| {
-                Failure::Runtime(anyhow::anyhow!(
-                    "the data key of user {user} cannot be used: {reason}"
-                ))
-            })?;
-        store
-            .append_audit(&AuditRecord {
-                id: Uuid::new_v4(),
-                at: chrono::Utc::now(),
-                actor: actor(args.actor),
-                action: "reveal".into(),
-                user_id: user,
-                fields: revealed,
-                reason: args.reason.clone().unwrap_or_default(),
-                request_id: Uuid::new_v4(),
-            })
-            .await?;
-        for (field, sealed) in &record.encrypted {
-            let plain = open_field(&key.key, user, field, sealed).map_err(|e| {
-                Failure::Runtime(anyhow::anyhow!(
-                    "field {field} of user {user} does not decrypt: {e}"
-                ))
-            })?;
-            profile.insert(field.clone(), serde_json::from_slice(&plain)?);
-        }
+        let actor = Actor {
+            name: actor(args.actor),
+            reason: args.reason.clone().unwrap_or_default(),
+            request_id: Uuid::new_v4(),
+        };
+        profiles.audit(&actor, "reveal", user, revealed).await?;
+        profile = profiles
+            .reveal(user, &record)
+            .await
+            .map_err(|e| Failure::Runtime(e.into()))?;
     }
     let out = serde_json::json!({
         "user_id": user,

@@ -4,6 +4,7 @@
 
 mod generate;
 mod get;
+mod privacy;
 mod reindex;
 mod run;
 mod search;
@@ -57,6 +58,15 @@ enum Command {
     Get(get::Args),
     /// Check a file of events against the schemas and list every invalid one.
     Validate(validate::Args),
+    /// Erase a user (right to be forgotten): their key is destroyed, the profile becomes a tombstone.
+    Erase(privacy::EraseArgs),
+    /// Export everything held about a user as one JSON document (right of access), audited.
+    Export(privacy::ExportArgs),
+    /// List the audit trail of a user.
+    Audit(privacy::AuditArgs),
+    /// Retention rules: anonymise inactive profiles, expire old audit records.
+    #[command(subcommand)]
+    Retention(privacy::RetentionCommand),
 }
 
 /// How a command failed.
@@ -128,6 +138,10 @@ pub fn main() -> ExitCode {
             Command::Reindex(args) => reindex::run(args).await,
             Command::Get(args) => get::run(args).await,
             Command::Validate(args) => validate::run(args).await,
+            Command::Erase(args) => privacy::erase(args).await,
+            Command::Export(args) => privacy::export(args).await,
+            Command::Audit(args) => privacy::audit(args).await,
+            Command::Retention(command) => privacy::retention(command).await,
         }
     });
     match result {
@@ -158,7 +172,7 @@ fn paragraph(e: &anyhow::Error) -> String {
 
 fn init_logging(format: LogFormat) {
     let filter = tracing_subscriber::EnvFilter::try_from_env("PROFILE_SYNC_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn,tantivy=error"));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr);

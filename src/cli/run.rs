@@ -57,7 +57,7 @@ pub async fn run(args: Args) -> Result<(), Failure> {
                 "dead_lettered": counts.dead_lettered,
                 "elapsed_seconds": (elapsed * 1000.0).round() / 1000.0,
                 "events_per_second": rate.round(),
-                "key_provider_calls": components.keys.provider().calls(),
+                "key_provider_calls": components.pipeline.profiles.keys.provider().calls(),
                 "data_dir": data_dir,
             });
             println!("{summary}");

@@ -32,6 +32,8 @@ pub struct PipelineConfig {
     pub index: IndexConfig,
     pub dead_letter: DeadLetterConfig,
     pub enrich: EnrichConfig,
+    #[serde(default)]
+    pub privacy: PrivacyConfig,
     /// Events per batch: the unit of store transactions, index commits and acknowledgements.
     #[serde(default = "default_batch_size")]
     pub batch_size: usize,
@@ -223,9 +225,75 @@ pub enum DeadLetterConfig {
 #[serde(deny_unknown_fields)]
 pub struct EnrichConfig {
     pub geoip: GeoIpConfig,
-    /// Segment name → CEL expression over public, sensitive and derived fields.
+    /// Segment name → CEL expression over public, sensitive and derived fields, or
+    /// `{rule: EXPR, purpose: NAME}` for a segment that needs the user's consent to a purpose.
     #[serde(default)]
-    pub segments: BTreeMap<String, String>,
+    pub segments: BTreeMap<String, SegmentConfig>,
+}
+
+/// A segment rule and the consent purpose it needs, if any.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SegmentConfig {
+    pub rule: String,
+    pub purpose: Option<String>,
+}
+
+impl<'de> Deserialize<'de> for SegmentConfig {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(deny_unknown_fields)]
+        struct Full {
+            rule: String,
+            #[serde(default)]
+            purpose: Option<String>,
+        }
+        let value = serde_yaml::Value::deserialize(d)?;
+        if let serde_yaml::Value::String(rule) = value {
+            return Ok(SegmentConfig {
+                rule,
+                purpose: None,
+            });
+        }
+        let full: Full = serde_yaml::from_value(value).map_err(serde::de::Error::custom)?;
+        Ok(SegmentConfig {
+            rule: full.rule,
+            purpose: full.purpose,
+        })
+    }
+}
+
+/// Consent purposes, what happens to events for erased users, and retention.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PrivacyConfig {
+    /// The purposes users can consent to; a segment may need one of them.
+    #[serde(default)]
+    pub purposes: Vec<String>,
+    /// What to do with an event newer than a user's erasure: `refuse` dead-letters it with the
+    /// reason "erased" (the default); `accept` starts a new profile with a new key.
+    #[serde(default)]
+    pub erased_user_events: ErasedUserEvents,
+    #[serde(default)]
+    pub retention: RetentionConfig,
+}
+
+#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum ErasedUserEvents {
+    #[default]
+    Refuse,
+    Accept,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RetentionConfig {
+    /// Profiles with no change for this many days are anonymised (erased). None: never.
+    #[serde(default)]
+    pub inactive_profile_days: Option<u32>,
+    /// Audit records older than this many days expire. None: kept forever.
+    #[serde(default)]
+    pub audit_days: Option<u32>,
 }
 
 #[derive(Debug, Clone, Deserialize)]

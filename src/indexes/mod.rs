@@ -75,8 +75,15 @@ pub(crate) fn not_aggregatable<'a>(field: &str, known: impl Iterator<Item = &'a 
 
 #[async_trait]
 pub trait SearchIndex: Send + Sync {
-    /// Applies the operations in order and makes them durable before returning.
+    /// Applies the operations in order. They are durable once [`SearchIndex::commit`] returns
+    /// (an adapter whose writes are durable at once, like a bulk request, need not wait).
     async fn apply(&self, ops: Vec<IndexOp>) -> Result<Vec<IndexOutcome>, IndexError>;
+
+    /// Makes every applied operation durable and visible. The pipeline calls it once per
+    /// batch, before the batch is acknowledged.
+    async fn commit(&self) -> Result<(), IndexError> {
+        Ok(())
+    }
 
     /// Runs a query in the index's query syntax (`segments:high_value AND country:DE`).
     async fn search(&self, query: &str, limit: usize) -> Result<SearchResults, IndexError>;

@@ -206,19 +206,29 @@ impl SearchIndex for TantivyIndex {
         let writer = self.writer.clone();
         let n = docs.len();
         tokio::task::spawn_blocking(move || {
-            let mut writer = writer.lock().map_err(|_| failed("index writer poisoned"))?;
+            let writer = writer.lock().map_err(|_| failed("index writer poisoned"))?;
             for (term, doc) in docs {
                 writer.delete_term(term);
                 if let Some(doc) = doc {
                     writer.add_document(doc).map_err(failed)?;
                 }
             }
-            writer.commit().map_err(failed)?;
             Ok::<_, IndexError>(())
         })
         .await
         .map_err(failed)??;
         Ok(vec![IndexOutcome::Applied; n])
+    }
+
+    async fn commit(&self) -> Result<(), IndexError> {
+        let writer = self.writer.clone();
+        tokio::task::spawn_blocking(move || {
+            let mut writer = writer.lock().map_err(|_| failed("index writer poisoned"))?;
+            writer.commit().map_err(failed)?;
+            Ok::<_, IndexError>(())
+        })
+        .await
+        .map_err(failed)?
     }
 
     async fn search(&self, query: &str, limit: usize) -> Result<SearchResults, IndexError> {
@@ -350,6 +360,7 @@ mod tests {
             ])
             .await
             .unwrap();
+        index.commit().await.unwrap();
         let by_country = index.aggregate("*", "country", 2).await.unwrap();
         assert_eq!(by_country.total, 4);
         let keys: Vec<(&str, u64)> = by_country

@@ -6,6 +6,7 @@ use crate::config::{self, DeadLetterConfig, IndexConfig, KeysConfig, SourceConfi
 use crate::dead_letter::{DeadLetterError, DeadLetterFile, DeadLetterSink};
 use crate::indexes::{IndexError, OpenSearchIndex, OpenSearchSettings, SearchIndex, TantivyIndex};
 use crate::keys::{DataKeys, KeyProvider, LocalKeyring};
+use crate::privacy::Profiles;
 use crate::schema::{ProfileSchemas, SchemaError};
 use crate::sources::{EventSource, FileSource, SourceError};
 use crate::stages::decode::Decoder;
@@ -45,7 +46,23 @@ pub enum BuildError {
 pub struct Components {
     pub pipeline: Pipeline,
     pub source: Box<dyn EventSource>,
-    pub keys: Arc<DataKeys>,
+}
+
+/// The store, index and keys of a pipeline file, for operators' commands.
+pub fn open_profiles(
+    file: &config::Pipeline,
+    data_dir: &Path,
+    schemas: &ProfileSchemas,
+) -> Result<Profiles, BuildError> {
+    let (projection, index) = open_index(file, data_dir, schemas)?;
+    let store = open_store(file, data_dir)?;
+    let keys = open_data_keys(file, data_dir, store.clone())?;
+    Ok(Profiles {
+        store,
+        index,
+        keys,
+        projection,
+    })
 }
 
 pub fn schemas(file: &config::Pipeline) -> Result<ProfileSchemas, BuildError> {
@@ -205,24 +222,21 @@ pub fn build(
         &file.resolve(&enrich.geoip.database),
         &enrich.geoip.residency_zones,
     )?;
-    let segments = SegmentRules::compile(&enrich.segments, &schemas.catalog)?;
-    let (projection, index) = open_index(file, data_dir, &schemas)?;
+    let segments = SegmentRules::compile(
+        &enrich.segments,
+        &file.config.privacy.purposes,
+        &schemas.catalog,
+    )?;
+    let profiles = open_profiles(file, data_dir, &schemas)?;
     let source = open_source(file, input)?;
-    let store = open_store(file, data_dir)?;
-    let keys = open_data_keys(file, data_dir, store.clone())?;
     let dead_letters = open_dead_letters(file, data_dir)?;
     let pipeline = Pipeline {
         decoder: Decoder::new(schemas.profile_change.clone()),
         enricher: Enricher { regions, segments },
-        protector: Protector::new(keys.clone(), &schemas.catalog),
-        projection,
-        store,
-        index,
+        protector: Protector::new(profiles.keys.clone(), &schemas.catalog),
+        profiles,
         dead_letters,
+        privacy: file.config.privacy.clone(),
     };
-    Ok(Components {
-        pipeline,
-        source,
-        keys,
-    })
+    Ok(Components { pipeline, source })
 }

@@ -7,24 +7,29 @@
 mod build;
 
 pub use build::{
-    build, open_data_keys, open_index, open_source, open_store, opensearch_settings, schemas,
-    BuildError, Components,
+    build, open_data_keys, open_index, open_profiles, open_source, open_store, opensearch_settings,
+    schemas, BuildError, Components,
 };
 
+use crate::config::{ErasedUserEvents, PrivacyConfig};
 use crate::dead_letter::{DeadLetter, DeadLetterError, DeadLetterSink};
+use crate::event::{Operation, ProfileChange};
 use crate::event::{Rejection, Stage};
-use crate::indexes::{IndexError, IndexOutcome, SearchIndex};
+use crate::indexes::{IndexError, IndexOutcome};
 use crate::keys::KeyError;
+use crate::privacy::{Actor, PrivacyError, Profiles};
 use crate::retry::Backoff;
 use crate::sources::{EventSource, SourceError, SourceRecord};
 use crate::stages::decode::Decoder;
 use crate::stages::enrich::Enricher;
-use crate::stages::project::Projection;
 use crate::stages::protect::Protector;
-use crate::stores::{ProfileStore, StoreError, WriteOutcome};
+use crate::stores::{ConsentState, StoreError, WriteOutcome};
+use crate::telemetry;
 use serde::Serialize;
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Instant;
+use uuid::Uuid;
 
 /// What happened to the events of a run. `written + stale + dead_lettered = read`.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
@@ -61,6 +66,17 @@ pub enum PipelineError {
 }
 
 impl PipelineError {
+    /// What failed, as a metric label.
+    pub fn cause(&self) -> &'static str {
+        match self {
+            PipelineError::Source(_) => "source",
+            PipelineError::Keys(_) => "keys",
+            PipelineError::Store(_) => "store",
+            PipelineError::Index(_) => "index",
+            PipelineError::DeadLetter(_) => "dead_letter",
+        }
+    }
+
     pub fn is_transient(&self) -> bool {
         match self {
             PipelineError::Keys(e) => e.is_transient(),
@@ -75,10 +91,16 @@ pub struct Pipeline {
     pub decoder: Decoder,
     pub enricher: Enricher,
     pub protector: Protector,
-    pub projection: Projection,
-    pub store: Arc<dyn ProfileStore>,
-    pub index: Arc<dyn SearchIndex>,
+    /// The store, the index and the users' keys.
+    pub profiles: Profiles,
     pub dead_letters: Arc<dyn DeadLetterSink>,
+    pub privacy: PrivacyConfig,
+}
+
+/// Per-batch knowledge of the users in it: erasure fences and consent states.
+struct UserStates {
+    fences: HashMap<Uuid, i64>,
+    consents: HashMap<Uuid, ConsentState>,
 }
 
 impl Pipeline {
@@ -90,15 +112,105 @@ impl Pipeline {
             ..Counts::default()
         };
         let mut rejected: Vec<(usize, Rejection)> = Vec::new();
-
-        let mut enriched = Vec::with_capacity(records.len());
-        let mut origin = Vec::with_capacity(records.len());
+        let mut decoded = Vec::with_capacity(records.len());
         for (i, record) in records.iter().enumerate() {
-            match self
-                .decoder
-                .decode(&record.payload)
-                .and_then(|c| self.enricher.enrich(c))
-            {
+            match self.decoder.decode(&record.payload) {
+                Ok(change) => decoded.push((i, change)),
+                Err(r) => rejected.push((i, r)),
+            }
+        }
+        let mut users: Vec<Uuid> = decoded.iter().map(|(_, c)| c.user_id).collect();
+        users.sort_unstable();
+        users.dedup();
+        let store = &self.profiles.store;
+        let mut states = UserStates {
+            fences: store.erasure_fences(&users).await?,
+            consents: if self.privacy.purposes.is_empty() {
+                HashMap::new()
+            } else {
+                store.consent_states(&users).await?
+            },
+        };
+
+        // Profile changes run through the stages together; a privacy event (consent, erase)
+        // first flushes the changes before it, so every user's events apply in order.
+        let mut run = Vec::new();
+        for (i, change) in decoded {
+            if let Some(&fence) = states.fences.get(&change.user_id) {
+                if change.version <= fence {
+                    counts.stale += 1;
+                    continue;
+                }
+                if self.privacy.erased_user_events == ErasedUserEvents::Refuse
+                    && change.operation != Operation::Erase
+                {
+                    rejected.push((i, Rejection::new(Stage::Privacy, "erased", "erased: the user was erased, and events newer than the erasure are refused (privacy.erased_user_events)")));
+                    continue;
+                }
+            }
+            match change.operation {
+                Operation::Upsert | Operation::Delete => {
+                    states.fences.remove(&change.user_id);
+                    run.push((i, change));
+                }
+                Operation::Consent | Operation::Erase => {
+                    self.apply_changes(
+                        std::mem::take(&mut run),
+                        &states,
+                        &mut counts,
+                        &mut rejected,
+                    )
+                    .await?;
+                    match self.apply_privacy(change, &mut states).await? {
+                        Ok(()) => counts.written += 1,
+                        Err(r) => rejected.push((i, r)),
+                    }
+                }
+            }
+        }
+        self.apply_changes(run, &states, &mut counts, &mut rejected)
+            .await?;
+        self.profiles.index.commit().await?;
+
+        counts.dead_lettered = rejected.len() as u64;
+        if !rejected.is_empty() {
+            let at = chrono::Utc::now();
+            let letters = rejected
+                .into_iter()
+                .map(|(i, r)| {
+                    telemetry::dead_lettered(r.stage.as_str());
+                    DeadLetter {
+                        at,
+                        position: records[i].position.clone(),
+                        stage: r.stage,
+                        class: r.class,
+                        reason: r.reason,
+                        key: records[i].key.clone(),
+                        payload: records[i].payload.bytes().to_vec(),
+                    }
+                })
+                .collect();
+            self.dead_letters.send(letters).await?;
+        }
+        Ok(counts)
+    }
+
+    /// Enrich, protect, store and index a run of upserts and deletes.
+    async fn apply_changes(
+        &self,
+        run: Vec<(usize, ProfileChange)>,
+        states: &UserStates,
+        counts: &mut Counts,
+        rejected: &mut Vec<(usize, Rejection)>,
+    ) -> Result<(), PipelineError> {
+        if run.is_empty() {
+            return Ok(());
+        }
+        let mut enriched = Vec::with_capacity(run.len());
+        let mut origin = Vec::with_capacity(run.len());
+        for (i, change) in run {
+            let consents = states.consents.get(&change.user_id);
+            match self.enricher.enrich(change, consents) {
                 Ok(e) => {
                     enriched.push(e);
                     origin.push(i);
@@ -106,7 +218,6 @@ impl Pipeline {
                 Err(r) => rejected.push((i, r)),
             }
         }
-
         let protected_all = self.protector.protect(enriched).await?;
         let mut protected = Vec::with_capacity(protected_all.len());
         let mut protected_origin = Vec::with_capacity(protected_all.len());
@@ -119,8 +230,7 @@ impl Pipeline {
                 Err(r) => rejected.push((i, r)),
             }
         }
-
-        let outcomes = self.store.apply(&protected).await?;
+        let outcomes = self.profiles.store.apply(&protected).await?;
         let mut ops = Vec::new();
         let mut op_origin = Vec::new();
         for ((change, outcome), i) in protected.iter().zip(&outcomes).zip(&protected_origin) {
@@ -129,34 +239,87 @@ impl Pipeline {
                 WriteOutcome::Replayed | WriteOutcome::Stale => counts.stale += 1,
             }
             if matches!(outcome, WriteOutcome::Applied | WriteOutcome::Replayed) {
-                ops.push(self.projection.op(change));
+                ops.push(self.profiles.projection.op(change));
                 op_origin.push(*i);
             }
         }
-        for (outcome, i) in self.index.apply(ops).await?.into_iter().zip(op_origin) {
+        for (outcome, i) in self
+            .profiles
+            .index
+            .apply(ops)
+            .await?
+            .into_iter()
+            .zip(op_origin)
+        {
             if let IndexOutcome::Rejected(reason) = outcome {
                 rejected.push((i, Rejection::new(Stage::Index, "rejected", reason)));
             }
         }
+        Ok(())
+    }
 
-        counts.dead_lettered = rejected.len() as u64;
-        if !rejected.is_empty() {
-            let at = chrono::Utc::now();
-            let letters = rejected
-                .into_iter()
-                .map(|(i, r)| DeadLetter {
-                    at,
-                    position: records[i].position.clone(),
-                    stage: r.stage,
-                    class: r.class,
-                    reason: r.reason,
-                    key: records[i].key.clone(),
-                    payload: records[i].payload.bytes().to_vec(),
-                })
-                .collect();
-            self.dead_letters.send(letters).await?;
+    /// A consent or erase event. The outer error is for the batch (retry it); the inner one
+    /// rejects only this event.
+    async fn apply_privacy(
+        &self,
+        change: ProfileChange,
+        states: &mut UserStates,
+    ) -> Result<Result<(), Rejection>, PipelineError> {
+        let actor = Actor {
+            name: format!("event:{}", change.source),
+            reason: format!(
+                "{} event",
+                if change.operation == Operation::Erase {
+                    "erase"
+                } else {
+                    "consent"
+                }
+            ),
+            request_id: change.event_id,
+        };
+        let result = match change.operation {
+            Operation::Erase => {
+                let fields = self.protector.pii_fields().to_vec();
+                self.profiles
+                    .erase(change.user_id, change.version, "erase", fields, &actor)
+                    .await
+                    .map(|fence| {
+                        states.fences.insert(change.user_id, fence);
+                    })
+            }
+            _ => {
+                let Some(consent) = &change.consent else {
+                    return Ok(Ok(()));
+                };
+                if !self.privacy.purposes.contains(&consent.purpose) {
+                    return Ok(Err(Rejection::new(
+                        Stage::Privacy,
+                        "invalid",
+                        format!(
+                            "consent purpose `{}` is not declared in privacy.purposes",
+                            consent.purpose
+                        ),
+                    )));
+                }
+                let state = states.consents.entry(change.user_id).or_default();
+                state.insert(consent.purpose.clone(), consent.granted);
+                let state = state.clone();
+                self.profiles
+                    .consent(&change, &state, &self.enricher.segments, &actor)
+                    .await
+            }
+        };
+        match result {
+            Ok(()) => Ok(Ok(())),
+            Err(PrivacyError::Store(e)) => Err(e.into()),
+            Err(PrivacyError::Index(e)) => Err(e.into()),
+            Err(PrivacyError::Keys(e)) => Err(e.into()),
+            Err(other) => Ok(Err(Rejection::new(
+                Stage::Privacy,
+                "rejected",
+                other.to_string(),
+            ))),
         }
-        Ok(counts)
     }
 
     /// Runs the source to its end (or forever, for an endless one).
@@ -182,6 +345,7 @@ impl Pipeline {
                         attempt += 1;
                         let delay = backoff.delay(attempt);
                         tracing::warn!(error = %e, attempt, delay_ms = delay.as_millis() as u64, "batch failed transiently; retrying");
+                        telemetry::retry(e.cause());
                         tokio::time::sleep(delay).await;
                     }
                     Err(e) => return Err(e),
@@ -197,6 +361,12 @@ impl Pipeline {
                 dead_lettered = counts.dead_lettered,
                 elapsed_ms = started.elapsed().as_millis() as u64,
                 "batch done"
+            );
+            telemetry::batch(
+                counts.read,
+                counts.written,
+                counts.stale,
+                started.elapsed().as_secs_f64(),
             );
             total.add(counts);
             progress(&total);

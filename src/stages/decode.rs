@@ -3,7 +3,7 @@
 //! Binary Avro is resolved from its writer schema to the reader schema in `schemas/`, so
 //! producers that add fields with defaults, drop fields or rename with aliases keep working.
 
-use crate::event::{Fields, Operation, ProfileChange, Rejection, Stage};
+use crate::event::{ConsentChange, Fields, Operation, ProfileChange, Rejection, Stage};
 use crate::schema::{avro_error_kind, avro_json_to_value};
 use crate::sources::Payload;
 use apache_avro::types::Value;
@@ -90,21 +90,20 @@ fn to_change(value: Value) -> Result<ProfileChange, Rejection> {
     let mut occurred_at = None;
     let mut source = None;
     let mut profile = None;
+    let mut consent = None;
     for (name, value) in fields {
         match name.as_str() {
             "event_id" => event_id = Some(uuid_of(&value, "event_id")?),
             "user_id" => user_id = Some(uuid_of(&value, "user_id")?),
-            "operation" => {
-                operation = Some(match value {
-                    Value::Enum(_, s) if s == "UPSERT" => Operation::Upsert,
-                    Value::Enum(_, s) if s == "DELETE" => Operation::Delete,
-                    _ => {
-                        return Err(invalid(
-                            "operation is not one this worker supports (UPSERT, DELETE)",
-                        ))
-                    }
-                })
-            }
+            "operation" => operation = Some(match value {
+                Value::Enum(_, s) if s == "UPSERT" => Operation::Upsert,
+                Value::Enum(_, s) if s == "DELETE" => Operation::Delete,
+                Value::Enum(_, s) if s == "ERASE" => Operation::Erase,
+                Value::Enum(_, s) if s == "CONSENT" => Operation::Consent,
+                _ => return Err(invalid(
+                    "operation is not one this worker supports (UPSERT, DELETE, ERASE, CONSENT)",
+                )),
+            }),
             "version" => {
                 version = Some(long_of(&value).ok_or_else(|| invalid("version is not a long"))?)
             }
@@ -121,6 +120,13 @@ fn to_change(value: Value) -> Result<ProfileChange, Rejection> {
                     Value::String(s) => s,
                     _ => return Err(invalid("source is not a string")),
                 })
+            }
+            "consent" => {
+                consent = match unwrap_union(value) {
+                    Value::Null => None,
+                    Value::Record(r) => Some(consent_of(r)?),
+                    _ => return Err(invalid("consent is not a record")),
+                }
             }
             "profile" => {
                 profile = match unwrap_union(value) {
@@ -141,6 +147,7 @@ fn to_change(value: Value) -> Result<ProfileChange, Rejection> {
         occurred_at: occurred_at.ok_or_else(|| missing("occurred_at"))?,
         source: source.ok_or_else(|| missing("source"))?,
         profile,
+        consent,
     };
     validate(change)
 }
@@ -153,8 +160,22 @@ fn validate(mut change: ProfileChange) -> Result<ProfileChange, Rejection> {
         return Err(invalid("user_id must not be the nil UUID"));
     }
     match change.operation {
-        Operation::Delete => change.profile = None,
+        Operation::Delete | Operation::Erase => {
+            change.profile = None;
+            change.consent = None;
+        }
+        Operation::Consent => {
+            change.profile = None;
+            match &change.consent {
+                None => return Err(invalid("a CONSENT event must carry a consent")),
+                Some(c) if c.purpose.trim().is_empty() => {
+                    return Err(invalid("consent.purpose must not be empty"))
+                }
+                Some(_) => {}
+            }
+        }
         Operation::Upsert => {
+            change.consent = None;
             let Some(profile) = &change.profile else {
                 return Err(invalid("an UPSERT must carry a profile"));
             };
@@ -177,6 +198,24 @@ fn validate(mut change: ProfileChange) -> Result<ProfileChange, Rejection> {
         }
     }
     Ok(change)
+}
+
+fn consent_of(fields: Vec<(String, Value)>) -> Result<ConsentChange, Rejection> {
+    let (mut purpose, mut granted, mut policy_version) = (None, None, None);
+    for (name, value) in fields {
+        match (name.as_str(), value) {
+            ("purpose", Value::String(s)) => purpose = Some(s),
+            ("granted", Value::Boolean(b)) => granted = Some(b),
+            ("policy_version", Value::String(s)) => policy_version = Some(s),
+            _ => {}
+        }
+    }
+    Ok(ConsentChange {
+        purpose: purpose.ok_or_else(|| invalid("consent.purpose is missing"))?,
+        granted: granted.ok_or_else(|| invalid("consent.granted is missing"))?,
+        policy_version: policy_version
+            .ok_or_else(|| invalid("consent.policy_version is missing"))?,
+    })
 }
 
 fn unwrap_union(value: Value) -> Value {

@@ -123,7 +123,6 @@ impl Projection {
                 .as_ref()
                 .map_or(stored.updated_at, |r| r.occurred_at),
             record: stored.record.clone(),
-            email_index: None,
         };
         self.op(&change)
     }

@@ -27,6 +27,11 @@ impl Protector {
         Self { keys, pii_fields }
     }
 
+    /// The top-level profile fields classified pii.
+    pub fn pii_fields(&self) -> &[String] {
+        &self.pii_fields
+    }
+
     /// Protects a batch. A transient key failure fails the batch (to be retried); a permanent
     /// one rejects only the events of the users concerned.
     pub async fn protect(
@@ -56,7 +61,6 @@ impl Protector {
                         operation: Operation::Delete,
                         occurred_at: change.occurred_at,
                         record: None,
-                        email_index: None,
                     });
                 };
                 let email_index = profile
@@ -106,8 +110,8 @@ impl Protector {
                         key_version,
                         region: region.unwrap_or_else(crate::event::Region::unknown),
                         segments,
+                        email_index,
                     }),
-                    email_index,
                 })
             })
             .collect())

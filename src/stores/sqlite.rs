@@ -223,7 +223,7 @@ impl ProfileStore for SqliteStore {
                     c.user_id.to_string(),
                     c.version,
                     record,
-                    c.email_index.clone(),
+                    c.record.as_ref().and_then(|r| r.email_index.clone()),
                     ts(&c.occurred_at),
                 )
             })
@@ -582,6 +582,7 @@ mod tests {
             key_version: 1,
             region: Region::unknown(),
             segments: vec![],
+            email_index: None,
         });
         ProtectedChange {
             user_id: user,
@@ -589,7 +590,6 @@ mod tests {
             operation: op,
             occurred_at: Utc::now(),
             record,
-            email_index: None,
         }
     }
 

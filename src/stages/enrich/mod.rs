@@ -7,6 +7,7 @@ pub use region::{RegionError, RegionResolver};
 pub use segments::{SegmentError, SegmentRules};
 
 use crate::event::{EnrichedChange, Operation, ProfileChange, Rejection};
+use crate::stores::ConsentState;
 use serde_json::Value as Json;
 
 pub struct Enricher {
@@ -15,8 +16,13 @@ pub struct Enricher {
 }
 
 impl Enricher {
-    pub fn enrich(&self, change: ProfileChange) -> Result<EnrichedChange, Rejection> {
-        if change.operation == Operation::Delete {
+    /// Derives region and segments; `consents` is the user's current consent state.
+    pub fn enrich(
+        &self,
+        change: ProfileChange,
+        consents: Option<&ConsentState>,
+    ) -> Result<EnrichedChange, Rejection> {
+        if change.operation != Operation::Upsert {
             return Ok(EnrichedChange {
                 change,
                 region: None,
@@ -29,7 +35,7 @@ impl Enricher {
             .and_then(|p| p.get("last_seen_ip"))
             .and_then(Json::as_str);
         let region = self.regions.resolve(ip);
-        let segments = self.segments.evaluate(&change, &region)?;
+        let segments = self.segments.evaluate(&change, &region, consents)?;
         Ok(EnrichedChange {
             change,
             region: Some(region),

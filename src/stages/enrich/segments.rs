@@ -5,8 +5,10 @@
 //! the event's `occurred_at` so that a replay derives exactly what the first run did.
 //! PII fields are not bound: a segment is indexed, so it must not be derived from PII.
 
+use crate::config::SegmentConfig;
 use crate::event::{ProfileChange, Region, Rejection, Stage};
 use crate::schema::{Catalog, Classification, FieldKind, FieldSpec};
+use crate::stores::ConsentState;
 use cel::{Context, Env, Program, Value};
 use serde_json::Value as Json;
 use std::collections::{BTreeMap, HashMap};
@@ -22,6 +24,12 @@ pub enum SegmentError {
         variable: String,
         class: &'static str,
     },
+    #[error("segment `{name}` needs consent to purpose `{purpose}`, which privacy.purposes does not declare (declared: {declared})")]
+    UnknownPurpose {
+        name: String,
+        purpose: String,
+        declared: String,
+    },
     #[error("segment `{name}` reads `{variable}`, which is no profile field (known: {known})")]
     Unknown {
         name: String,
@@ -32,7 +40,8 @@ pub enum SegmentError {
 
 pub struct SegmentRules {
     env: Arc<Env>,
-    rules: Vec<(String, Program)>,
+    /// (segment name, consent purpose it needs, compiled rule)
+    rules: Vec<(String, Option<String>, Program)>,
     /// Fields bound as variables: (catalog spec, whether it is derived).
     bound: Vec<FieldSpec>,
 }
@@ -40,7 +49,8 @@ pub struct SegmentRules {
 impl SegmentRules {
     /// Compiles every rule, refusing ones that read unknown or PII fields.
     pub fn compile(
-        rules: &BTreeMap<String, String>,
+        rules: &BTreeMap<String, SegmentConfig>,
+        purposes: &[String],
         catalog: &Catalog,
     ) -> Result<Self, SegmentError> {
         let env = Arc::new(Env::stdlib());
@@ -57,7 +67,25 @@ impl SegmentRules {
             .collect();
         records.dedup();
         let mut compiled = Vec::with_capacity(rules.len());
-        for (name, source) in rules {
+        for (
+            name,
+            SegmentConfig {
+                rule: source,
+                purpose,
+            },
+        ) in rules
+        {
+            if let Some(p) = purpose.as_ref().filter(|p| !purposes.contains(p)) {
+                return Err(SegmentError::UnknownPurpose {
+                    name: name.clone(),
+                    purpose: p.clone(),
+                    declared: if purposes.is_empty() {
+                        "none".into()
+                    } else {
+                        purposes.join(", ")
+                    },
+                });
+            }
             let program = env.compile(source).map_err(|e| SegmentError::Compile {
                 name: name.clone(),
                 reason: e.to_string().lines().next().unwrap_or_default().to_string(),
@@ -83,7 +111,7 @@ impl SegmentRules {
                     known: format!("now, {}", known.join(", ")),
                 });
             }
-            compiled.push((name.clone(), program));
+            compiled.push((name.clone(), purpose.clone(), program));
         }
         Ok(Self {
             env,
@@ -92,15 +120,13 @@ impl SegmentRules {
         })
     }
 
-    pub fn names(&self) -> impl Iterator<Item = &str> {
-        self.rules.iter().map(|(n, _)| n.as_str())
-    }
-
-    /// The sorted names of the segments the profile is in.
+    /// The sorted names of the segments the profile is in. A segment that needs consent to a
+    /// purpose is only computed when `consents` grants it.
     pub fn evaluate(
         &self,
         change: &ProfileChange,
         region: &Region,
+        consents: Option<&ConsentState>,
     ) -> Result<Vec<String>, Rejection> {
         if self.rules.is_empty() {
             return Ok(Vec::new());
@@ -139,7 +165,13 @@ impl SegmentRules {
             context.add_variable_from_value(record, value);
         }
         let mut segments = Vec::new();
-        for (name, program) in &self.rules {
+        for (name, purpose, program) in &self.rules {
+            let consented = purpose
+                .as_ref()
+                .is_none_or(|p| consents.and_then(|c| c.get(p)).copied().unwrap_or(false));
+            if !consented {
+                continue;
+            }
             match program.execute(&context) {
                 Ok(Value::Bool(true)) => segments.push(name.clone()),
                 Ok(Value::Bool(false)) => {}
@@ -220,10 +252,16 @@ mod tests {
             .catalog
     }
 
-    fn rules(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
+    fn rules(pairs: &[(&str, &str)]) -> BTreeMap<String, SegmentConfig> {
         pairs
             .iter()
-            .map(|(a, b)| (a.to_string(), b.to_string()))
+            .map(|(a, b)| {
+                let config = SegmentConfig {
+                    rule: b.to_string(),
+                    purpose: None,
+                };
+                (a.to_string(), config)
+            })
             .collect()
     }
 
@@ -236,6 +274,7 @@ mod tests {
             occurred_at: "2026-06-01T00:00:00Z".parse().unwrap(),
             source: "t".into(),
             profile: profile.as_object().cloned(),
+            consent: None,
         }
     }
 
@@ -249,6 +288,7 @@ mod tests {
                 ("eu", "residency_zone == 'EU'"),
                 ("small", "order_count < 3"),
             ]),
+            &[],
             &catalog(),
         )
         .unwrap();
@@ -263,7 +303,7 @@ mod tests {
             residency_zone: "EU".into(),
         };
         assert_eq!(
-            r.evaluate(&c, &region).unwrap(),
+            r.evaluate(&c, &region, None).unwrap(),
             vec!["dormant", "eu", "high_value", "pro"]
         );
     }
@@ -272,6 +312,7 @@ mod tests {
     fn a_rule_reading_pii_is_refused_at_startup() {
         let err = SegmentRules::compile(
             &rules(&[("gmail", "email.endsWith('@gmail.com')")]),
+            &[],
             &catalog(),
         )
         .err()
@@ -284,7 +325,7 @@ mod tests {
 
     #[test]
     fn a_rule_that_does_not_compile_names_the_segment() {
-        let err = SegmentRules::compile(&rules(&[("broken", "lifetime_value >")]), &catalog())
+        let err = SegmentRules::compile(&rules(&[("broken", "lifetime_value >")]), &[], &catalog())
             .err()
             .unwrap();
         assert!(
@@ -296,10 +337,14 @@ mod tests {
 
     #[test]
     fn a_runtime_failure_is_a_rejection_naming_the_segment() {
-        let r = SegmentRules::compile(&rules(&[("hv", "lifetime_value > 1000.0")]), &catalog())
-            .unwrap();
+        let r = SegmentRules::compile(
+            &rules(&[("hv", "lifetime_value > 1000.0")]),
+            &[],
+            &catalog(),
+        )
+        .unwrap();
         let rejection = r
-            .evaluate(&change(serde_json::json!({})), &Region::unknown())
+            .evaluate(&change(serde_json::json!({})), &Region::unknown(), None)
             .unwrap_err();
         assert_eq!(rejection.stage, Stage::Enrich);
         assert!(
@@ -307,5 +352,39 @@ mod tests {
             "{}",
             rejection.reason
         );
+    }
+
+    #[test]
+    fn a_segment_needing_consent_is_computed_only_while_consent_is_granted() {
+        let mut config = rules(&[("pro", "plan == 'pro'")]);
+        config.get_mut("pro").unwrap().purpose = Some("marketing".into());
+        let r = SegmentRules::compile(&config, &["marketing".to_string()], &catalog()).unwrap();
+        let c = change(
+            serde_json::json!({"marketing": {"plan": "pro", "lifetime_value": 1.0, "order_count": 1, "last_order_at": null}}),
+        );
+        let granted = ConsentState::from([("marketing".to_string(), true)]);
+        let withdrawn = ConsentState::from([("marketing".to_string(), false)]);
+        assert_eq!(
+            r.evaluate(&c, &Region::unknown(), Some(&granted)).unwrap(),
+            vec!["pro"]
+        );
+        assert!(r
+            .evaluate(&c, &Region::unknown(), Some(&withdrawn))
+            .unwrap()
+            .is_empty());
+        assert!(
+            r.evaluate(&c, &Region::unknown(), None).unwrap().is_empty(),
+            "no record is no consent"
+        );
+    }
+
+    #[test]
+    fn a_segment_naming_an_undeclared_purpose_is_refused() {
+        let mut config = rules(&[("pro", "plan == 'pro'")]);
+        config.get_mut("pro").unwrap().purpose = Some("profiling".into());
+        let err = SegmentRules::compile(&config, &["marketing".to_string()], &catalog())
+            .err()
+            .unwrap();
+        assert!(err.to_string().contains("purpose `profiling`"), "{err}");
     }
 }

@@ -1,0 +1,227 @@
+//! Privacy operations: consent, erasure (crypto-shredding), export, retention, and the audit
+//! trail they all write. The same code serves events in the pipeline and operators' commands,
+//! against whichever store, index and key provider the pipeline file chose.
+
+mod export;
+mod retention;
+
+pub use export::export;
+pub use retention::{retention, RetentionReport};
+
+use crate::crypto::open_field;
+use crate::event::{Fields, ProtectedRecord};
+use crate::event::{Operation, ProfileChange, ProtectedChange};
+use crate::indexes::{IndexError, SearchIndex};
+use crate::keys::{DataKeys, KeyError};
+use crate::stages::enrich::SegmentRules;
+use crate::stages::project::{IndexOp, Projection};
+use crate::stores::{
+    AuditRecord, ConsentRecord, ConsentState, ProfileStore, StoreError, WriteOutcome,
+};
+use chrono::Utc;
+use std::sync::Arc;
+use uuid::Uuid;
+
+#[derive(Debug, thiserror::Error)]
+pub enum PrivacyError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error(transparent)]
+    Index(#[from] IndexError),
+    #[error(transparent)]
+    Keys(#[from] KeyError),
+    #[error("no profile is stored for user {0}")]
+    NotFound(Uuid),
+    #[error("user {0} was erased: their personal data no longer exists and cannot be decrypted")]
+    Erased(Uuid),
+    #[error("{0}")]
+    Crypto(String),
+    #[error("{0}")]
+    Rule(String),
+}
+
+impl PrivacyError {
+    pub fn is_transient(&self) -> bool {
+        match self {
+            PrivacyError::Store(e) => e.is_transient(),
+            PrivacyError::Index(e) => e.is_transient(),
+            PrivacyError::Keys(e) => e.is_transient(),
+            _ => false,
+        }
+    }
+}
+
+/// Who did something and why, for the audit trail.
+#[derive(Debug, Clone)]
+pub struct Actor {
+    pub name: String,
+    pub reason: String,
+    /// Ties the audit record to a request or event; an event's id makes a retried event
+    /// write its audit record once.
+    pub request_id: Uuid,
+}
+
+/// The stored profiles: the canonical store, the search index and the users' keys, with the
+/// privacy operations that act on all three at once.
+#[derive(Clone)]
+pub struct Profiles {
+    pub store: Arc<dyn ProfileStore>,
+    pub index: Arc<dyn SearchIndex>,
+    pub keys: Arc<DataKeys>,
+    pub projection: Projection,
+}
+
+impl Profiles {
+    pub async fn audit(
+        &self,
+        actor: &Actor,
+        action: &str,
+        user: Uuid,
+        fields: Vec<String>,
+    ) -> Result<(), StoreError> {
+        self.store
+            .append_audit(&AuditRecord {
+                id: Uuid::new_v5(&actor.request_id, format!("{action}/{user}").as_bytes()),
+                at: Utc::now(),
+                actor: actor.name.clone(),
+                action: action.into(),
+                user_id: user,
+                fields,
+                reason: actor.reason.clone(),
+                request_id: actor.request_id,
+            })
+            .await
+    }
+
+    /// Erases a user: the data key is deleted (every ciphertext of theirs, anywhere, becomes
+    /// unreadable), the profile becomes a tombstone, the index document goes, and the audit
+    /// trail says who did it and why. Idempotent. Returns the tombstone's version fence.
+    /// `action` names it in the audit trail (`erase`, or `retention` for an anonymisation).
+    pub async fn erase(
+        &self,
+        user: Uuid,
+        version: i64,
+        action: &str,
+        fields: Vec<String>,
+        actor: &Actor,
+    ) -> Result<i64, PrivacyError> {
+        let fence = self.store.erase(user, version, Utc::now()).await?;
+        self.keys.forget(&user);
+        self.index
+            .apply(vec![IndexOp::Delete {
+                user_id: user,
+                version: fence,
+            }])
+            .await?;
+        self.audit(actor, action, user, fields).await?;
+        crate::telemetry::erasure();
+        Ok(fence)
+    }
+
+    /// Decrypts the PII fields of a stored record. Callers audit before they show the result.
+    pub async fn reveal(
+        &self,
+        user: Uuid,
+        record: &ProtectedRecord,
+    ) -> Result<Fields, PrivacyError> {
+        let mut profile = record.profile.clone();
+        if record.encrypted.is_empty() {
+            return Ok(profile);
+        }
+        let key = match self.keys.for_users(&[user], false).await?.remove(&user) {
+            Some(Ok(key)) => key,
+            Some(Err(reason)) => {
+                return Err(PrivacyError::Crypto(format!(
+                    "the data key of user {user} cannot be used: {reason}"
+                )))
+            }
+            None => {
+                return Err(PrivacyError::Crypto(format!(
+                    "user {user} has no data key: their PII cannot be decrypted"
+                )))
+            }
+        };
+        for (field, sealed) in &record.encrypted {
+            let plain = open_field(&key.key, user, field, sealed).map_err(|e| {
+                PrivacyError::Crypto(format!(
+                    "field {field} of user {user} does not decrypt: {e}"
+                ))
+            })?;
+            let value = serde_json::from_slice(&plain).map_err(|_| {
+                PrivacyError::Crypto(format!(
+                    "field {field} of user {user} decrypts to something that is not JSON"
+                ))
+            })?;
+            profile.insert(field.clone(), value);
+        }
+        Ok(profile)
+    }
+
+    /// Records a consent decision and, when it is newer than the stored profile, re-derives
+    /// the profile's segments under the new consent state, in the store and the index.
+    pub async fn consent(
+        &self,
+        change: &ProfileChange,
+        state: &ConsentState,
+        segments: &SegmentRules,
+        actor: &Actor,
+    ) -> Result<(), PrivacyError> {
+        let Some(consent) = &change.consent else {
+            return Ok(());
+        };
+        self.store
+            .append_consent(&ConsentRecord {
+                user_id: change.user_id,
+                purpose: consent.purpose.clone(),
+                granted: consent.granted,
+                policy_version: consent.policy_version.clone(),
+                source: change.source.clone(),
+                occurred_at: change.occurred_at,
+                version: change.version,
+                event_id: change.event_id,
+            })
+            .await?;
+        self.audit(
+            actor,
+            "consent",
+            change.user_id,
+            vec![format!("consent:{}", consent.purpose)],
+        )
+        .await?;
+        crate::telemetry::consent_change(consent.granted);
+        let Some(stored) = self.store.get(change.user_id).await? else {
+            return Ok(());
+        };
+        let Some(mut record) = stored.record else {
+            return Ok(());
+        };
+        if stored.version >= change.version {
+            // An older consent event: recorded, and it counts from the next profile change on.
+            return Ok(());
+        }
+        let view = ProfileChange {
+            profile: Some(record.profile.clone()),
+            operation: Operation::Upsert,
+            consent: None,
+            ..change.clone()
+        };
+        record.segments = segments
+            .evaluate(&view, &record.region, Some(state))
+            .map_err(|r| PrivacyError::Rule(r.reason))?;
+        let updated = ProtectedChange {
+            user_id: change.user_id,
+            version: change.version,
+            operation: Operation::Upsert,
+            occurred_at: change.occurred_at,
+            record: Some(record),
+        };
+        let outcome = self.store.apply(std::slice::from_ref(&updated)).await?;
+        if matches!(
+            outcome.first(),
+            Some(WriteOutcome::Applied | WriteOutcome::Replayed)
+        ) {
+            self.index.apply(vec![self.projection.op(&updated)]).await?;
+        }
+        Ok(())
+    }
+}

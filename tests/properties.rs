@@ -1,0 +1,162 @@
+//! Property tests and bounded fuzzing: decoding, the pipeline-file parser, projection, and
+//! the version rule, over generated inputs. No input may panic; the highest version wins.
+
+mod common;
+
+use profile_sync::config::Pipeline as PipelineFile;
+use profile_sync::event::{Operation, ProtectedChange, ProtectedRecord, Region};
+use profile_sync::schema::ProfileSchemas;
+use profile_sync::sources::Payload;
+use profile_sync::stages::decode::Decoder;
+use profile_sync::stages::project::{IndexOp, Projection};
+use profile_sync::stores::{ProfileStore, SqliteStore};
+use proptest::prelude::*;
+use std::path::Path;
+use std::sync::{Arc, OnceLock};
+
+fn schemas() -> &'static ProfileSchemas {
+    static S: OnceLock<ProfileSchemas> = OnceLock::new();
+    S.get_or_init(|| ProfileSchemas::load(&common::repo().join("schemas")).unwrap())
+}
+
+fn decoder() -> Decoder {
+    Decoder::new(schemas().profile_change.clone())
+}
+
+/// A valid event line to mutate.
+const VALID: &str = r#"{"event_id":"6f1c1a4e-2d7b-4a53-9d55-0c1f3c2b9a10","user_id":"0b5d1f7a-3c1e-4f2a-8b9d-1e2f3a4b5c6d","operation":"UPSERT","version":3,"occurred_at":1767225600000,"source":"t","profile":{"email":"a@b.example","last_seen_ip":"5.100.1.1","status":"ACTIVE","marketing":{"lifetime_value":10.5,"order_count":2,"plan":"pro"}}}"#;
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 512, ..ProptestConfig::default() })]
+
+    #[test]
+    fn arbitrary_bytes_never_panic_the_decoder(bytes in proptest::collection::vec(any::<u8>(), 0..2048)) {
+        let d = decoder();
+        let _ = d.decode(&Payload::Json(bytes.clone()));
+        let _ = d.decode(&Payload::AvroDatum { bytes, writer: Arc::new(schemas().profile_change.clone()) });
+    }
+
+    #[test]
+    fn mutated_valid_events_never_panic_the_decoder(
+        cut in 0usize..VALID.len(),
+        insert in proptest::collection::vec(any::<u8>(), 0..16),
+        at in 0usize..VALID.len(),
+    ) {
+        let mut bytes = VALID.as_bytes().to_vec();
+        bytes.splice(at..at, insert);
+        let d = decoder();
+        let _ = d.decode(&Payload::Json(bytes.clone()));
+        bytes.truncate(cut);
+        let _ = d.decode(&Payload::Json(bytes));
+    }
+
+    #[test]
+    fn arbitrary_pipeline_files_give_an_error_or_a_pipeline_never_a_panic(text in "\\PC{0,400}") {
+        let _ = PipelineFile::parse(Path::new("fuzz.yaml"), &text);
+    }
+
+    #[test]
+    fn mutated_local_pipeline_files_never_panic(at in 0usize..2000, junk in "[ :\\[\\]{}#a-z0-9\\n-]{0,12}") {
+        let text = std::fs::read_to_string(common::local_pipeline()).unwrap();
+        let at = at.min(text.len());
+        let at = (0..=at).rev().find(|i| text.is_char_boundary(*i)).unwrap_or(0);
+        let mutated = format!("{}{}{}", &text[..at], junk, &text[at..]);
+        let _ = PipelineFile::parse(Path::new("fuzz.yaml"), &mutated);
+    }
+
+    #[test]
+    fn the_index_document_holds_only_public_and_derived_fields(
+        email in "[a-z]{1,8}@[a-z]{1,8}\\.example",
+        plan in "[a-z]{1,8}",
+        value in 0.0f64..1e6,
+        segments in proptest::collection::vec("[a-z_]{1,10}", 0..5),
+    ) {
+        let catalog = &schemas().catalog;
+        let projection = Projection::new(catalog, &[]).unwrap();
+        let mut profile = serde_json::Map::new();
+        profile.insert("plan_hint".into(), serde_json::json!(email.clone()));
+        profile.insert("marketing".into(), serde_json::json!({"plan": plan, "lifetime_value": value, "order_count": 1}));
+        profile.insert("preferences".into(), serde_json::json!({"secret": email.clone()}));
+        let change = ProtectedChange {
+            user_id: uuid::Uuid::new_v4(),
+            version: 1,
+            operation: Operation::Upsert,
+            occurred_at: chrono::Utc::now(),
+            record: Some(ProtectedRecord {
+                event_id: uuid::Uuid::new_v4(),
+                source: "t".into(),
+                occurred_at: chrono::Utc::now(),
+                profile,
+                encrypted: [("email".to_string(), "v1.1.x".to_string())].into(),
+                key_version: 1,
+                region: Region::unknown(),
+                segments,
+                email_index: Some("ab".into()),
+            }),
+        };
+        let IndexOp::Upsert(doc) = projection.op(&change) else { panic!("an upsert projects to an upsert") };
+        for key in doc.fields.keys() {
+            let spec = catalog.field(key).expect("every indexed field is in the catalog");
+            prop_assert!(spec.classification.indexable(), "{key} is {:?}", spec.classification);
+        }
+        prop_assert!(!serde_json::to_string(&doc.fields).unwrap().contains(&email));
+    }
+}
+
+fn change(user: uuid::Uuid, version: i64, delete: bool) -> ProtectedChange {
+    let record = (!delete).then(|| ProtectedRecord {
+        event_id: uuid::Uuid::new_v4(),
+        source: format!("v{version}"),
+        occurred_at: chrono::Utc::now(),
+        profile: Default::default(),
+        encrypted: Default::default(),
+        key_version: 1,
+        region: Region::unknown(),
+        segments: vec![],
+        email_index: None,
+    });
+    ProtectedChange {
+        user_id: user,
+        version,
+        operation: if delete {
+            Operation::Delete
+        } else {
+            Operation::Upsert
+        },
+        occurred_at: chrono::Utc::now(),
+        record,
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 64, ..ProptestConfig::default() })]
+
+    /// For any delivery order and duplication of a user's events, the final state is the one
+    /// of the highest version.
+    #[test]
+    fn the_highest_version_wins_whatever_the_order_and_duplicates(
+        versions in proptest::collection::vec(1i64..40, 1..30),
+        deletes in proptest::collection::vec(any::<bool>(), 30),
+        batch in 1usize..8,
+    ) {
+        let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let store = SqliteStore::open(&dir.path().join("s.sqlite")).unwrap();
+        let user = uuid::Uuid::new_v4();
+        // The same version always carries the same content, as a real producer's would.
+        let changes: Vec<_> = versions.iter().map(|v| change(user, *v, deletes[*v as usize % 30])).collect();
+        runtime.block_on(async {
+            for chunk in changes.chunks(batch) {
+                store.apply(chunk).await.unwrap();
+            }
+        });
+        let max = *versions.iter().max().unwrap();
+        let stored = runtime.block_on(store.get(user)).unwrap().unwrap();
+        prop_assert_eq!(stored.version, max);
+        let deleted = deletes[max as usize % 30];
+        prop_assert_eq!(stored.record.is_none(), deleted);
+        if let Some(record) = stored.record {
+            prop_assert_eq!(record.source, format!("v{max}"));
+        }
+    }
+}
