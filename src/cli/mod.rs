@@ -12,6 +12,7 @@ mod kafka_args;
 mod keys;
 mod privacy;
 mod produce;
+mod reindex;
 mod run;
 mod schemas;
 mod search;
@@ -46,6 +47,7 @@ enum LogFormat {
 
 #[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum Output {
+    #[value(alias = "table")]
     Text,
     Json,
 }
@@ -58,8 +60,10 @@ enum Command {
     Check(check::Args),
     /// Write realistic synthetic events to a file.
     Generate(generate::Args),
-    /// Search the profile index (no PII in it).
+    /// Search the profile index (no PII in it), with counts by field (--agg).
     Search(search::Args),
+    /// Rebuild the OpenSearch index from the canonical store, then swap the aliases.
+    Reindex(reindex::Args),
     /// Show a stored profile, PII masked unless revealed with a reason (audited).
     Get(get::Args),
     /// Check a file of events against the schemas and list every invalid one.
@@ -156,6 +160,7 @@ pub fn main() -> ExitCode {
             Command::Check(args) => check::run(args).await,
             Command::Generate(args) => generate::run(args),
             Command::Search(args) => search::run(args).await,
+            Command::Reindex(args) => reindex::run(args).await,
             Command::Get(args) => get::run(args).await,
             Command::Validate(args) => validate::run(args).await,
             Command::Erase(args) => privacy::erase(args).await,

@@ -1,7 +1,7 @@
 //! `profile-sync search`: query the PII-free profile index.
 
 use super::{data_dir, pipeline_file, usage, Failure, Output};
-use crate::indexes::IndexError;
+use crate::indexes::{Aggregation, IndexError};
 use crate::pipeline::{open_index, schemas};
 use serde_json::Value as Json;
 use std::path::PathBuf;
@@ -12,6 +12,13 @@ pub struct Args {
     query: String,
     #[arg(long, default_value_t = 10)]
     limit: usize,
+    /// Count the matching profiles by this field (repeatable): segments, country, residency_zone…
+    #[arg(long = "agg", value_name = "FIELD")]
+    aggs: Vec<String>,
+    /// How many values each aggregation shows.
+    #[arg(long, default_value_t = 20)]
+    agg_size: usize,
+    /// `text` (also `table`) or `json`.
     #[arg(long, value_enum, default_value_t = Output::Text)]
     output: Output,
     #[arg(long)]
@@ -35,17 +42,34 @@ pub async fn run(args: Args) -> Result<(), Failure> {
     let data_dir = data_dir(&file, args.data_dir.as_deref());
     let schemas = schemas(&file).map_err(usage)?;
     let (_, index) = open_index(&file, &data_dir, &schemas).map_err(usage)?;
+    let invalid = |reason: String| {
+        usage(anyhow::anyhow!(
+            "query {:?} is not valid: {reason}",
+            args.query
+        ))
+    };
     let results = match index.search(&args.query, args.limit).await {
-        Err(IndexError::Query(reason)) => {
-            return Err(usage(anyhow::anyhow!(
-                "query {:?} is not valid: {reason}",
-                args.query
-            )))
-        }
+        Err(IndexError::Query(reason)) => return Err(invalid(reason)),
         other => other?,
     };
+    let mut aggregations = Vec::with_capacity(args.aggs.len());
+    for field in &args.aggs {
+        aggregations.push(
+            match index.aggregate(&args.query, field, args.agg_size).await {
+                Err(IndexError::Query(reason)) => return Err(usage(anyhow::anyhow!(reason))),
+                other => other?,
+            },
+        );
+    }
     match args.output {
-        Output::Json => println!("{}", serde_json::to_string(&results)?),
+        Output::Json if aggregations.is_empty() => {
+            println!("{}", serde_json::to_string(&results)?)
+        }
+        Output::Json => {
+            let mut json = serde_json::to_value(&results)?;
+            json["aggregations"] = serde_json::to_value(&aggregations)?;
+            println!("{json}")
+        }
         Output::Text => {
             println!(
                 "{} matching profiles (showing {})",
@@ -80,9 +104,43 @@ pub async fn run(args: Args) -> Result<(), Failure> {
             for row in rows {
                 println!("{}", line(row));
             }
+            for agg in &aggregations {
+                print_aggregation(agg);
+            }
         }
     }
     Ok(())
+}
+
+/// A terms aggregation as a two-column table, with the share of the matching profiles.
+fn print_aggregation(agg: &Aggregation) {
+    println!();
+    let width = agg
+        .buckets
+        .iter()
+        .map(|b| b.key.len())
+        .chain([agg.field.len(), 7])
+        .max()
+        .unwrap_or(0);
+    println!("{:<width$}  {:>9}  {:>6}", agg.field, "profiles", "share");
+    let share = |n: u64| {
+        if agg.total == 0 {
+            0.0
+        } else {
+            100.0 * n as f64 / agg.total as f64
+        }
+    };
+    for b in &agg.buckets {
+        println!(
+            "{:<width$}  {:>9}  {:>5.1}%",
+            b.key,
+            b.count,
+            share(b.count)
+        );
+    }
+    if agg.other > 0 {
+        println!("{:<width$}  {:>9}", "(other)", agg.other);
+    }
 }
 
 fn cell(v: Option<&Json>) -> String {

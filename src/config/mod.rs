@@ -295,6 +295,59 @@ pub enum IndexConfig {
         #[serde(default)]
         fields: Vec<String>,
     },
+    /// OpenSearch: versioned indices `<name>-v1`, `<name>-v2`, … behind a read and a write alias.
+    Opensearch {
+        #[serde(default = "default_opensearch_url")]
+        url: String,
+        /// Prefix of the versioned indices and name of the index template.
+        #[serde(default = "default_opensearch_name")]
+        name: String,
+        /// What searches use (default: `name`).
+        #[serde(default)]
+        read_alias: Option<String>,
+        /// What the pipeline writes to (default: `<name>-write`).
+        #[serde(default)]
+        write_alias: Option<String>,
+        /// As for tantivy: public profile fields to index; empty: every public field.
+        #[serde(default)]
+        fields: Vec<String>,
+        #[serde(default)]
+        bulk: OpenSearchBulkConfig,
+        /// Environment variables holding basic-auth credentials (unset: no authentication).
+        #[serde(default = "default_opensearch_username_env")]
+        username_env: String,
+        #[serde(default = "default_opensearch_password_env")]
+        password_env: String,
+    },
+}
+
+/// How the OpenSearch adapter batches its writes.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OpenSearchBulkConfig {
+    /// Largest bulk request body, before compression.
+    #[serde(default = "default_bulk_max_bytes")]
+    pub max_bytes: usize,
+    /// Most operations in one bulk request.
+    #[serde(default = "default_bulk_max_docs")]
+    pub max_docs: usize,
+    /// Bulk requests in flight at once.
+    #[serde(default = "default_bulk_max_in_flight")]
+    pub max_in_flight: usize,
+    /// Gzip request bodies when the server accepts it.
+    #[serde(default = "default_true")]
+    pub gzip: bool,
+}
+
+impl Default for OpenSearchBulkConfig {
+    fn default() -> Self {
+        Self {
+            max_bytes: default_bulk_max_bytes(),
+            max_docs: default_bulk_max_docs(),
+            max_in_flight: default_bulk_max_in_flight(),
+            gzip: true,
+        }
+    }
 }
 
 impl IndexConfig {
@@ -302,8 +355,34 @@ impl IndexConfig {
     pub fn fields(&self) -> &[String] {
         match self {
             IndexConfig::Tantivy { fields, .. } => fields,
+            IndexConfig::Opensearch { fields, .. } => fields,
         }
     }
+}
+
+fn default_opensearch_url() -> String {
+    "http://127.0.0.1:9200".into()
+}
+fn default_opensearch_name() -> String {
+    "profiles".into()
+}
+fn default_opensearch_username_env() -> String {
+    "OPENSEARCH_USERNAME".into()
+}
+fn default_opensearch_password_env() -> String {
+    "OPENSEARCH_PASSWORD".into()
+}
+fn default_bulk_max_bytes() -> usize {
+    5 * 1024 * 1024
+}
+fn default_bulk_max_docs() -> usize {
+    5000
+}
+fn default_bulk_max_in_flight() -> usize {
+    2
+}
+fn default_true() -> bool {
+    true
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -590,6 +669,16 @@ mod tests {
         )))
         .unwrap();
         assert!(p.config.enrich.segments.len() >= 5);
+    }
+
+    #[test]
+    fn shipped_opensearch_pipeline_parses() {
+        let p = Pipeline::load(Path::new(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/pipelines/opensearch-local.yaml"
+        )))
+        .unwrap();
+        assert!(matches!(p.config.index, IndexConfig::Opensearch { .. }));
     }
 
     #[test]

@@ -3,8 +3,10 @@
 //! The index receives only [`IndexOp`]s built by the project stage, which cannot carry a PII
 //! field. Writes follow the store's version decisions, so the index converges to the store.
 
+pub mod opensearch;
 mod tantivy;
 
+pub use self::opensearch::{OpenSearchIndex, OpenSearchSettings};
 pub use self::tantivy::TantivyIndex;
 
 use crate::stages::project::IndexOp;
@@ -45,6 +47,32 @@ pub struct SearchResults {
     pub hits: Vec<Json>,
 }
 
+/// Counts of matching profiles by the values of one field (a terms aggregation).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct Aggregation {
+    pub field: String,
+    /// Matching profiles.
+    pub total: u64,
+    /// The most frequent values, most frequent first.
+    pub buckets: Vec<Bucket>,
+    /// Values counted in no bucket shown (beyond `size`).
+    pub other: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct Bucket {
+    pub key: String,
+    pub count: u64,
+}
+
+/// The error for an aggregation on a field the index does not hold.
+pub(crate) fn not_aggregatable<'a>(field: &str, known: impl Iterator<Item = &'a str>) -> String {
+    format!(
+        "cannot aggregate on `{field}`: the index holds no such field (it holds: {})",
+        known.collect::<Vec<_>>().join(", ")
+    )
+}
+
 #[async_trait]
 pub trait SearchIndex: Send + Sync {
     /// Preflight: can the index be reached and queried? Never includes secrets.
@@ -67,4 +95,13 @@ pub trait SearchIndex: Send + Sync {
 
     /// Runs a query in the index's query syntax (`segments:high_value AND country:DE`).
     async fn search(&self, query: &str, limit: usize) -> Result<SearchResults, IndexError>;
+
+    /// Counts the profiles matching `query` by the values of `field`: the `size` most
+    /// frequent values (`segments`, `country`, `residency_zone`, …).
+    async fn aggregate(
+        &self,
+        query: &str,
+        field: &str,
+        size: usize,
+    ) -> Result<Aggregation, IndexError>;
 }

@@ -4,14 +4,14 @@
 //! and `segments:high_value` are exact matches; numbers and timestamps support ranges
 //! (`lifetime_value:[1000 TO *]`).
 
-use super::{IndexError, IndexOutcome, SearchIndex, SearchResults};
+use super::{Aggregation, Bucket, IndexError, IndexOutcome, SearchIndex, SearchResults};
 use crate::schema::{FieldKind, FieldSpec};
 use crate::stages::project::{IndexOp, Projection};
 use async_trait::async_trait;
 use serde_json::Value as Json;
 use std::path::Path;
 use std::sync::{Arc, Mutex};
-use tantivy::collector::{Count, TopDocs};
+use tantivy::collector::{Count, DocSetCollector, TopDocs};
 use tantivy::query::QueryParser;
 use tantivy::schema::{Field, Schema, SchemaBuilder, Value, FAST, INDEXED, STORED, STRING};
 use tantivy::{DateTime, Index, IndexReader, IndexWriter, ReloadPolicy, TantivyDocument, Term};
@@ -234,6 +234,82 @@ impl SearchIndex for TantivyIndex {
     async fn search(&self, query: &str, limit: usize) -> Result<SearchResults, IndexError> {
         self.reader.reload().map_err(failed)?;
         let searcher = self.reader.searcher();
+        let parsed = self.parse(query)?;
+        let (top, total) = searcher
+            .search(
+                &parsed,
+                &(TopDocs::with_limit(limit.max(1)).order_by_score(), Count),
+            )
+            .map_err(failed)?;
+        let mut hits = Vec::with_capacity(top.len());
+        for (_, address) in top.into_iter().take(limit) {
+            let doc: TantivyDocument = searcher.doc(address).map_err(failed)?;
+            hits.push(self.to_json(&doc));
+        }
+        Ok(SearchResults {
+            total: total as u64,
+            hits,
+        })
+    }
+
+    /// Counts stored values of the matching documents: keyword fields are not fast fields
+    /// here, and an analyst's aggregation over a local index is small enough for that.
+    async fn aggregate(
+        &self,
+        query: &str,
+        field: &str,
+        size: usize,
+    ) -> Result<Aggregation, IndexError> {
+        let names = || {
+            ["user_id", "version", "occurred_at"]
+                .into_iter()
+                .chain(self.fields.iter().map(|(s, _)| s.flat_name.as_str()))
+        };
+        if !names().any(|n| n == field) {
+            return Err(IndexError::Query(super::not_aggregatable(field, names())));
+        }
+        self.reader.reload().map_err(failed)?;
+        let searcher = self.reader.searcher();
+        let parsed = self.parse(query)?;
+        let matches = searcher.search(&parsed, &DocSetCollector).map_err(failed)?;
+        let mut counts: std::collections::HashMap<String, u64> = Default::default();
+        for address in &matches {
+            let doc: TantivyDocument = searcher.doc(*address).map_err(failed)?;
+            match self.to_json(&doc).get(field) {
+                Some(Json::Array(items)) => {
+                    for item in items {
+                        *counts.entry(key_of(item)).or_default() += 1;
+                    }
+                }
+                Some(Json::Null) | None => {}
+                Some(value) => *counts.entry(key_of(value)).or_default() += 1,
+            }
+        }
+        let mut buckets: Vec<Bucket> = counts
+            .into_iter()
+            .map(|(key, count)| Bucket { key, count })
+            .collect();
+        buckets.sort_by(|a, b| b.count.cmp(&a.count).then_with(|| a.key.cmp(&b.key)));
+        let other = buckets.iter().skip(size.max(1)).map(|b| b.count).sum();
+        buckets.truncate(size.max(1));
+        Ok(Aggregation {
+            field: field.to_string(),
+            total: matches.len() as u64,
+            buckets,
+            other,
+        })
+    }
+}
+
+fn key_of(value: &Json) -> String {
+    match value {
+        Json::String(s) => s.clone(),
+        other => other.to_string(),
+    }
+}
+
+impl TantivyIndex {
+    fn parse(&self, query: &str) -> Result<Box<dyn tantivy::query::Query>, IndexError> {
         let mut defaults: Vec<Field> = vec![self.user_id];
         defaults.extend(
             self.fields
@@ -242,23 +318,66 @@ impl SearchIndex for TantivyIndex {
                 .map(|(_, f)| *f),
         );
         let parser = QueryParser::for_index(&self.index, defaults);
-        let parsed = parser
+        parser
             .parse_query(query)
-            .map_err(|e| IndexError::Query(e.to_string()))?;
-        let (top, total) = searcher
-            .search(
-                &parsed,
-                &(TopDocs::with_limit(limit.max(1)).order_by_score(), Count),
-            )
-            .map_err(failed)?;
-        let mut hits = Vec::with_capacity(top.len());
-        for (_, address) in top {
-            let doc: TantivyDocument = searcher.doc(address).map_err(failed)?;
-            hits.push(self.to_json(&doc));
-        }
-        Ok(SearchResults {
-            total: total as u64,
-            hits,
+            .map_err(|e| IndexError::Query(e.to_string()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::stages::project::IndexDocument;
+
+    fn doc(n: u128, country: &str, segments: &[&str]) -> IndexOp {
+        let mut fields = crate::event::Fields::new();
+        fields.insert("country".into(), Json::from(country));
+        fields.insert("segments".into(), Json::from(segments.to_vec()));
+        fields.insert("plan".into(), Json::from("pro"));
+        IndexOp::Upsert(IndexDocument {
+            user_id: uuid::Uuid::from_u128(n),
+            version: 1,
+            occurred_at: chrono::DateTime::from_timestamp_millis(0).unwrap(),
+            fields,
         })
+    }
+
+    #[tokio::test]
+    async fn aggregations_count_matching_documents_by_value_most_frequent_first() {
+        let catalog =
+            crate::schema::ProfileSchemas::parse(include_str!("../../schemas/profile_change.avsc"))
+                .unwrap()
+                .catalog;
+        let projection = Projection::new(&catalog, &["plan".into()]).unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let index = TantivyIndex::open(dir.path(), &projection).unwrap();
+        index
+            .apply(vec![
+                doc(1, "DE", &["a", "b"]),
+                doc(2, "DE", &["a"]),
+                doc(3, "FR", &["b"]),
+                doc(4, "US", &[]),
+            ])
+            .await
+            .unwrap();
+        index.commit().await.unwrap();
+        let by_country = index.aggregate("*", "country", 2).await.unwrap();
+        assert_eq!(by_country.total, 4);
+        let keys: Vec<(&str, u64)> = by_country
+            .buckets
+            .iter()
+            .map(|b| (b.key.as_str(), b.count))
+            .collect();
+        assert_eq!(keys, vec![("DE", 2), ("FR", 1)]);
+        assert_eq!(by_country.other, 1);
+        let segments = index.aggregate("country:DE", "segments", 10).await.unwrap();
+        assert_eq!(segments.total, 2);
+        assert_eq!(segments.buckets[0].key, "a");
+        assert_eq!(segments.buckets[0].count, 2);
+        let err = index.aggregate("*", "email", 10).await.unwrap_err();
+        assert!(
+            matches!(&err, IndexError::Query(m) if m.contains("cannot aggregate on `email`")),
+            "{err}"
+        );
     }
 }

@@ -4,7 +4,7 @@
 use super::Pipeline;
 use crate::config::{self, DeadLetterConfig, IndexConfig, KeysConfig, SourceConfig, StoreConfig};
 use crate::dead_letter::{DeadLetterError, DeadLetterFile, DeadLetterSink};
-use crate::indexes::{IndexError, SearchIndex, TantivyIndex};
+use crate::indexes::{IndexError, OpenSearchIndex, OpenSearchSettings, SearchIndex, TantivyIndex};
 use crate::keys::{DataKeys, KeyError, KeyProvider, KmsKeyProvider, LocalKeyring};
 use crate::privacy::Profiles;
 use crate::schema::{ProfileSchemas, SchemaError};
@@ -171,8 +171,81 @@ pub fn open_index(
             &file.data_path(data_dir, path),
             &projection,
         )?),
+        IndexConfig::Opensearch { .. } => {
+            let (_, settings) = opensearch_settings(file, schemas)?;
+            Arc::new(OpenSearchIndex::open(settings, &projection)?)
+        }
     };
     Ok((projection, index))
+}
+
+/// The projection and OpenSearch settings of an `index: {type: opensearch}` pipeline file.
+pub fn opensearch_settings(
+    file: &config::Pipeline,
+    schemas: &ProfileSchemas,
+) -> Result<(Projection, OpenSearchSettings), BuildError> {
+    let IndexConfig::Opensearch {
+        url,
+        name,
+        read_alias,
+        write_alias,
+        fields,
+        bulk,
+        username_env,
+        password_env,
+    } = &file.config.index
+    else {
+        return Err(file
+            .invalid("index.type is not opensearch: reindexing needs an OpenSearch index (a tantivy index is rebuilt by removing its folder and running the pipeline again)")
+            .into());
+    };
+    let projection = Projection::new(&schemas.catalog, fields)?;
+    let valid_name = |n: &str| {
+        !n.is_empty()
+            && !n.starts_with(['-', '_', '+'])
+            && n.chars()
+                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || "-_.".contains(c))
+    };
+    let read_alias = read_alias.clone().unwrap_or_else(|| name.clone());
+    let write_alias = write_alias
+        .clone()
+        .unwrap_or_else(|| format!("{name}-write"));
+    for (key, value) in [
+        ("name", name),
+        ("read_alias", &read_alias),
+        ("write_alias", &write_alias),
+    ] {
+        if !valid_name(value) {
+            return Err(file.invalid(format!("index.{key} {value:?} is not a valid OpenSearch name: use lowercase letters, digits, `-`, `_` and `.`")).into());
+        }
+    }
+    if read_alias == write_alias {
+        return Err(file
+            .invalid("index.read_alias and index.write_alias must differ")
+            .into());
+    }
+    if bulk.max_bytes < 1024 || bulk.max_docs == 0 || bulk.max_in_flight == 0 {
+        return Err(file.invalid("index.bulk: max_bytes must be at least 1024, max_docs and max_in_flight at least 1").into());
+    }
+    let credentials = match (std::env::var(username_env), std::env::var(password_env)) {
+        (Ok(u), Ok(p)) if !u.is_empty() => Some((u, p)),
+        (Ok(u), _) if !u.is_empty() => {
+            return Err(file.invalid(format!("{username_env} is set but {password_env} is not: set both for basic authentication, or neither")).into())
+        }
+        _ => None,
+    };
+    let settings = OpenSearchSettings {
+        url: url.clone(),
+        name: name.clone(),
+        read_alias,
+        write_alias,
+        credentials,
+        max_bulk_bytes: bulk.max_bytes,
+        max_bulk_docs: bulk.max_docs,
+        max_in_flight: bulk.max_in_flight,
+        gzip: bulk.gzip,
+    };
+    Ok((projection, settings))
 }
 
 fn open_dead_letters(

@@ -7,8 +7,8 @@
 mod build;
 
 pub use build::{
-    build, open_data_keys, open_dynamodb, open_index, open_kms, open_profiles, open_source, open_store,
-    schemas, BuildError, Components,
+    build, open_data_keys, open_dynamodb, open_index, open_kms, open_profiles, open_source,
+    open_store, opensearch_settings, schemas, BuildError, Components,
 };
 
 use crate::config::{ErasedUserEvents, PrivacyConfig};

@@ -17,7 +17,7 @@ pub struct FileSource {
 }
 
 // One per source, so the Avro reader's size does not matter.
-#[allow(clippy::large_enum_variant)]
+
 enum Records {
     Jsonl(BufReader<File>),
     Avro {

@@ -4,6 +4,7 @@
 
 use crate::event::{Fields, Operation, ProtectedChange};
 use crate::schema::{Catalog, Classification, FieldKind, FieldSpec};
+use crate::stores::StoredProfile;
 use chrono::{DateTime, Utc};
 use serde_json::Value as Json;
 use uuid::Uuid;
@@ -105,6 +106,25 @@ impl Projection {
 
     pub fn fields(&self) -> &[FieldSpec] {
         &self.fields
+    }
+
+    /// The operation that brings the index to a stored profile (a delete for a delete fence),
+    /// through the same builder as [`Projection::op`]; used by reindexing.
+    pub fn stored_op(&self, stored: &StoredProfile) -> IndexOp {
+        let change = ProtectedChange {
+            user_id: stored.user_id,
+            version: stored.version,
+            operation: match stored.record {
+                Some(_) => Operation::Upsert,
+                None => Operation::Delete,
+            },
+            occurred_at: stored
+                .record
+                .as_ref()
+                .map_or(stored.updated_at, |r| r.occurred_at),
+            record: stored.record.clone(),
+        };
+        self.op(&change)
     }
 
     pub fn op(&self, change: &ProtectedChange) -> IndexOp {
