@@ -6,6 +6,10 @@
 //! index folder, because the embedded index is single-writer (a shared search index is the
 //! OpenSearch adapter's job). Exactness is checked on the canonical store.
 
+// One heavy test at a time (SERIAL), each on its own runtime: holding the guard across
+// awaits is the point.
+#![allow(clippy::await_holding_lock)]
+
 mod common;
 
 use common::{expected_state, repo};

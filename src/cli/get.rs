@@ -86,15 +86,11 @@ pub async fn run(args: Args) -> Result<(), Failure> {
     let mut profile = record.profile.clone();
     for (name, class) in catalog.top_level() {
         match class {
-            Classification::Sensitive if !args.reveal => {
-                if profile.contains_key(name) {
-                    profile.insert(name.clone(), Json::from(MASK));
-                }
+            Classification::Sensitive if !args.reveal && profile.contains_key(name) => {
+                profile.insert(name.clone(), Json::from(MASK));
             }
-            Classification::Pii => {
-                if record.encrypted.contains_key(name) {
-                    profile.insert(name.clone(), Json::from(MASK));
-                }
+            Classification::Pii if record.encrypted.contains_key(name) => {
+                profile.insert(name.clone(), Json::from(MASK));
             }
             _ => {}
         }

@@ -19,7 +19,7 @@ pub struct FileSource {
 enum Records {
     Jsonl(BufReader<File>),
     Avro {
-        reader: apache_avro::Reader<'static, BufReader<File>>,
+        reader: Box<apache_avro::Reader<'static, BufReader<File>>>,
         writer: Arc<Schema>,
     },
 }
@@ -44,7 +44,13 @@ impl FileSource {
             let reader = apache_avro::Reader::new(BufReader::new(file))
                 .map_err(|e| read_err(format!("not an Avro object container file ({e})")))?;
             let writer = Arc::new(reader.writer_schema().clone());
-            (Records::Avro { reader, writer }, None)
+            (
+                Records::Avro {
+                    reader: Box::new(reader),
+                    writer,
+                },
+                None,
+            )
         } else {
             (Records::Jsonl(BufReader::new(file)), count_lines(path))
         };
