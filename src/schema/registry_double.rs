@@ -90,6 +90,7 @@ fn invalid_schema(reason: impl std::fmt::Display) -> Response {
 }
 
 /// The `schema` of a registration or compatibility request body, parsed.
+#[allow(clippy::result_large_err)] // the error is the HTTP reply itself, built once per request
 fn requested_schema(body: &str) -> Result<(String, Schema), Response> {
     let json: Value = serde_json::from_str(body).map_err(|_| {
         error(
