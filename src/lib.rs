@@ -6,6 +6,7 @@
 //! `indexes`, `dead_letter`) is a trait with its adapters beside it; [`pipeline`] wires them
 //! from the pipeline file ([`config`]); [`cli`] is the thin command line on top.
 
+pub mod bench;
 pub mod cli;
 pub mod config;
 pub mod crypto;

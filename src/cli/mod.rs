@@ -2,6 +2,7 @@
 //! lives here. Exit codes: 0 success, 1 a failure while working (or invalid events found by
 //! `validate`), 2 a usage or configuration problem, named in one paragraph.
 
+mod bench;
 mod generate;
 mod get;
 mod privacy;
@@ -46,6 +47,8 @@ pub enum Output {
 enum Command {
     /// Process events through the pipeline (with no arguments: the sample events, embedded mode).
     Run(run::Args),
+    /// Measure the embedded pipeline on generated events (throughput, latency, memory, keys, bytes).
+    Bench(bench::Args),
     /// Write realistic synthetic events to a file.
     Generate(generate::Args),
     /// Search the profile index (no PII in it).
@@ -129,6 +132,7 @@ pub fn main() -> ExitCode {
     let result = runtime.block_on(async {
         match cli.command {
             Command::Run(args) => run::run(args).await,
+            Command::Bench(args) => bench::run(args).await,
             Command::Generate(args) => generate::run(args),
             Command::Search(args) => search::run(args).await,
             Command::Get(args) => get::run(args).await,
