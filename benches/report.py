@@ -54,6 +54,10 @@ def main():
     print("|---|---:|---:|---:|")
     ratio = f"{rust_eps / py_eps:.1f}×" if rust_eps and py_eps else "n/a"
     print(f"| events/s | {rust_eps:,.0f} | {py_eps:,.0f} | {ratio} |")
+    rust_cpu = med([h["throughput"].get("events_per_cpu_second") for h in harness])
+    py_cpu = med([b["end_to_end"].get("events_per_cpu_second") for b in baseline])
+    ratio = f"{rust_cpu / py_cpu:.1f}×" if rust_cpu and py_cpu else "n/a"
+    print(f"| events per CPU-second (all threads) | {rust_cpu:,.0f} | {py_cpu:,.0f} | {ratio} |")
     print(f"| events per run | {harness[0]['throughput']['events']:,} | {baseline[0]['end_to_end']['events']:,} | |")
 
     print("\n## profile-sync harness details (medians)\n")

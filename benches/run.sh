@@ -5,6 +5,9 @@
 #   benches/run.sh [EVENTS] [RUNS]     defaults: 200000 events, 3 runs (medians are reported)
 #
 # Env: CARGO_TARGET_DIR (default ./target), SKIP_CRITERION=1 to reuse the last criterion run,
+# QUICK=1 to build with the dev profile (dependencies at opt-level 2, as Cargo.toml sets) and
+# profile-sync itself at opt-level 3 without debug assertions: reuses a warm dev build when a
+# cold release build is too slow for the machine (numbers are then a little pessimistic);
 # BASELINE_EVENTS (default: EVENTS / 4; the baseline is slow), RATE (latency phase, default 20000).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -21,10 +24,19 @@ if [ ! -x "$VENV/bin/python" ]; then
   python3 -m venv "$VENV"
   "$VENV/bin/pip" install -q -r benches/baseline/requirements.txt
 fi
-cargo build --release --quiet
-BIN=$TARGET/release/profile-sync
+if [ "${QUICK:-0}" = 1 ]; then
+  PROFILE=(--profile dev
+    --config 'profile.dev.package.profile-sync.opt-level=3'
+    --config 'profile.dev.package.profile-sync.debug-assertions=false'
+    --config 'profile.dev.package.profile-sync.overflow-checks=false')
+  BIN=$TARGET/debug/profile-sync
+else
+  PROFILE=(--release)
+  BIN=$TARGET/release/profile-sync
+fi
+cargo build --quiet "${PROFILE[@]}"
 if [ "${SKIP_CRITERION:-0}" != 1 ]; then
-  cargo bench --quiet --bench stages 2>&1 | tee "$OUT/criterion.txt" >&2
+  cargo bench --quiet --bench stages "${PROFILE[@]/--release/--profile=bench}" 2>&1 | tee "$OUT/criterion.txt" >&2
 fi
 SCRATCH=$(mktemp -d)
 trap 'rm -rf "$SCRATCH"' EXIT

@@ -152,6 +152,19 @@ pub fn proc_status_bytes(field: &str) -> Option<u64> {
     Some(kb * 1024)
 }
 
+/// CPU time of the whole process (every thread, user + system) from `/proc/self/stat`, in
+/// seconds, at the kernel's usual 100 ticks per second; `None` off Linux. On a shared machine
+/// events per CPU-second is steadier than events per wall-clock second.
+pub fn process_cpu_seconds() -> Option<f64> {
+    let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
+    // Fields after the `(comm)`, which may hold spaces: utime and stime are the 12th and 13th.
+    let rest = &stat[stat.rfind(')')? + 2..];
+    let mut fields = rest.split_whitespace().skip(11);
+    let utime: u64 = fields.next()?.parse().ok()?;
+    let stime: u64 = fields.next()?.parse().ok()?;
+    Some((utime + stime) as f64 / 100.0)
+}
+
 /// Resets the peak RSS (`VmHWM`) to the current RSS, so setup work is not counted. Returns
 /// whether the kernel allowed it.
 pub fn reset_peak_rss() -> bool {

@@ -12,7 +12,8 @@
 
 use super::{pipeline_file, usage, Failure, Output};
 use crate::bench::{
-    disk_bytes, generate_avro, proc_status_bytes, quantile, reset_peak_rss, ScratchDir,
+    disk_bytes, generate_avro, proc_status_bytes, process_cpu_seconds, quantile, reset_peak_rss,
+    ScratchDir,
 };
 use crate::config::{IndexConfig, StoreConfig};
 use crate::pipeline::{build, Counts};
@@ -117,6 +118,7 @@ async fn throughput(
     let rss_start = proc_status_bytes("VmRSS");
     // RSS after each tenth of the backlog: flat means no growth with the events consumed.
     let mut rss_by_tenth: Vec<Option<u64>> = Vec::new();
+    let cpu_start = process_cpu_seconds();
     let started = Instant::now();
     let counts = components
         .pipeline
@@ -131,6 +133,9 @@ async fn throughput(
         )
         .await?;
     let elapsed = started.elapsed().as_secs_f64();
+    let cpu = process_cpu_seconds()
+        .zip(cpu_start)
+        .map(|(end, start)| end - start);
     let keys = &components.pipeline.profiles.keys;
     let calls = keys.provider().calls();
     let (hits, misses) = keys.cache_stats();
@@ -148,6 +153,8 @@ async fn throughput(
         "dead_lettered": counts.dead_lettered,
         "seconds": (elapsed * 1000.0).round() / 1000.0,
         "events_per_second": (counts.read as f64 / elapsed).round(),
+        "cpu_seconds": cpu.map(|c| (c * 100.0).round() / 100.0),
+        "events_per_cpu_second": cpu.filter(|c| *c > 0.0).map(|c| (counts.read as f64 / c).round()),
         "rss_mb": {
             "peak": if peak_reset { mb(proc_status_bytes("VmHWM")) } else { serde_json::Value::Null },
             "peak_includes_setup": !peak_reset,
