@@ -25,7 +25,10 @@ fn stages(c: &mut Criterion) {
     let protected = rt
         .block_on(pipeline.protector.protect(enriched.clone()))
         .expect("keys available");
-    let protected: Vec<_> = protected.into_iter().map(|r| r.expect("protects")).collect();
+    let protected: Vec<_> = protected
+        .into_iter()
+        .map(|r| r.expect("protects"))
+        .collect();
 
     let mut g = c.benchmark_group("stage");
     g.throughput(Throughput::Elements(EVENTS as u64));
@@ -39,27 +42,31 @@ fn stages(c: &mut Criterion) {
     g.bench_function("geoip", |b| {
         b.iter(|| {
             for change in &decoded {
-                black_box(pipeline.enricher.regions.resolve(black_box(
-                    change
-                        .profile
-                        .as_ref()
-                        .and_then(|p| p.get("last_seen_ip"))
-                        .and_then(|v| v.as_str()),
-                )));
+                black_box(
+                    pipeline.enricher.regions.resolve(black_box(
+                        change
+                            .profile
+                            .as_ref()
+                            .and_then(|p| p.get("last_seen_ip"))
+                            .and_then(|v| v.as_str()),
+                    )),
+                );
             }
         })
     });
     g.bench_function("segments", |b| {
         b.iter(|| {
+            // Deletes carry no region and are not evaluated, as in the pipeline.
             for e in &enriched {
-                let region = e.region.clone().expect("upserts have a region");
-                black_box(
-                    pipeline
-                        .enricher
-                        .segments
-                        .evaluate(&e.change, &region, None)
-                        .expect("rules evaluate"),
-                );
+                if let Some(region) = &e.region {
+                    black_box(
+                        pipeline
+                            .enricher
+                            .segments
+                            .evaluate(&e.change, region, None)
+                            .expect("rules evaluate"),
+                    );
+                }
             }
         })
     });

@@ -66,7 +66,13 @@ impl Fixture {
     pub fn enriched(&self, decoded: &[ProfileChange]) -> Vec<EnrichedChange> {
         decoded
             .iter()
-            .filter_map(|c| self.components.pipeline.enricher.enrich(c.clone(), None).ok())
+            .filter_map(|c| {
+                self.components
+                    .pipeline
+                    .enricher
+                    .enrich(c.clone(), None)
+                    .ok()
+            })
             .collect()
     }
 
