@@ -21,13 +21,16 @@ const MAX_EMAIL_LEN: usize = 254;
 /// suffice); past this the oldest is forgotten.
 const KNOWN_WRITERS: usize = 16;
 
+/// Writer schemas seen, each with whether it differs from the reader schema.
+type KnownWriters = Arc<RwLock<Vec<(Arc<Schema>, bool)>>>;
+
 #[derive(Debug, Clone)]
 pub struct Decoder {
     reader: Schema,
     /// Writer schemas seen (by `Arc` identity) and whether each differs from the reader schema.
     /// Resolving a datum value against the reader schema costs as much as decoding it, and is
     /// the identity when both schemas are the same, so it is skipped then.
-    writers: Arc<RwLock<Vec<(Arc<Schema>, bool)>>>,
+    writers: KnownWriters,
 }
 
 impl Decoder {
