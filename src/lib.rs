@@ -7,6 +7,7 @@
 //! from the pipeline file ([`config`]); [`cli`] is the thin command line on top.
 
 pub mod aws;
+pub mod bench;
 pub mod cli;
 pub mod config;
 pub mod crypto;

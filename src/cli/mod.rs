@@ -2,6 +2,7 @@
 //! lives here. Exit codes: 0 success, 1 a failure while working (or invalid events found by
 //! `validate`), 2 a usage or configuration problem, named in one paragraph.
 
+mod bench;
 mod bootstrap;
 mod check;
 mod dev;
@@ -58,6 +59,8 @@ enum Command {
     Run(run::Args),
     /// Preflight: validate the pipeline file and try every dependency; a pass/fail table.
     Check(check::Args),
+    /// Measure the embedded pipeline on generated events (throughput, latency, memory, keys, bytes).
+    Bench(bench::Args),
     /// Write realistic synthetic events to a file.
     Generate(generate::Args),
     /// Search the profile index (no PII in it), with counts by field (--agg).
@@ -158,6 +161,7 @@ pub fn main() -> ExitCode {
         match cli.command {
             Command::Run(args) => run::run(args).await,
             Command::Check(args) => check::run(args).await,
+            Command::Bench(args) => bench::run(args).await,
             Command::Generate(args) => generate::run(args),
             Command::Search(args) => search::run(args).await,
             Command::Reindex(args) => reindex::run(args).await,

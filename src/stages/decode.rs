@@ -11,19 +11,62 @@ use apache_avro::Schema;
 use chrono::{DateTime, Utc};
 use serde_json::Value as Json;
 use std::net::IpAddr;
+use std::sync::{Arc, RwLock};
 use uuid::Uuid;
 
 /// Emails longer than this are refused (RFC 5321 path limit).
 const MAX_EMAIL_LEN: usize = 254;
 
+/// Writer schemas remembered (sources hold one `Arc` per schema they know, so a handful
+/// suffice); past this the oldest is forgotten.
+const KNOWN_WRITERS: usize = 16;
+
+/// Writer schemas seen, each with whether it differs from the reader schema.
+type KnownWriters = Arc<RwLock<Vec<(Arc<Schema>, bool)>>>;
+
 #[derive(Debug, Clone)]
 pub struct Decoder {
     reader: Schema,
+    /// Writer schemas seen (by `Arc` identity) and whether each differs from the reader schema.
+    /// Resolving a datum value against the reader schema costs as much as decoding it, and is
+    /// the identity when both schemas are the same, so it is skipped then.
+    writers: KnownWriters,
 }
 
 impl Decoder {
     pub fn new(reader: Schema) -> Self {
-        Self { reader }
+        Self {
+            reader,
+            writers: Arc::default(),
+        }
+    }
+
+    /// Whether datums of `writer` must be resolved to the reader schema: unless the two are
+    /// the same schema, attributes included. Decided once per writer schema.
+    fn needs_resolution(&self, writer: &Arc<Schema>) -> bool {
+        let known = |list: &[(Arc<Schema>, bool)]| {
+            list.iter()
+                .find(|(w, _)| Arc::ptr_eq(w, writer))
+                .map(|(_, differs)| *differs)
+        };
+        if let Some(differs) = known(&self.writers.read().expect("decoder lock")) {
+            return differs;
+        }
+        let differs = match (
+            serde_json::to_value(&**writer),
+            serde_json::to_value(&self.reader),
+        ) {
+            (Ok(w), Ok(r)) => w != r,
+            _ => true,
+        };
+        let mut list = self.writers.write().expect("decoder lock");
+        if known(&list).is_none() {
+            if list.len() >= KNOWN_WRITERS {
+                list.remove(0);
+            }
+            list.push((writer.clone(), differs));
+        }
+        differs
     }
 
     pub fn decode(&self, payload: &Payload) -> Result<ProfileChange, Rejection> {
@@ -57,10 +100,10 @@ impl Decoder {
     }
 
     /// One Avro binary datum, resolved from `writer` to the reader schema.
-    fn avro(&self, bytes: &[u8], writer: &Schema) -> Result<Value, Rejection> {
+    fn avro(&self, bytes: &[u8], writer: &Arc<Schema>) -> Result<Value, Rejection> {
         let mut slice = bytes;
         let value = apache_avro::reader::datum::GenericDatumReader::builder(writer)
-            .reader_schema(&self.reader)
+            .maybe_reader_schema(self.needs_resolution(writer).then_some(&self.reader))
             .build()
             .and_then(|r| r.read_value(&mut slice))
             .map_err(|e| {
@@ -350,6 +393,30 @@ mod tests {
             })
             .unwrap_err();
         assert_eq!(r.class, "schema");
+    }
+
+    #[test]
+    // The one-call datum helpers are the plainest reference for "what resolution gives".
+    #[allow(deprecated)]
+    fn decoding_without_resolution_for_the_reader_schema_itself_changes_nothing() {
+        let d = decoder();
+        let writer = Arc::new(d.reader.clone());
+        let mut gen = crate::generate::EventGenerator::new(7, 40, 0.0, false);
+        for _ in 0..40 {
+            let crate::generate::GeneratedEvent::Record { value, .. } = gen.next_event() else {
+                continue;
+            };
+            let bytes = apache_avro::to_avro_datum(&writer, value).unwrap();
+            let resolved =
+                apache_avro::from_avro_datum(&writer, &mut bytes.as_slice(), Some(&d.reader))
+                    .unwrap();
+            let decoded = d.decode(&Payload::AvroDatum {
+                bytes,
+                writer: writer.clone(),
+            });
+            assert_eq!(decoded, to_change(resolved));
+        }
+        assert!(!d.needs_resolution(&writer));
     }
 
     #[test]
