@@ -11,6 +11,7 @@ use aws_sdk_dynamodb::types::AttributeValue;
 use base64::Engine;
 use chrono::Utc;
 use common::scenarios::*;
+use common::services::*;
 use common::*;
 use profile_sync::aws::Endpoint;
 use profile_sync::config::KekCacheConfig;
@@ -20,14 +21,12 @@ use profile_sync::stores::{AuditRecord, ConsentRecord, DynamoStore, ProfileStore
 use serde_json::Value as Json;
 use std::collections::{HashMap, HashSet};
 use std::io::{BufRead, BufReader, Read, Write};
-use std::net::{TcpListener, TcpStream, ToSocketAddrs};
+use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
-use std::sync::{Arc, OnceLock, RwLock};
+use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 use uuid::Uuid;
-
-type Item = HashMap<String, AttributeValue>;
 
 /// Shared by tests that need the services; exclusive for the test that stops one.
 static SERVICES: RwLock<()> = RwLock::new(());
@@ -42,61 +41,11 @@ fn exclusive() -> std::sync::RwLockWriteGuard<'static, ()> {
     SERVICES.write().unwrap_or_else(|e| e.into_inner())
 }
 
-fn dynamodb_endpoint() -> String {
-    std::env::var("DYNAMODB_ENDPOINT").unwrap_or_else(|_| "http://127.0.0.1:8000".into())
-}
-
-fn kms_endpoint() -> String {
-    std::env::var("KMS_ENDPOINT").unwrap_or_else(|_| "http://127.0.0.1:4566".into())
-}
-
-fn host_port(endpoint: &str) -> String {
-    endpoint
-        .trim_start_matches("http://")
-        .trim_start_matches("https://")
-        .trim_end_matches('/')
-        .to_string()
-}
-
-fn reachable(endpoint: &str) -> bool {
-    host_port(endpoint)
-        .to_socket_addrs()
-        .ok()
-        .and_then(|mut a| a.next())
-        .is_some_and(|a| TcpStream::connect_timeout(&a, Duration::from_secs(2)).is_ok())
-}
-
-/// Dummy credentials and region for the emulators, never the developer's AWS config; and a
-/// clear failure when a service is down.
+/// Dummy credentials for the emulators, and a clear failure when a service is down.
 fn setup() {
-    static DONE: OnceLock<()> = OnceLock::new();
-    DONE.get_or_init(|| {
-        for (k, v) in [
-            ("AWS_ACCESS_KEY_ID", "test"),
-            ("AWS_SECRET_ACCESS_KEY", "test"),
-            ("AWS_REGION", "us-east-1"),
-            ("AWS_EC2_METADATA_DISABLED", "true"),
-            ("AWS_CONFIG_FILE", "/nonexistent/profile-sync-test"),
-            (
-                "AWS_SHARED_CREDENTIALS_FILE",
-                "/nonexistent/profile-sync-test",
-            ),
-        ] {
-            std::env::set_var(k, v);
-        }
-        std::env::remove_var("AWS_PROFILE");
-        std::env::remove_var("AWS_SESSION_TOKEN");
-    });
-    let d = dynamodb_endpoint();
-    assert!(
-        reachable(&d),
-        "DynamoDB Local is not reachable at {d}: run `scripts/services start dynamodb` (or set DYNAMODB_ENDPOINT)"
-    );
-    let k = kms_endpoint();
-    assert!(
-        reachable(&k),
-        "the KMS emulator is not reachable at {k}: run `scripts/services start kms` (or set KMS_ENDPOINT)"
-    );
+    aws_test_env();
+    require("DynamoDB Local", &dynamodb_endpoint(), "dynamodb");
+    require("The KMS emulator", &kms_endpoint(), "kms");
 }
 
 fn unique(prefix: &str) -> String {
@@ -150,43 +99,6 @@ fn runtime() -> tokio::runtime::Runtime {
         .enable_all()
         .build()
         .unwrap()
-}
-
-async fn sdk(endpoint: &str) -> aws_config::SdkConfig {
-    aws_config::defaults(aws_config::BehaviorVersion::latest())
-        .region(aws_config::Region::new("us-east-1"))
-        .endpoint_url(endpoint)
-        .load()
-        .await
-}
-
-async fn dynamodb() -> aws_sdk_dynamodb::Client {
-    aws_sdk_dynamodb::Client::new(&sdk(&dynamodb_endpoint()).await)
-}
-
-async fn kms() -> aws_sdk_kms::Client {
-    aws_sdk_kms::Client::new(&sdk(&kms_endpoint()).await)
-}
-
-/// Every item of the table, read with a plain DynamoDB client.
-async fn scan_all(table: &str) -> Vec<Item> {
-    let client = dynamodb().await;
-    let mut items = Vec::new();
-    let mut start = None;
-    loop {
-        let page = client
-            .scan()
-            .table_name(table)
-            .set_exclusive_start_key(start)
-            .send()
-            .await
-            .unwrap();
-        items.extend(page.items().iter().cloned());
-        match page.last_evaluated_key() {
-            Some(k) if !k.is_empty() => start = Some(k.clone()),
-            _ => return items,
-        }
-    }
 }
 
 fn s<'a>(item: &'a Item, name: &str) -> &'a str {

@@ -12,9 +12,8 @@
 
 mod common;
 
-use common::{expected_state, repo};
-use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
-use rdkafka::client::DefaultClientContext;
+use common::services::{create_topics, kafka_brokers, registry, require, Registry};
+use common::{binary, expected_state, repo};
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::{Headers, Message};
@@ -22,8 +21,6 @@ use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::{Offset, TopicPartitionList};
 use serde_json::Value as Json;
 use std::collections::{HashMap, HashSet};
-use std::io::{BufRead, BufReader};
-use std::net::{TcpStream, ToSocketAddrs};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::Mutex;
@@ -37,88 +34,15 @@ fn serial() -> std::sync::MutexGuard<'static, ()> {
 }
 
 fn brokers() -> String {
-    let brokers = std::env::var("KAFKA_BROKERS").unwrap_or_else(|_| "127.0.0.1:9092".into());
-    let reachable = brokers
-        .split(',')
-        .filter_map(|b| b.to_socket_addrs().ok())
-        .flatten()
-        .any(|a| TcpStream::connect_timeout(&a, Duration::from_secs(2)).is_ok());
-    assert!(
-        reachable,
-        "no Kafka broker reachable at {brokers}: start one with `scripts/services start kafka` \
-         (or set KAFKA_BROKERS). The Kafka tests need a real broker and never skip."
-    );
+    let brokers = kafka_brokers();
+    require("A Kafka broker", &brokers, "kafka");
     brokers
-}
-
-/// The binary under test; `PROFILE_SYNC_BIN` picks another build (e.g. a release one, or a
-/// copy when several worktrees share one target folder).
-fn binary() -> PathBuf {
-    std::env::var_os("PROFILE_SYNC_BIN")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| assert_cmd::cargo::cargo_bin("profile-sync"))
-}
-
-/// A Schema Registry for one test: the real one at `SCHEMA_REGISTRY_URL`, else the double.
-struct Registry {
-    url: String,
-    child: Option<Child>,
-}
-
-impl Drop for Registry {
-    fn drop(&mut self) {
-        if let Some(c) = &mut self.child {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
-}
-
-fn registry() -> Registry {
-    if let Ok(url) = std::env::var("SCHEMA_REGISTRY_URL") {
-        return Registry { url, child: None };
-    }
-    let mut child = Command::new(binary())
-        .args(["dev", "registry", "--listen", "127.0.0.1:0"])
-        .stdout(Stdio::piped())
-        .spawn()
-        .expect("start the registry double");
-    let mut line = String::new();
-    BufReader::new(child.stdout.take().unwrap())
-        .read_line(&mut line)
-        .unwrap();
-    let url = line
-        .trim()
-        .rsplit(' ')
-        .next()
-        .expect("the double prints its URL")
-        .to_string();
-    assert!(url.starts_with("http://"), "unexpected line {line:?}");
-    Registry {
-        url,
-        child: Some(child),
-    }
 }
 
 fn client(brokers: &str) -> ClientConfig {
     let mut c = ClientConfig::new();
     c.set("bootstrap.servers", brokers);
     c
-}
-
-async fn create_topics(brokers: &str, topics: &[(&str, i32)]) {
-    let admin: AdminClient<DefaultClientContext> = client(brokers).create().unwrap();
-    let new: Vec<NewTopic> = topics
-        .iter()
-        .map(|(t, p)| NewTopic::new(t, *p, TopicReplication::Fixed(1)))
-        .collect();
-    for r in admin
-        .create_topics(&new, &AdminOptions::new())
-        .await
-        .expect("create topics")
-    {
-        r.expect("topic created");
-    }
 }
 
 fn unique(name: &str) -> String {
@@ -1047,4 +971,108 @@ fn a_kafka_pipeline_with_a_typo_is_a_usage_error() {
         .unwrap();
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("groupid"));
+}
+
+/// `/readyz` of a worker started on `pipeline` with a metrics endpoint: (status, body).
+fn readyz(port: u16) -> Option<(u16, String)> {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
+    stream.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+    write!(
+        stream,
+        "GET /readyz HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n"
+    )
+    .ok()?;
+    let mut response = String::new();
+    stream.read_to_string(&mut response).ok()?;
+    let status = response.split_whitespace().nth(1)?.parse().ok()?;
+    Some((status, response.split_once("\r\n\r\n")?.1.to_string()))
+}
+
+fn wait_readyz(port: u16, want: u16, worker: &mut Worker) -> String {
+    let started = Instant::now();
+    loop {
+        if let Some((status, body)) = readyz(port) {
+            if status == want {
+                return body;
+            }
+        }
+        if let Some(status) = worker.child.try_wait().unwrap() {
+            panic!("the worker exited ({status}): {}", worker.log_tail());
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(120),
+            "/readyz did not answer {want} within 120 s: {:?}; log: {}",
+            readyz(port),
+            worker.log_tail()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn readyz_waits_for_a_partition_and_a_standby_becomes_ready_when_the_owner_leaves() {
+    let _serial = serial();
+    // One partition, two workers: one holds it, the other stands by.
+    let setup = Setup::new(1).await;
+    let pipeline = setup.pipeline("ready", &setup.group, 100, "");
+    let start = |name: &str| {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let data = setup.dir.path().join(name);
+        let log = std::fs::File::create(setup.dir.path().join(format!("{name}.log"))).unwrap();
+        let child = Command::new(binary())
+            .current_dir(repo())
+            .env("PROFILE_SYNC_LOG", "info")
+            .args(["run", "--output", "json", "--metrics-addr"])
+            .arg(format!("127.0.0.1:{port}"))
+            .arg("--pipeline")
+            .arg(&pipeline)
+            .arg("--data-dir")
+            .arg(&data)
+            .stdout(Stdio::piped())
+            .stderr(log)
+            .spawn()
+            .expect("start a worker");
+        (
+            port,
+            Worker {
+                child,
+                log: setup.dir.path().join(format!("{name}.log")),
+            },
+        )
+    };
+    let (first_port, mut first) = start("first");
+    wait_readyz(first_port, 200, &mut first);
+    let (second_port, mut second) = start("second");
+    let why = wait_readyz(second_port, 503, &mut second);
+    // The group settles with the partition on one of them; the other is the standby.
+    let settle = Instant::now();
+    let (owner, standby, standby_port) = loop {
+        let a = readyz(first_port).map(|r| r.0);
+        let b = readyz(second_port).map(|r| r.0);
+        match (a, b) {
+            (Some(200), Some(503)) => break (first, second, second_port),
+            (Some(503), Some(200)) => break (second, first, first_port),
+            _ => {}
+        }
+        assert!(
+            settle.elapsed() < Duration::from_secs(120),
+            "the group did not settle on one owner: {a:?} {b:?}"
+        );
+        std::thread::sleep(Duration::from_millis(300));
+    };
+    let (_, body) = readyz(standby_port).unwrap();
+    assert!(
+        body.contains("no partitions assigned") || why.contains("no partitions assigned"),
+        "{body}"
+    );
+    // The owner leaves cleanly (SIGTERM): the standby takes the partition and becomes ready.
+    owner.terminate();
+    let mut standby = standby;
+    wait_readyz(standby_port, 200, &mut standby);
+    standby.terminate();
 }

@@ -1,11 +1,14 @@
-//! Privacy operations end to end, with the embedded adapters: consent, erasure, export,
-//! retention, and the audit trail they leave.
+//! Privacy operations end to end: consent, erasure, export, retention, and the audit trail
+//! they leave. Every scenario runs twice: on the embedded adapters and on DynamoDB Local + the
+//! KMS emulator + the OpenSearch-API server (`scripts/services start`; a service that is down
+//! fails the test, it never skips it).
 
 mod common;
 
+use common::services::*;
 use common::*;
 use serde_json::{json, Value as Json};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 const ALICE: &str = "aaaaaaaa-1111-4111-8111-111111111111";
 const BOB: &str = "bbbbbbbb-2222-4222-8222-222222222222";
@@ -35,110 +38,364 @@ fn erase_event(user: &str, version: i64) -> String {
     .to_string()
 }
 
-fn run_lines(dir: &Path, name: &str, lines: &[String]) -> Json {
-    let path = dir.join(name);
-    std::fs::write(&path, lines.join("\n") + "\n").unwrap();
-    run(&path, &dir.join("data"))
+/// Where a scenario runs: the embedded adapters (SQLite, local keyring, tantivy) or the
+/// production ones against the test services (DynamoDB Local, the KMS emulator, the
+/// OpenSearch-API server). The scenarios only talk to the CLI, plus `Stack`'s independent
+/// look at what is stored.
+struct Stack {
+    dir: tempfile::TempDir,
+    pipeline: PathBuf,
+    data: PathBuf,
+    services: Option<Services>,
 }
 
-fn get(data: &Path, user: &str) -> Json {
-    let out = bin()
-        .args(["get", user, "--data-dir"])
-        .arg(data)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    serde_json::from_slice(&out.stdout).unwrap()
+/// The names one services scenario owns.
+struct Services {
+    table: String,
+    index: String,
 }
 
-fn segments_in_index(data: &Path, user: &str) -> Vec<String> {
-    let found = search(data, &format!("user_id:{user}"), 1);
-    found["hits"][0]["segments"]
-        .as_array()
-        .map(|a| a.iter().map(|s| s.as_str().unwrap().to_string()).collect())
-        .unwrap_or_default()
+impl Stack {
+    fn embedded() -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let data = dir.path().join("data");
+        Self {
+            pipeline: local_pipeline(),
+            data,
+            dir,
+            services: None,
+        }
+    }
+
+    /// `pipelines/local.yaml` (its consent purposes, retention rules and segments) with the
+    /// keys, store and index swapped for KMS, DynamoDB and OpenSearch, then bootstrapped.
+    fn services() -> Self {
+        aws_test_env();
+        require("DynamoDB Local", &dynamodb_endpoint(), "dynamodb");
+        require("The KMS emulator", &kms_endpoint(), "kms");
+        require(
+            "The OpenSearch test server",
+            &opensearch_url(),
+            "opensearch",
+        );
+        let dir = tempfile::tempdir().unwrap();
+        let id = &uuid::Uuid::new_v4().simple().to_string()[..12];
+        let services = Services {
+            table: format!("privacy-{id}"),
+            index: format!("ps-privacy-{id}"),
+        };
+        let local = std::fs::read_to_string(local_pipeline()).unwrap();
+        let (head, rest) = local.split_at(local.find("\nkeys:").unwrap());
+        let tail = &rest[rest.find("\ndead_letter:").unwrap()..];
+        let adapters = format!(
+            "
+keys:
+  type: kms
+  key_id: alias/{table}
+  region: us-east-1
+  endpoint: {kms}
+  create_for_development: true
+store:
+  type: dynamodb
+  table: {table}
+  region: us-east-1
+  endpoint: {dynamodb}
+index:
+  type: opensearch
+  url: {opensearch}
+  name: {index}
+  read_alias: {index}
+  write_alias: {index}-write
+  fields: [status, locale, time_zone, last_seen_at, lifetime_value, order_count, last_order_at, plan]
+",
+            table = services.table,
+            index = services.index,
+            kms = kms_endpoint(),
+            dynamodb = dynamodb_endpoint(),
+            opensearch = opensearch_url(),
+        );
+        let text =
+            format!("{head}{adapters}{tail}").replace("../", &format!("{}/", repo().display()));
+        let pipeline = dir.path().join("services.yaml");
+        std::fs::write(&pipeline, text).unwrap();
+        let out = bin()
+            .arg("bootstrap")
+            .arg("--pipeline")
+            .arg(&pipeline)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "bootstrap failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        Self {
+            data: dir.path().join("data"),
+            pipeline,
+            dir,
+            services: Some(services),
+        }
+    }
+
+    /// The binary with `args`, this stack's pipeline and data directory.
+    fn cli(&self, args: &[&str]) -> std::process::Output {
+        bin()
+            .args(args)
+            .arg("--pipeline")
+            .arg(&self.pipeline)
+            .arg("--data-dir")
+            .arg(&self.data)
+            .output()
+            .unwrap()
+    }
+
+    fn ok(&self, args: &[&str]) -> Json {
+        let out = self.cli(args);
+        assert!(
+            out.status.success(),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        serde_json::from_slice(&out.stdout).unwrap()
+    }
+
+    fn run(&self, name: &str, lines: &[String]) -> Json {
+        let path = self.dir.path().join(name);
+        std::fs::write(&path, lines.join("\n") + "\n").unwrap();
+        run_with(&self.pipeline, &path, &self.data)
+    }
+
+    fn get(&self, user: &str) -> Json {
+        self.ok(&["get", user])
+    }
+
+    fn indexed(&self, user: &str) -> Json {
+        self.ok(&["search", &format!("user_id:{user}"), "--output", "json"])
+    }
+
+    fn segments_in_index(&self, user: &str) -> Vec<String> {
+        self.indexed(user)["hits"][0]["segments"]
+            .as_array()
+            .map(|a| a.iter().map(|s| s.as_str().unwrap().to_string()).collect())
+            .unwrap_or_default()
+    }
+
+    fn audit(&self, user: &str) -> Vec<Json> {
+        let out = self.cli(&["audit", user]);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout)
+            .unwrap()
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect()
+    }
+
+    /// A privacy command run by the data protection officer.
+    fn operator(&self, args: &[&str]) -> std::process::Output {
+        let mut args = args.to_vec();
+        args.extend(["--actor", "dpo@example.org"]);
+        self.cli(&args)
+    }
+
+    fn dead_letters(&self) -> String {
+        std::fs::read_to_string(self.data.join("dead-letter.jsonl")).unwrap()
+    }
+
+    /// The field ciphertexts of `user`'s stored record, read without the pipeline's code.
+    fn stored_ciphertexts(&self, user: &str) -> serde_json::Map<String, Json> {
+        let record: Json = match &self.services {
+            None => {
+                let conn = rusqlite::Connection::open(self.data.join("profiles.sqlite")).unwrap();
+                let text: String = conn
+                    .query_row(
+                        "SELECT record FROM profiles WHERE user_id = ?1",
+                        [user],
+                        |r| r.get(0),
+                    )
+                    .unwrap();
+                serde_json::from_str(&text).unwrap()
+            }
+            Some(s) => {
+                let item = dynamodb_items(&s.table)
+                    .into_iter()
+                    .find(|i| attr(i, "pk") == format!("USER#{user}") && attr(i, "sk") == "PROFILE")
+                    .expect("a stored profile");
+                serde_json::from_str(&attr(&item, "record")).unwrap()
+            }
+        };
+        record["encrypted"].as_object().unwrap().clone()
+    }
+
+    /// Every stored user key, unwrapped as ARCHITECTURE.md documents it: (owner, data key).
+    fn remaining_user_keys(&self) -> Vec<(String, Vec<u8>)> {
+        match &self.services {
+            None => {
+                let conn = rusqlite::Connection::open(self.data.join("profiles.sqlite")).unwrap();
+                let keyring: Json = serde_json::from_str(
+                    &std::fs::read_to_string(self.data.join("keyring.json")).unwrap(),
+                )
+                .unwrap();
+                let kek = base64_decode(keyring["key_encryption_keys"][0]["key"].as_str().unwrap());
+                let mut stmt = conn
+                    .prepare("SELECT user_id, key_version, wrapped_key FROM user_keys")
+                    .unwrap();
+                let rows: Vec<(String, u32, Vec<u8>)> = stmt
+                    .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+                    .unwrap()
+                    .map(Result::unwrap)
+                    .collect();
+                rows.into_iter()
+                    .map(|(owner, version, wrapped)| {
+                        let dek = unwrap_key(&kek, &owner, version, &wrapped);
+                        (owner, dek)
+                    })
+                    .collect()
+            }
+            Some(s) => dynamodb_items(&s.table)
+                .iter()
+                .filter(|i| attr(i, "sk") == "KEY")
+                .map(|key| {
+                    let owner = attr(key, "pk").trim_start_matches("USER#").to_string();
+                    let kek_id = attr(key, "kek_id");
+                    let (_, generation) = kek_id.rsplit_once('#').unwrap();
+                    let kek = kms_decrypt(binary_attr(key, "encrypted_kek"), generation);
+                    let version: u32 = key["key_version"].as_n().unwrap().parse().unwrap();
+                    let dek = unwrap_key(&kek, &owner, version, &binary_attr(key, "wrapped_key"));
+                    (owner, dek)
+                })
+                .collect(),
+        }
+    }
 }
 
-fn audit(data: &Path, user: &str) -> Vec<Json> {
-    let out = bin()
-        .args(["audit", user, "--data-dir"])
-        .arg(data)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout)
-        .unwrap()
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect()
+impl Drop for Stack {
+    fn drop(&mut self) {
+        if let Some(s) = &self.services {
+            block_on(async {
+                let client = reqwest::Client::new();
+                let _ = client
+                    .delete(format!("{}/{}-v*", opensearch_url(), s.index))
+                    .send()
+                    .await;
+                let _ = client
+                    .delete(format!("{}/_index_template/{}", opensearch_url(), s.index))
+                    .send()
+                    .await;
+            });
+        }
+    }
 }
 
-fn operator(data: &Path, args: &[&str]) -> std::process::Output {
-    bin()
-        .args(args)
-        .arg("--data-dir")
-        .arg(data)
-        .args(["--actor", "dpo@example.org"])
-        .output()
-        .unwrap()
+// --- plain clients for the services, apart from the pipeline's own adapters ---
+
+fn dynamodb_items(table: &str) -> Vec<Item> {
+    block_on(scan_all(table))
 }
 
-#[test]
-fn withdrawing_consent_removes_the_user_from_purpose_segments_and_granting_brings_them_back() {
-    let dir = tempfile::tempdir().unwrap();
-    let data = dir.path().join("data");
-    run_lines(
-        dir.path(),
+fn attr(item: &Item, name: &str) -> String {
+    item[name].as_s().unwrap().clone()
+}
+
+fn binary_attr(item: &Item, name: &str) -> Vec<u8> {
+    item[name].as_b().unwrap().as_ref().to_vec()
+}
+
+/// KMS Decrypt of a key-encryption key with its documented encryption context.
+fn kms_decrypt(blob: Vec<u8>, generation: &str) -> Vec<u8> {
+    block_on(async {
+        kms()
+            .await
+            .decrypt()
+            .ciphertext_blob(aws_sdk_kms::primitives::Blob::new(blob))
+            .encryption_context("purpose", "profile-sync/kek")
+            .encryption_context("generation", generation)
+            .send()
+            .await
+            .unwrap()
+            .plaintext()
+            .unwrap()
+            .as_ref()
+            .to_vec()
+    })
+}
+
+/// Each scenario runs once per stack: `<scenario>::embedded` and
+/// `<scenario>::dynamodb_kms_opensearch`.
+macro_rules! on_both_stacks {
+    ($($scenario:ident),* $(,)?) => {$(
+        mod $scenario {
+            #[test]
+            fn embedded() {
+                super::$scenario(&super::Stack::embedded());
+            }
+            #[test]
+            fn dynamodb_kms_opensearch() {
+                super::$scenario(&super::Stack::services());
+            }
+        }
+    )*};
+}
+
+on_both_stacks!(
+    withdrawing_consent_removes_the_user_from_purpose_segments_and_granting_brings_them_back,
+    without_a_consent_record_a_purpose_bound_segment_is_not_computed,
+    erasure_shreds_the_key_removes_the_document_and_fences_older_events,
+    an_erase_event_in_the_stream_erases_like_the_command,
+    export_holds_exactly_what_was_written_and_is_audited,
+    retention_dry_run_lists_exactly_the_inactive_profiles_and_the_real_run_anonymises_them,
+    an_undeclared_consent_purpose_is_dead_lettered,
+    a_record_decrypts_independently_by_following_the_documented_format,
+);
+fn withdrawing_consent_removes_the_user_from_purpose_segments_and_granting_brings_them_back(
+    stack: &Stack,
+) {
+    stack.run(
         "1.jsonl",
         &[
             upsert(ALICE, 1, ALICE_EMAIL, "2026-01-01T00:00:00Z"),
             consent(ALICE, 2, true),
         ],
     );
-    assert!(get(&data, ALICE)["segments"]
+    assert!(stack.get(ALICE)["segments"]
         .as_array()
         .unwrap()
         .iter()
         .any(|s| s == "newsletter_audience"));
-    assert!(segments_in_index(&data, ALICE).contains(&"newsletter_audience".to_string()));
+    assert!(stack
+        .segments_in_index(ALICE)
+        .contains(&"newsletter_audience".to_string()));
 
-    run_lines(dir.path(), "2.jsonl", &[consent(ALICE, 3, false)]);
-    assert!(!get(&data, ALICE)["segments"]
+    stack.run("2.jsonl", &[consent(ALICE, 3, false)]);
+    assert!(!stack.get(ALICE)["segments"]
         .as_array()
         .unwrap()
         .iter()
         .any(|s| s == "newsletter_audience"));
-    let indexed = segments_in_index(&data, ALICE);
+    let indexed = stack.segments_in_index(ALICE);
     assert!(
         !indexed.contains(&"newsletter_audience".to_string())
             && indexed.contains(&"high_value".to_string()),
         "{indexed:?}"
     );
 
-    run_lines(dir.path(), "3.jsonl", &[consent(ALICE, 4, true)]);
-    assert!(segments_in_index(&data, ALICE).contains(&"newsletter_audience".to_string()));
-    let trail = audit(&data, ALICE);
+    stack.run("3.jsonl", &[consent(ALICE, 4, true)]);
+    assert!(stack
+        .segments_in_index(ALICE)
+        .contains(&"newsletter_audience".to_string()));
+    let trail = stack.audit(ALICE);
     assert_eq!(trail.iter().filter(|r| r["action"] == "consent").count(), 3);
 }
 
-#[test]
-fn without_a_consent_record_a_purpose_bound_segment_is_not_computed() {
-    let dir = tempfile::tempdir().unwrap();
-    let data = dir.path().join("data");
-    run_lines(
-        dir.path(),
+fn without_a_consent_record_a_purpose_bound_segment_is_not_computed(stack: &Stack) {
+    stack.run(
         "1.jsonl",
         &[upsert(BOB, 1, "bob@example.org", "2026-01-01T00:00:00Z")],
     );
-    let segments = get(&data, BOB)["segments"].clone();
+    let segments = stack.get(BOB)["segments"].clone();
     assert!(
         !segments
             .as_array()
@@ -149,12 +406,8 @@ fn without_a_consent_record_a_purpose_bound_segment_is_not_computed() {
     );
 }
 
-#[test]
-fn erasure_shreds_the_key_removes_the_document_and_fences_older_events() {
-    let dir = tempfile::tempdir().unwrap();
-    let data = dir.path().join("data");
-    run_lines(
-        dir.path(),
+fn erasure_shreds_the_key_removes_the_document_and_fences_older_events(stack: &Stack) {
+    stack.run(
         "1.jsonl",
         &[
             upsert(ALICE, 1, ALICE_EMAIL, "2026-01-01T00:00:00Z"),
@@ -162,66 +415,48 @@ fn erasure_shreds_the_key_removes_the_document_and_fences_older_events() {
         ],
     );
     // Keep Alice's ciphertexts as a backup would.
-    let conn = rusqlite::Connection::open(data.join("profiles.sqlite")).unwrap();
-    let backup: String = conn
-        .query_row(
-            "SELECT record FROM profiles WHERE user_id = ?1",
-            [ALICE],
-            |r| r.get(0),
-        )
-        .unwrap();
-    let backup: Json = serde_json::from_str(&backup).unwrap();
-    let ciphertexts = backup["encrypted"].as_object().unwrap().clone();
+    let ciphertexts = stack.stored_ciphertexts(ALICE);
     assert!(ciphertexts.len() >= 4);
-
-    let out = operator(
-        &data,
-        &["erase", ALICE, "--reason", "GDPR art. 17 request #42"],
+    assert!(
+        stack
+            .remaining_user_keys()
+            .iter()
+            .any(|(owner, dek)| owner == ALICE
+                && open_field(dek, ALICE, "email", ciphertexts["email"].as_str().unwrap())
+                    .is_some()),
+        "before erasure, Alice's key opens her email (so the check below can fail)"
     );
+
+    let out = stack.operator(&["erase", ALICE, "--reason", "GDPR art. 17 request #42"]);
     assert!(
         out.status.success(),
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
 
-    let keys: i64 = conn
-        .query_row(
-            "SELECT COUNT(*) FROM user_keys WHERE user_id = ?1",
-            [ALICE],
-            |r| r.get(0),
-        )
-        .unwrap();
-    assert_eq!(keys, 0, "the data key is gone");
     // No stored or backed-up ciphertext of Alice's can be decrypted: try each with every key left.
-    let keyring: Json =
-        serde_json::from_str(&std::fs::read_to_string(data.join("keyring.json")).unwrap()).unwrap();
-    let mut stmt = conn
-        .prepare("SELECT user_id, key_version, wrapped_key FROM user_keys")
-        .unwrap();
-    let remaining: Vec<(String, u32, Vec<u8>)> = stmt
-        .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
-        .unwrap()
-        .map(Result::unwrap)
-        .collect();
-    let kek = base64_decode(keyring["key_encryption_keys"][0]["key"].as_str().unwrap());
-    for (owner, version, wrapped) in &remaining {
-        let dek = unwrap_key(&kek, owner, *version, wrapped);
+    let remaining = stack.remaining_user_keys();
+    assert!(
+        !remaining.iter().any(|(owner, _)| owner == ALICE),
+        "the data key is gone"
+    );
+    assert!(!remaining.is_empty(), "Bob's key is still there");
+    for (owner, dek) in &remaining {
         for (field, sealed) in &ciphertexts {
             assert!(
-                open_field(&dek, ALICE, field, sealed.as_str().unwrap()).is_none(),
+                open_field(dek, ALICE, field, sealed.as_str().unwrap()).is_none(),
                 "{field} decrypted with {owner}'s key"
             );
         }
     }
-    assert_eq!(search(&data, &format!("user_id:{ALICE}"), 5)["total"], 0);
-    assert_eq!(get(&data, ALICE)["state"], "erased");
-    let reveal = operator(&data, &["get", ALICE, "--reveal", "--reason", "check"]);
+    assert_eq!(stack.indexed(ALICE)["total"], 0);
+    assert_eq!(stack.get(ALICE)["state"], "erased");
+    let reveal = stack.operator(&["get", ALICE, "--reveal", "--reason", "check"]);
     assert_eq!(reveal.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&reveal.stderr).contains("was erased"));
 
     // A replayed older upsert stays stale; a newer one is refused with the reason "erased".
-    let s = run_lines(
-        dir.path(),
+    let s = stack.run(
         "2.jsonl",
         &[
             upsert(ALICE, 1, ALICE_EMAIL, "2026-01-01T00:00:00Z"),
@@ -233,11 +468,11 @@ fn erasure_shreds_the_key_removes_the_document_and_fences_older_events() {
         (Some(1), Some(1)),
         "{s}"
     );
-    let letters = std::fs::read_to_string(data.join("dead-letter.jsonl")).unwrap();
+    let letters = stack.dead_letters();
     assert!(letters.contains("\"reason\":\"erased:"), "{letters}");
-    assert_eq!(get(&data, ALICE)["state"], "erased");
+    assert_eq!(stack.get(ALICE)["state"], "erased");
 
-    let trail = audit(&data, ALICE);
+    let trail = stack.audit(ALICE);
     let erase = trail
         .iter()
         .find(|r| r["action"] == "erase")
@@ -250,15 +485,11 @@ fn erasure_shreds_the_key_removes_the_document_and_fences_older_events() {
         "the audit trail holds no PII values"
     );
     // Bob is untouched.
-    assert_eq!(get(&data, BOB)["state"], "live");
+    assert_eq!(stack.get(BOB)["state"], "live");
 }
 
-#[test]
-fn an_erase_event_in_the_stream_erases_like_the_command() {
-    let dir = tempfile::tempdir().unwrap();
-    let data = dir.path().join("data");
-    let s = run_lines(
-        dir.path(),
+fn an_erase_event_in_the_stream_erases_like_the_command(stack: &Stack) {
+    let s = stack.run(
         "1.jsonl",
         &[
             upsert(ALICE, 1, ALICE_EMAIL, "2026-01-01T00:00:00Z"),
@@ -271,35 +502,26 @@ fn an_erase_event_in_the_stream_erases_like_the_command() {
         (Some(2), Some(1)),
         "{s}"
     );
-    assert_eq!(get(&data, ALICE)["state"], "erased");
-    assert_eq!(search(&data, &format!("user_id:{ALICE}"), 5)["total"], 0);
-    assert!(audit(&data, ALICE)
+    assert_eq!(stack.get(ALICE)["state"], "erased");
+    assert_eq!(stack.indexed(ALICE)["total"], 0);
+    assert!(stack
+        .audit(ALICE)
         .iter()
         .any(|r| r["action"] == "erase" && r["actor"] == "event:privacy-portal"));
 }
 
-#[test]
-fn export_holds_exactly_what_was_written_and_is_audited() {
-    let dir = tempfile::tempdir().unwrap();
-    let data = dir.path().join("data");
+fn export_holds_exactly_what_was_written_and_is_audited(stack: &Stack) {
     let line = upsert(ALICE, 3, ALICE_EMAIL, "2026-01-01T00:00:00Z");
-    run_lines(
-        dir.path(),
-        "1.jsonl",
-        &[consent(ALICE, 2, true), line.clone()],
-    );
-    let out_file: PathBuf = dir.path().join("export.json");
-    let out = operator(
-        &data,
-        &[
-            "export",
-            ALICE,
-            "--reason",
-            "subject access request #7",
-            "--out",
-            out_file.to_str().unwrap(),
-        ],
-    );
+    stack.run("1.jsonl", &[consent(ALICE, 2, true), line.clone()]);
+    let out_file: PathBuf = stack.dir.path().join("export.json");
+    let out = stack.operator(&[
+        "export",
+        ALICE,
+        "--reason",
+        "subject access request #7",
+        "--out",
+        out_file.to_str().unwrap(),
+    ]);
     assert!(
         out.status.success(),
         "{}",
@@ -348,13 +570,11 @@ fn export_holds_exactly_what_was_written_and_is_audited() {
     );
 }
 
-#[test]
-fn retention_dry_run_lists_exactly_the_inactive_profiles_and_the_real_run_anonymises_them() {
-    let dir = tempfile::tempdir().unwrap();
-    let data = dir.path().join("data");
+fn retention_dry_run_lists_exactly_the_inactive_profiles_and_the_real_run_anonymises_them(
+    stack: &Stack,
+) {
     // The pipeline's rule: no change for 730 days. As of 2026-06-01, 2024-01-01 is beyond it.
-    run_lines(
-        dir.path(),
+    stack.run(
         "1.jsonl",
         &[
             upsert(ALICE, 1, ALICE_EMAIL, "2024-01-01T00:00:00Z"),
@@ -362,7 +582,7 @@ fn retention_dry_run_lists_exactly_the_inactive_profiles_and_the_real_run_anonym
         ],
     );
     let as_of = "2026-06-01T00:00:00Z";
-    let dry = operator(&data, &["retention", "run", "--dry-run", "--as-of", as_of]);
+    let dry = stack.operator(&["retention", "run", "--dry-run", "--as-of", as_of]);
     assert!(
         dry.status.success(),
         "{}",
@@ -371,12 +591,12 @@ fn retention_dry_run_lists_exactly_the_inactive_profiles_and_the_real_run_anonym
     let report: Json = serde_json::from_slice(&dry.stdout).unwrap();
     assert_eq!(report["anonymised"], json!([ALICE]));
     assert_eq!(
-        get(&data, ALICE)["state"],
+        stack.get(ALICE)["state"],
         "live",
         "a dry run changes nothing"
     );
 
-    let real = operator(&data, &["retention", "run", "--as-of", as_of]);
+    let real = stack.operator(&["retention", "run", "--as-of", as_of]);
     assert!(
         real.status.success(),
         "{}",
@@ -386,20 +606,19 @@ fn retention_dry_run_lists_exactly_the_inactive_profiles_and_the_real_run_anonym
         serde_json::from_slice::<Json>(&real.stdout).unwrap()["anonymised"],
         json!([ALICE])
     );
-    assert_eq!(get(&data, ALICE)["state"], "erased");
-    assert_eq!(get(&data, BOB)["state"], "live");
-    assert!(audit(&data, ALICE)
+    assert_eq!(stack.get(ALICE)["state"], "erased");
+    assert_eq!(stack.get(BOB)["state"], "live");
+    assert!(stack
+        .audit(ALICE)
         .iter()
         .any(|r| r["action"] == "retention"));
 }
 
-#[test]
-fn an_undeclared_consent_purpose_is_dead_lettered() {
-    let dir = tempfile::tempdir().unwrap();
+fn an_undeclared_consent_purpose_is_dead_lettered(stack: &Stack) {
     let bad = consent(ALICE, 1, true).replace("\"marketing\"", "\"profiling\"");
-    let s = run_lines(dir.path(), "1.jsonl", &[bad]);
+    let s = stack.run("1.jsonl", &[bad]);
     assert_eq!(s["dead_lettered"], 1);
-    let letters = std::fs::read_to_string(dir.path().join("data/dead-letter.jsonl")).unwrap();
+    let letters = stack.dead_letters();
     assert!(letters.contains("privacy.purposes"), "{letters}");
 }
 
@@ -456,39 +675,18 @@ fn open_field(dek: &[u8], user: &str, field: &str, sealed: &str) -> Option<Vec<u
     aes_open(dek, &aad, &bytes)
 }
 
-#[test]
-fn a_record_decrypts_independently_by_following_the_documented_format() {
-    let dir = tempfile::tempdir().unwrap();
-    let data = dir.path().join("data");
-    run_lines(
-        dir.path(),
+fn a_record_decrypts_independently_by_following_the_documented_format(stack: &Stack) {
+    stack.run(
         "1.jsonl",
         &[upsert(ALICE, 1, ALICE_EMAIL, "2026-01-01T00:00:00Z")],
     );
-    let conn = rusqlite::Connection::open(data.join("profiles.sqlite")).unwrap();
-    let (version, wrapped): (u32, Vec<u8>) = conn
-        .query_row(
-            "SELECT key_version, wrapped_key FROM user_keys WHERE user_id = ?1",
-            [ALICE],
-            |r| Ok((r.get(0)?, r.get(1)?)),
-        )
+    let encrypted = Json::Object(stack.stored_ciphertexts(ALICE));
+    let record = json!({ "encrypted": encrypted });
+    let (_, dek) = stack
+        .remaining_user_keys()
+        .into_iter()
+        .find(|(owner, _)| owner == ALICE)
         .unwrap();
-    let record: String = conn
-        .query_row(
-            "SELECT record FROM profiles WHERE user_id = ?1",
-            [ALICE],
-            |r| r.get(0),
-        )
-        .unwrap();
-    let record: Json = serde_json::from_str(&record).unwrap();
-    let keyring: Json =
-        serde_json::from_str(&std::fs::read_to_string(data.join("keyring.json")).unwrap()).unwrap();
-    let dek = unwrap_key(
-        &base64_decode(keyring["key_encryption_keys"][0]["key"].as_str().unwrap()),
-        ALICE,
-        version,
-        &wrapped,
-    );
     let email = open_field(
         &dek,
         ALICE,

@@ -85,6 +85,9 @@ pub async fn run(args: Args) -> Result<(), Failure> {
     }
     let mut components = build(&file, &data_dir, args.input.as_deref()).map_err(usage)?;
     components.pipeline.health = health.clone();
+    if let Some(assigned) = components.source.assigned_partitions() {
+        health.watch_assignment(assigned);
+    }
     health.set_ready(true);
     let bar = indicatif::ProgressBar::new(components.source.size_hint().unwrap_or(0));
     bar.set_style(

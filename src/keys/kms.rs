@@ -271,6 +271,38 @@ impl KmsKeyProvider {
 
 #[async_trait]
 impl KeyProvider for KmsKeyProvider {
+    /// DescribeKey (exists, enabled, for encryption), then a test wrap and unwrap, which
+    /// calls GenerateDataKey and Decrypt unless a key-encryption key is cached.
+    async fn check(&self) -> Result<String, String> {
+        let described = match self.client.describe_key().key_id(&self.key_id).send().await {
+            Ok(out) => out.key_metadata().map(|m| (m.enabled(), m.key_id().to_string())),
+            // The worker's role need not have kms:DescribeKey: the round trip below decides.
+            Err(e) if e.as_service_error().and_then(|s| s.code()) == Some("AccessDeniedException") => None,
+            Err(e) => {
+                return Err(match kms_err("DescribeKey", &e) {
+                    KeyError::Unavailable(why) => format!(
+                        "{why}: is KMS reachable? check `keys.endpoint` and `keys.region` (locally: `scripts/services start kms`)"
+                    ),
+                    other => other.to_string(),
+                })
+            }
+        };
+        if let Some((false, _)) = described {
+            return Err(format!(
+                "KMS key `{}` is disabled: enable it, or point `keys.key_id` at an enabled key",
+                self.key_id
+            ));
+        }
+        super::round_trip(self).await?;
+        Ok(match described {
+            Some((_, id)) => format!("KMS key `{id}` enabled; GenerateDataKey and Decrypt work"),
+            None => format!(
+                "KMS key `{}`: GenerateDataKey and Decrypt work (DescribeKey not permitted)",
+                self.key_id
+            ),
+        })
+    }
+
     async fn wrap(
         &self,
         user_id: Uuid,

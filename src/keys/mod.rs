@@ -61,18 +61,8 @@ impl KeyError {
 pub trait KeyProvider: Send + Sync {
     /// Preflight: can a data key be wrapped and unwrapped? Never includes secrets.
     async fn check(&self) -> Result<String, String> {
-        let dek = DataKey::generate().map_err(|e| e.to_string())?;
-        let probe = Uuid::nil();
-        let wrapped = self.wrap(probe, 1, &dek).await.map_err(|e| e.to_string())?;
-        let back = self.unwrap(&wrapped).await.map_err(|e| e.to_string())?;
-        if back.expose() == dek.expose() {
-            Ok(format!(
-                "wrapped and unwrapped a test key with `{}`",
-                wrapped.kek_id
-            ))
-        } else {
-            Err("a test key did not unwrap to itself".into())
-        }
+        let kek_id = round_trip(self).await?;
+        Ok(format!("wrapped and unwrapped a test key with `{kek_id}`"))
     }
 
     /// Wraps a fresh data key for `user_id`.
@@ -91,4 +81,19 @@ pub trait KeyProvider: Send + Sync {
 
     /// Calls made to the underlying key service (for metrics and benchmarks).
     fn calls(&self) -> u64;
+}
+
+/// Wraps and unwraps a throwaway data key; the id of the key-encryption key used.
+pub async fn round_trip<P: KeyProvider + ?Sized>(provider: &P) -> Result<String, String> {
+    let dek = DataKey::generate().map_err(|e| e.to_string())?;
+    let wrapped = provider
+        .wrap(Uuid::nil(), 1, &dek)
+        .await
+        .map_err(|e| e.to_string())?;
+    let back = provider.unwrap(&wrapped).await.map_err(|e| e.to_string())?;
+    if back.expose() == dek.expose() {
+        Ok(wrapped.kek_id)
+    } else {
+        Err("a test key did not unwrap to itself".into())
+    }
 }

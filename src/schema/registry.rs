@@ -85,6 +85,7 @@ pub fn settings(url: &str, timeout: Duration) -> Result<SrSettings, String> {
 
 /// Writer schemas by id, fetched once and cached for the life of the worker.
 pub struct WriterSchemas {
+    settings: SrSettings,
     decoder: AvroDecoder,
     parsed: dashmap_free::Cache,
 }
@@ -113,9 +114,23 @@ mod dashmap_free {
 impl WriterSchemas {
     pub fn new(settings: SrSettings) -> Self {
         Self {
-            decoder: AvroDecoder::new(settings),
+            decoder: AvroDecoder::new(settings.clone()),
+            settings,
             parsed: Default::default(),
         }
+    }
+
+    /// Preflight: the registry answers `GET /subjects`.
+    pub async fn check(&self) -> Result<String, String> {
+        schema_registry_converter::async_impl::schema_registry::get_all_subjects(&self.settings)
+            .await
+            .map(|subjects| format!("schema registry answers ({} subjects)", subjects.len()))
+            .map_err(|e| {
+                format!(
+                    "the schema registry does not answer ({}): check `source.schema_registry.url` and that the registry is up",
+                    e.error
+                )
+            })
     }
 
     /// The writer schema registered under `id`.

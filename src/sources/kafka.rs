@@ -21,6 +21,7 @@ use rdkafka::error::KafkaError;
 use rdkafka::message::{Headers, Message};
 use rdkafka::{ClientContext, Offset, TopicPartitionList};
 use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -45,12 +46,30 @@ struct Pending {
     events: usize,
 }
 
-/// Commits what completed when partitions are revoked, from inside librdkafka's poll.
+/// Commits what completed when partitions are revoked, from inside librdkafka's poll; keeps
+/// the assignment size (for `/readyz`) and the consumer lag (from librdkafka's statistics).
 struct GroupContext {
     pending: Arc<Mutex<Pending>>,
+    assigned: Arc<AtomicUsize>,
 }
 
-impl ClientContext for GroupContext {}
+impl ClientContext for GroupContext {
+    fn stats(&self, statistics: rdkafka::Statistics) {
+        for (topic, t) in &statistics.topics {
+            for (partition, p) in &t.partitions {
+                // Partition -1 is librdkafka's internal UA partition; lag -1 means unknown.
+                if *partition >= 0 && p.consumer_lag >= 0 {
+                    metrics::gauge!(
+                        crate::telemetry::KAFKA_CONSUMER_LAG,
+                        "topic" => topic.clone(),
+                        "partition" => partition.to_string()
+                    )
+                    .set(p.consumer_lag as f64);
+                }
+            }
+        }
+    }
+}
 
 impl ConsumerContext for GroupContext {
     fn pre_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
@@ -75,7 +94,10 @@ impl ConsumerContext for GroupContext {
         tracing::info!(partitions = revoked.len(), "partitions revoked");
     }
 
-    fn post_rebalance(&self, _consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+    fn post_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        let assigned = consumer.assignment().map(|a| a.count()).unwrap_or(0);
+        self.assigned.store(assigned, Ordering::Relaxed);
+        metrics::gauge!(crate::telemetry::KAFKA_ASSIGNED_PARTITIONS).set(assigned as f64);
         if let Rebalance::Assign(tpl) = rebalance {
             tracing::info!(
                 partitions = tpl.count(),
@@ -104,6 +126,7 @@ pub struct KafkaSource {
     schemas: WriterSchemas,
     settings: KafkaSourceSettings,
     pending: Arc<Mutex<Pending>>,
+    assigned: Arc<AtomicUsize>,
     /// Next offsets of what the current batch handed out.
     handed_out: HashMap<(String, i32), i64>,
     handed_events: usize,
@@ -145,7 +168,9 @@ impl KafkaSource {
             .set("bootstrap.servers", &settings.brokers)
             .set("group.id", &settings.group_id)
             .set("auto.offset.reset", "earliest")
-            .set("client.id", "profile-sync");
+            .set("client.id", "profile-sync")
+            // Statistics feed the consumer lag gauge; a pipeline file may change the interval.
+            .set("statistics.interval.ms", "5000");
         for (k, v) in &settings.properties {
             config.set(k, v);
         }
@@ -154,9 +179,11 @@ impl KafkaSource {
             .set("enable.auto.commit", "false")
             .set("enable.auto.offset.store", "false");
         let pending = Arc::new(Mutex::new(Pending::default()));
+        let assigned = Arc::new(AtomicUsize::new(0));
         let consumer: StreamConsumer<GroupContext> = config
             .create_with_context(GroupContext {
                 pending: pending.clone(),
+                assigned: assigned.clone(),
             })
             .map_err(|e| {
                 read_err(format!(
@@ -172,6 +199,7 @@ impl KafkaSource {
             schemas,
             settings,
             pending,
+            assigned,
             handed_out: HashMap::new(),
             handed_events: 0,
             last_commit: Instant::now(),
@@ -294,6 +322,40 @@ impl KafkaSource {
 
 #[async_trait]
 impl EventSource for KafkaSource {
+    fn assigned_partitions(&self) -> Option<Arc<AtomicUsize>> {
+        Some(self.assigned.clone())
+    }
+
+    /// Broker metadata for every topic (each must exist), then the schema registry.
+    async fn check(&mut self) -> Result<String, String> {
+        let mut partitions = 0;
+        for topic in &self.settings.topics {
+            let metadata = self
+                .consumer
+                .fetch_metadata(Some(topic), Duration::from_secs(5))
+                .map_err(|e| {
+                    format!(
+                        "no metadata from the brokers at {} ({e}): check `source.brokers` and that the brokers are up",
+                        self.settings.brokers
+                    )
+                })?;
+            let found = metadata
+                .topics()
+                .iter()
+                .find(|t| t.name() == topic)
+                .filter(|t| t.error().is_none() && !t.partitions().is_empty())
+                .ok_or_else(|| {
+                    format!("topic `{topic}` does not exist: create it, or fix `source.topics`")
+                })?;
+            partitions += found.partitions().len();
+        }
+        let registry = self.schemas.check().await?;
+        Ok(format!(
+            "{} topic(s), {partitions} partitions; {registry}",
+            self.settings.topics.len()
+        ))
+    }
+
     async fn next_batch(&mut self, max: usize) -> Result<Vec<SourceRecord>, SourceError> {
         self.handed_out.clear();
         self.handed_events = 0;

@@ -72,6 +72,12 @@ pub enum SourceError {
 
 #[async_trait]
 pub trait EventSource: Send {
+    /// For a source that shares its input with a group of workers (Kafka): how many
+    /// partitions this worker holds now. `/readyz` is not ready while it is zero.
+    fn assigned_partitions(&self) -> Option<std::sync::Arc<std::sync::atomic::AtomicUsize>> {
+        None
+    }
+
     /// Preflight: can events be read? Never includes secrets.
     async fn check(&mut self) -> Result<String, String> {
         Ok(match self.size_hint() {

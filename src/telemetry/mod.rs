@@ -24,6 +24,9 @@ pub const KEY_CACHE_HITS: &str = "profile_sync_key_cache_hits_total";
 pub const KEY_CACHE_MISSES: &str = "profile_sync_key_cache_misses_total";
 pub const CONSENT_CHANGES: &str = "profile_sync_consent_changes_total";
 pub const ERASURES: &str = "profile_sync_erasures_total";
+/// Per topic and partition, from librdkafka's statistics (every 5 s by default).
+pub const KAFKA_CONSUMER_LAG: &str = "profile_sync_kafka_consumer_lag";
+pub const KAFKA_ASSIGNED_PARTITIONS: &str = "profile_sync_kafka_assigned_partitions";
 
 pub fn consent_change(granted: bool) {
     metrics::counter!(CONSENT_CHANGES, "decision" => if granted { "granted" } else { "withdrawn" })

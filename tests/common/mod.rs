@@ -3,6 +3,7 @@
 #![allow(dead_code)]
 
 pub mod scenarios;
+pub mod services;
 
 use assert_cmd::Command;
 use serde_json::Value as Json;

@@ -18,8 +18,10 @@ pub fn encode(op: &IndexOp, mapping: &Mapping) -> Vec<u8> {
             json!({ "index": { "_id": doc.user_id.to_string(), "version": doc.version, "version_type": "external" } }),
             Some(mapping.document(doc)),
         ),
+        // `external_gte`: an erasure fences at the stored version, which is the indexed
+        // document's own; a strictly-greater rule would leave that document in place.
         IndexOp::Delete { user_id, version } => (
-            json!({ "delete": { "_id": user_id.to_string(), "version": version, "version_type": "external" } }),
+            json!({ "delete": { "_id": user_id.to_string(), "version": version, "version_type": "external_gte" } }),
             None,
         ),
     };
@@ -176,7 +178,7 @@ mod tests {
         .unwrap();
         let action: Json = serde_json::from_str(lines.trim_end()).unwrap();
         assert_eq!(action["delete"]["version"], 7);
-        assert_eq!(action["delete"]["version_type"], "external");
+        assert_eq!(action["delete"]["version_type"], "external_gte");
         assert_eq!(lines.matches('\n').count(), 1);
     }
 

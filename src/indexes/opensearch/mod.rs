@@ -426,6 +426,30 @@ fn query_error(body: &Json) -> String {
 
 #[async_trait]
 impl SearchIndex for OpenSearchIndex {
+    /// Both aliases point at an index, and the read alias answers a query.
+    async fn check(&self) -> Result<String, String> {
+        let state = self.alias_state().await.map_err(|e| {
+            format!(
+                "{e}: is OpenSearch reachable at {}? (locally: `scripts/services start opensearch`)",
+                self.settings.url
+            )
+        })?;
+        let write = state.write.ok_or_else(|| {
+            format!(
+                "no index behind the write alias `{}`: run `profile-sync reindex`",
+                self.settings.write_alias
+            )
+        })?;
+        let found = self.search("*", 1).await.map_err(|e| e.to_string())?;
+        Ok(format!(
+            "`{}` reads {}, `{}` writes {write}; {} documents",
+            self.settings.read_alias,
+            state.read.join(", "),
+            self.settings.write_alias,
+            found.total
+        ))
+    }
+
     async fn apply(&self, ops: Vec<IndexOp>) -> Result<Vec<IndexOutcome>, IndexError> {
         self.write(&self.settings.write_alias, &ops).await
     }

@@ -521,6 +521,33 @@ fn decode_cursor(cursor: &str) -> Result<Item, StoreError> {
 
 #[async_trait]
 impl ProfileStore for DynamoStore {
+    /// DescribeTable, not a count: counting a production table would scan all of it.
+    async fn check(&self) -> Result<String, String> {
+        let out = self
+            .client
+            .describe_table()
+            .table_name(&self.table)
+            .send()
+            .await
+            .map_err(|e| dynamo_err("DescribeTable", &e).to_string())?;
+        let table = out.table();
+        let status = table
+            .and_then(|t| t.table_status())
+            .map(|s| s.as_str().to_string())
+            .unwrap_or_else(|| "unknown".into());
+        if status != "ACTIVE" {
+            return Err(format!(
+                "table `{}` is {status}, not ACTIVE: wait for it, or run `profile-sync bootstrap`",
+                self.table
+            ));
+        }
+        Ok(format!(
+            "table `{}` ACTIVE (~{} items)",
+            self.table,
+            table.and_then(|t| t.item_count()).unwrap_or_default()
+        ))
+    }
+
     async fn apply(&self, changes: &[ProtectedChange]) -> Result<Vec<WriteOutcome>, StoreError> {
         let mut by_user: HashMap<Uuid, Vec<usize>> = HashMap::new();
         for (i, c) in changes.iter().enumerate() {
