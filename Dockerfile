@@ -5,7 +5,7 @@
 FROM rust:1.95-bookworm AS build
 WORKDIR /src
 # librdkafka is built from source by rdkafka's build script; it needs these.
-RUN apt-get update && apt-get install -y --no-install-recommends cmake libcurl4-openssl-dev libsasl2-dev \
+RUN apt-get update && apt-get install -y --no-install-recommends cmake libcurl4-openssl-dev libsasl2-dev libssl-dev \
     && rm -rf /var/lib/apt/lists/*
 COPY Cargo.toml Cargo.lock ./
 COPY src ./src
@@ -14,7 +14,7 @@ COPY geoip ./geoip
 RUN cargo build --release --locked --bin profile-sync
 
 FROM debian:bookworm-slim AS runtime
-RUN apt-get update && apt-get install -y --no-install-recommends ca-certificates libcurl4 libsasl2-2 \
+RUN apt-get update && apt-get install -y --no-install-recommends ca-certificates libcurl4 libsasl2-2 libssl3 \
     && rm -rf /var/lib/apt/lists/* \
     && useradd --system --uid 10001 --home-dir /app --shell /usr/sbin/nologin profile-sync
 WORKDIR /app

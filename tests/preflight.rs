@@ -215,7 +215,11 @@ const STOPPED: &[(&str, &str, &[&str])] = &[
     ),
     ("KMS_ENDPOINT", "key provider", &["KMS", "reachable"]),
     ("DYNAMODB_ENDPOINT", "store", &["DynamoDB", "reachable"]),
-    ("OPENSEARCH_URL", "index", &["cannot reach OpenSearch", "index.url"]),
+    (
+        "OPENSEARCH_URL",
+        "index",
+        &["cannot reach OpenSearch", "index.url"],
+    ),
 ];
 
 #[test]

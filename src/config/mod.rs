@@ -271,17 +271,17 @@ pub enum StoreConfig {
         concurrency: usize,
         /// Audit records get a TTL attribute this many days after their time (DynamoDB
         /// removes them some time after that); `expire_audit` removes them explicitly too.
-        #[serde(default = "default_audit_retention_days")]
-        audit_retention_days: u64,
+        /// Default: `privacy.retention.audit_days`, else 400.
+        #[serde(default)]
+        audit_retention_days: Option<u64>,
     },
 }
 
 fn default_dynamodb_concurrency() -> usize {
     16
 }
-fn default_audit_retention_days() -> u64 {
-    400
-}
+/// Audit TTL when neither the store nor the retention rules set one.
+pub const DEFAULT_AUDIT_RETENTION_DAYS: u64 = 400;
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
@@ -619,6 +619,37 @@ fn tidy(path: &Path) -> PathBuf {
 /// Errors name the variable, never its value.
 pub fn interpolate(text: &str, lookup: impl Fn(&str) -> Option<String>) -> Result<String, String> {
     let mut out = String::with_capacity(text.len());
+    for line in text.split_inclusive('\n') {
+        // YAML comments stay as written: a commented-out `${VAR}` needs no variable.
+        let (code, comment) = line.split_at(comment_start(line));
+        out.push_str(&interpolate_code(code, &lookup)?);
+        out.push_str(comment);
+    }
+    Ok(out)
+}
+
+/// Where a YAML comment starts on `line` (its length when there is none): a `#` at the start
+/// or after whitespace, outside quotes.
+fn comment_start(line: &str) -> usize {
+    let (mut single, mut double) = (false, false);
+    let mut previous = ' ';
+    for (i, c) in line.char_indices() {
+        match c {
+            '\'' if !double => single = !single,
+            '"' if !single && previous != '\\' => double = !double,
+            '#' if !single && !double && previous.is_whitespace() => return i,
+            _ => {}
+        }
+        previous = c;
+    }
+    line.len()
+}
+
+fn interpolate_code(
+    text: &str,
+    lookup: &impl Fn(&str) -> Option<String>,
+) -> Result<String, String> {
+    let mut out = String::with_capacity(text.len());
     let mut rest = text;
     while let Some(i) = rest.find("${") {
         if rest[..i].ends_with('$') {
@@ -660,6 +691,16 @@ pub fn interpolate(text: &str, lookup: impl Fn(&str) -> Option<String>) -> Resul
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn variables_in_comments_are_left_alone() {
+        let text = "url: ${URL} # or ${OTHER}\n# key: ${UNSET}\nname: \"a # b ${URL}\"\n";
+        let out = interpolate(text, |n| (n == "URL").then(|| "http://x".to_string())).unwrap();
+        assert_eq!(
+            out,
+            "url: http://x # or ${OTHER}\n# key: ${UNSET}\nname: \"a # b http://x\"\n"
+        );
+    }
 
     #[test]
     fn shipped_local_pipeline_parses() {

@@ -14,6 +14,7 @@ use crate::stages::enrich::{Enricher, RegionError, RegionResolver, SegmentError,
 use crate::stages::project::{Projection, ProjectionError};
 use crate::stages::protect::Protector;
 use crate::stores::{DynamoStore, ProfileStore, SqliteStore, StoreError};
+use std::collections::BTreeMap;
 use std::path::Path;
 use std::sync::Arc;
 
@@ -103,7 +104,11 @@ pub fn open_dynamodb(
                 endpoint: endpoint.clone(),
             },
             *concurrency,
-            *audit_retention_days,
+            // One retention period for audit records: the store's TTL follows the privacy
+            // rules unless the store sets its own.
+            audit_retention_days
+                .or(file.config.privacy.retention.audit_days.map(u64::from))
+                .unwrap_or(config::DEFAULT_AUDIT_RETENTION_DAYS),
             check_table,
         )?),
         _ => Err(file
@@ -260,12 +265,38 @@ fn open_dead_letters(
             topic,
             brokers,
             properties,
-        } => Arc::new(crate::dead_letter::DeadLetterTopic::open(
-            &kafka_brokers(file, brokers.as_deref())?,
-            topic,
-            &config::kafka_properties(properties),
-        )?),
+        } => {
+            let merged = dead_letter_properties(file, brokers.as_deref(), properties);
+            Arc::new(crate::dead_letter::DeadLetterTopic::open(
+                &kafka_brokers(file, brokers.as_deref())?,
+                topic,
+                &merged,
+            )?)
+        }
     })
+}
+
+/// The dead-letter producer's properties. On the source's cluster (no brokers of its own) it
+/// connects like the consumer: it takes the source's security properties; its own ones win.
+pub fn dead_letter_properties(
+    file: &config::Pipeline,
+    own_brokers: Option<&str>,
+    own: &BTreeMap<String, String>,
+) -> BTreeMap<String, String> {
+    let mut merged = BTreeMap::new();
+    if let (None, SourceConfig::Kafka(k)) = (own_brokers, &file.config.source) {
+        merged.extend(
+            config::kafka_properties(&k.properties)
+                .into_iter()
+                .filter(|(key, _)| {
+                    key == "security.protocol"
+                        || key.starts_with("sasl.")
+                        || key.starts_with("ssl.")
+                }),
+        );
+    }
+    merged.extend(config::kafka_properties(own));
+    merged
 }
 
 /// The brokers a Kafka adapter uses: its own, else the Kafka source's.
@@ -349,4 +380,57 @@ pub fn build(
         health: Arc::default(),
     };
     Ok(Components { pipeline, source })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pipeline(dead_letter: &str) -> config::Pipeline {
+        let local = std::fs::read_to_string("pipelines/kafka-local.yaml").unwrap();
+        let text = local
+            .replace(
+                "passed through as is\n",
+                "passed through as is\n    security.protocol: SASL_SSL\n    sasl.mechanism: SCRAM-SHA-512\n    ssl.ca.location: /etc/ca.pem\n",
+            )
+            .replace(
+                "dead_letter:\n  type: kafka\n  topic: profile-changes-dlq",
+                dead_letter,
+            );
+        config::Pipeline::parse(Path::new("pipelines/kafka-local.yaml"), &text).unwrap()
+    }
+
+    fn dead_letters(file: &config::Pipeline) -> BTreeMap<String, String> {
+        let config::DeadLetterConfig::Kafka {
+            brokers,
+            properties,
+            ..
+        } = &file.config.dead_letter
+        else {
+            panic!("kafka dead letters expected")
+        };
+        dead_letter_properties(file, brokers.as_deref(), properties)
+    }
+
+    #[test]
+    fn dead_letters_on_the_source_cluster_connect_like_the_consumer() {
+        let file = pipeline(
+            "dead_letter:\n  type: kafka\n  topic: dlq\n  properties:\n    sasl.mechanism: PLAIN\n    linger.ms: \"5\"",
+        );
+        let props = dead_letters(&file);
+        assert_eq!(props["security.protocol"], "SASL_SSL");
+        assert_eq!(props["ssl.ca.location"], "/etc/ca.pem");
+        assert_eq!(props["sasl.mechanism"], "PLAIN", "its own properties win");
+        assert_eq!(props["linger.ms"], "5");
+        assert!(
+            !props.contains_key("session.timeout.ms"),
+            "consumer settings stay with the consumer"
+        );
+    }
+
+    #[test]
+    fn dead_letters_on_another_cluster_take_only_their_own_properties() {
+        let file = pipeline("dead_letter:\n  type: kafka\n  topic: dlq\n  brokers: other:9092");
+        assert!(!dead_letters(&file).contains_key("security.protocol"));
+    }
 }

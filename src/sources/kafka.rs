@@ -462,3 +462,47 @@ impl EventSource for KafkaSource {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::schema::registry::settings;
+
+    fn open_with(properties: &[(&str, &str)]) -> Result<KafkaSource, SourceError> {
+        KafkaSource::open(
+            KafkaSourceSettings {
+                brokers: "127.0.0.1:1".into(),
+                topics: vec!["profile-changes".into()],
+                group_id: "unit".into(),
+                properties: properties
+                    .iter()
+                    .map(|(k, v)| (k.to_string(), v.to_string()))
+                    .collect(),
+                linger: Duration::from_millis(10),
+                commit_every_events: 10,
+                commit_interval: Duration::from_secs(1),
+                stop_when_idle: None,
+            },
+            WriterSchemas::new(settings("http://127.0.0.1:1", Duration::from_secs(1)).unwrap()),
+        )
+    }
+
+    #[tokio::test]
+    async fn the_client_is_built_with_tls_and_scram_for_managed_clusters() {
+        let source = open_with(&[
+            ("security.protocol", "SASL_SSL"),
+            ("sasl.mechanism", "SCRAM-SHA-512"),
+            ("sasl.username", "profile-sync"),
+            ("sasl.password", "unit-test"),
+        ]);
+        assert!(source.is_ok(), "{:?}", source.err());
+    }
+
+    #[tokio::test]
+    async fn an_unknown_librdkafka_property_is_reported_at_startup() {
+        let Err(e) = open_with(&[("no.such.property", "1")]) else {
+            panic!("accepted an unknown property");
+        };
+        assert!(e.to_string().contains("properties"), "{e}");
+    }
+}
