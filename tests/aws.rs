@@ -419,6 +419,10 @@ fn kms_calls_for_100000_events_stay_within_the_documented_bound() {
 #[test]
 fn a_kms_outage_stalls_the_pipeline_without_plaintext_writes_and_it_resumes() {
     let _services = exclusive();
+    // The worker reaches KMS through a proxy, so that the restarted (empty) emulator gets its
+    // key back before the worker can see it: the outage, not the emulator's lost state, is
+    // what this test is about.
+    let proxy = FaultProxy::start(&kms_endpoint());
     let dir = tempfile::tempdir().unwrap();
     let (table, alias) = (unique("kmsdown"), format!("alias/{}", unique("kmsdown")));
     let p = pipeline(
@@ -429,6 +433,10 @@ fn a_kms_outage_stalls_the_pipeline_without_plaintext_writes_and_it_resumes() {
         &[
             ("    max_uses: 100000 ", "    max_uses: 300 "),
             ("batch_size: 2000", "batch_size: 500"),
+            (
+                &format!("endpoint: {}", kms_endpoint()),
+                &format!("endpoint: {}", proxy.endpoint),
+            ),
         ],
     );
     bootstrap(&p);
@@ -456,6 +464,7 @@ fn a_kms_outage_stalls_the_pipeline_without_plaintext_writes_and_it_resumes() {
         std::thread::sleep(Duration::from_millis(100));
     }
 
+    proxy.set(DROP);
     let kms_down = ServiceDown::stop("kms");
     std::thread::sleep(Duration::from_secs(4));
     let before = count_keys();
@@ -481,6 +490,7 @@ fn a_kms_outage_stalls_the_pipeline_without_plaintext_writes_and_it_resumes() {
             .await
             .unwrap();
     });
+    proxy.set(PASS);
 
     let output = wait_with_timeout(child, Duration::from_secs(600));
     assert!(
@@ -558,8 +568,8 @@ fn wait_with_timeout(mut child: std::process::Child, limit: Duration) -> std::pr
     child.wait_with_output().unwrap()
 }
 
-/// A fault-injecting HTTP proxy in front of DynamoDB Local: passes requests through, or
-/// answers them with throttling, a 500, or a dropped connection.
+/// A fault-injecting HTTP proxy in front of DynamoDB Local or the KMS emulator: passes requests
+/// through, or answers them with throttling, a 500, or a dropped connection.
 struct FaultProxy {
     endpoint: String,
     mode: Arc<AtomicU8>,

@@ -17,7 +17,8 @@ const SECRET: &str = "preflight-canary-secret";
 /// `pipelines/docker.yaml` (the full production stack) with this test's topic, table, KMS
 /// alias and index names; the addresses are its `${VAR}`s, given by [`check`].
 struct Stack {
-    dir: tempfile::TempDir,
+    /// Holds the pipeline file and data directory until the test ends.
+    _dir: tempfile::TempDir,
     registry: Registry,
     topic: String,
     pipeline: PathBuf,
@@ -64,7 +65,7 @@ impl Stack {
         block_on(create_topics(&kafka_brokers(), &[(&topic, 2)]));
         let stack = Self {
             registry: registry(),
-            dir,
+            _dir: dir,
             topic,
             pipeline,
             index,
