@@ -92,26 +92,11 @@ fn every_invalid_event_is_dead_lettered_with_its_reason_and_position() {
 }
 
 #[test]
-fn the_store_holds_exactly_the_latest_version_of_every_user() {
-    let f = fixture();
-    let conn = rusqlite::Connection::open(f.data.join("profiles.sqlite")).unwrap();
-    let mut stmt = conn
-        .prepare("SELECT user_id, version, deleted FROM profiles")
-        .unwrap();
-    let stored: HashMap<String, (i64, bool)> = stmt
-        .query_map([], |r| Ok((r.get::<_, String>(0)?, (r.get(1)?, r.get(2)?))))
-        .unwrap()
-        .map(Result::unwrap)
-        .collect();
-    let expected: HashMap<String, (i64, bool)> = f
-        .expected
-        .iter()
-        .map(|(u, e)| (u.clone(), (e.version, e.deleted)))
-        .collect();
-    assert_eq!(stored.len(), expected.len());
-    for (user, want) in &expected {
-        assert_eq!(stored.get(user), Some(want), "user {user}");
-    }
+fn the_end_to_end_scenario_holds_with_the_embedded_adapters() {
+    // The same body as tests/aws.rs runs with DynamoDB + KMS.
+    common::scenarios::twenty_thousand_events(&local_pipeline(), &|data| {
+        common::scenarios::sqlite_state(&data.join("profiles.sqlite"))
+    });
 }
 
 #[test]

@@ -12,6 +12,7 @@
 
 mod common;
 
+use common::scenarios::sqlite_state;
 use common::services::{create_topics, kafka_brokers, registry, require, Registry};
 use common::{binary, expected_state, repo};
 use rdkafka::config::ClientConfig;
@@ -428,23 +429,12 @@ impl Worker {
     }
 }
 
-fn stored(store: &Path) -> HashMap<String, (i64, bool)> {
-    let conn = rusqlite::Connection::open(store).unwrap();
-    let mut stmt = conn
-        .prepare("SELECT user_id, version, deleted FROM profiles")
-        .unwrap();
-    stmt.query_map([], |r| Ok((r.get::<_, String>(0)?, (r.get(1)?, r.get(2)?))))
-        .unwrap()
-        .map(Result::unwrap)
-        .collect()
-}
-
 fn assert_exact_state(store: &Path, jsonl: &Path) {
     let expected: HashMap<String, (i64, bool)> = expected_state(jsonl)
         .into_iter()
         .map(|(u, e)| (u, (e.version, e.deleted)))
         .collect();
-    let stored = stored(store);
+    let stored = sqlite_state(store);
     let wrong: Vec<_> = expected
         .iter()
         .filter(|(u, want)| stored.get(*u) != Some(want))
@@ -670,7 +660,7 @@ async fn out_of_order_and_duplicate_delivery_never_lets_an_older_version_win() {
     let mut w = setup.worker("first", &first);
     let summary = w.finish();
     assert_eq!(summary["read"], 24);
-    let state = stored(&setup.store());
+    let state = sqlite_state(&setup.store());
     for user in &users {
         assert_eq!(state[user], (5, false), "user {user} ends at version 5");
     }
@@ -683,7 +673,7 @@ async fn out_of_order_and_duplicate_delivery_never_lets_an_older_version_win() {
         "a redelivery writes nothing: {summary}"
     );
     assert_eq!(summary["read"], 24);
-    assert_eq!(stored(&setup.store()), state);
+    assert_eq!(sqlite_state(&setup.store()), state);
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -19,6 +19,18 @@ pub struct ScenarioRun {
 /// Stored state per user id: (version, deleted), read by an adapter-specific reader.
 pub type StoredState = HashMap<String, (i64, bool)>;
 
+/// (version, deleted) per user in an embedded SQLite store.
+pub fn sqlite_state(db: &Path) -> StoredState {
+    let conn = rusqlite::Connection::open(db).unwrap();
+    let mut stmt = conn
+        .prepare("SELECT user_id, version, deleted FROM profiles")
+        .unwrap();
+    stmt.query_map([], |r| Ok((r.get::<_, String>(0)?, (r.get(1)?, r.get(2)?))))
+        .unwrap()
+        .map(Result::unwrap)
+        .collect()
+}
+
 fn n(v: &Json, key: &str) -> u64 {
     v[key]
         .as_u64()
