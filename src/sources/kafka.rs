@@ -402,6 +402,10 @@ impl EventSource for KafkaSource {
                     "dropped buffered messages of revoked partitions"
                 );
             }
+            // An empty batch means "source exhausted" to the pipeline: fetch again instead.
+            if raws.is_empty() {
+                return self.next_batch(max).await;
+            }
         }
         let mut batch = Vec::with_capacity(raws.len());
         for raw in raws {
