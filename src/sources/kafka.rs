@@ -359,10 +359,14 @@ impl EventSource for KafkaSource {
     async fn next_batch(&mut self, max: usize) -> Result<Vec<SourceRecord>, SourceError> {
         self.handed_out.clear();
         self.handed_events = 0;
-        let idle_since = Instant::now();
+        let mut idle_since = Instant::now();
         // Wait for a first message, committing due offsets while idle.
         let first = loop {
             let mut wait = self.settings.commit_interval.max(Duration::from_millis(50));
+            // Idle means "no events on my partitions": waiting for an assignment is not idle.
+            if self.assigned.load(Ordering::Relaxed) == 0 {
+                idle_since = Instant::now();
+            }
             if let Some(idle) = self.settings.stop_when_idle {
                 let left = idle.saturating_sub(idle_since.elapsed());
                 if left.is_zero() {
