@@ -41,8 +41,11 @@ impl Decoder {
         }
     }
 
-    /// Whether datums of `writer` must be resolved to the reader schema: unless the two are
-    /// the same schema, attributes included. Decided once per writer schema.
+    /// Whether datums of `writer` must be resolved to the reader schema: unless both have the
+    /// same Parsing Canonical Form. The binary encoding depends only on what that form keeps
+    /// (names, types, field order, symbols, sizes), so such datums are read with the reader
+    /// schema directly, which gives what resolution would (the reader's logical types and
+    /// defaults). Decided once per writer schema.
     fn needs_resolution(&self, writer: &Arc<Schema>) -> bool {
         let known = |list: &[(Arc<Schema>, bool)]| {
             list.iter()
@@ -52,13 +55,9 @@ impl Decoder {
         if let Some(differs) = known(&self.writers.read().expect("decoder lock")) {
             return differs;
         }
-        let differs = match (
-            serde_json::to_value(&**writer),
-            serde_json::to_value(&self.reader),
-        ) {
-            (Ok(w), Ok(r)) => w != r,
-            _ => true,
-        };
+        // `canonical_form` cannot fail once the schema serialises; check that first.
+        let differs = serde_json::to_value(&**writer).is_err()
+            || writer.canonical_form() != self.reader.canonical_form();
         let mut list = self.writers.write().expect("decoder lock");
         if known(&list).is_none() {
             if list.len() >= KNOWN_WRITERS {
@@ -102,8 +101,13 @@ impl Decoder {
     /// One Avro binary datum, resolved from `writer` to the reader schema.
     fn avro(&self, bytes: &[u8], writer: &Arc<Schema>) -> Result<Value, Rejection> {
         let mut slice = bytes;
-        let value = apache_avro::reader::datum::GenericDatumReader::builder(writer)
-            .maybe_reader_schema(self.needs_resolution(writer).then_some(&self.reader))
+        let (schema, reader) = if self.needs_resolution(writer) {
+            (&**writer, Some(&self.reader))
+        } else {
+            (&self.reader, None)
+        };
+        let value = apache_avro::reader::datum::GenericDatumReader::builder(schema)
+            .maybe_reader_schema(reader)
             .build()
             .and_then(|r| r.read_value(&mut slice))
             .map_err(|e| {
@@ -417,6 +421,48 @@ mod tests {
             assert_eq!(decoded, to_change(resolved));
         }
         assert!(!d.needs_resolution(&writer));
+    }
+
+    #[test]
+    #[allow(deprecated)]
+    fn a_writer_schema_differing_only_in_docs_is_read_without_resolution_to_the_same_change() {
+        fn strip(j: &mut Json) {
+            match j {
+                Json::Object(m) => {
+                    m.remove("doc");
+                    m.remove("classification");
+                    m.values_mut().for_each(strip);
+                }
+                Json::Array(a) => a.iter_mut().for_each(strip),
+                _ => {}
+            }
+        }
+        let d = decoder();
+        let mut stripped = serde_json::to_value(&d.reader).unwrap();
+        strip(&mut stripped);
+        let writer = Arc::new(Schema::parse(&stripped).unwrap());
+        assert!(!d.needs_resolution(&writer));
+        let mut with_field = stripped.clone();
+        with_field["fields"]
+            .as_array_mut()
+            .unwrap()
+            .push(serde_json::json!({"name": "extra", "type": "int", "default": 0}));
+        assert!(d.needs_resolution(&Arc::new(Schema::parse(&with_field).unwrap())));
+        let mut gen = crate::generate::EventGenerator::new(11, 40, 0.0, false);
+        for _ in 0..40 {
+            let crate::generate::GeneratedEvent::Record { value, .. } = gen.next_event() else {
+                continue;
+            };
+            let bytes = apache_avro::to_avro_datum(&writer, value).unwrap();
+            let resolved =
+                apache_avro::from_avro_datum(&writer, &mut bytes.as_slice(), Some(&d.reader))
+                    .unwrap();
+            let decoded = d.decode(&Payload::AvroDatum {
+                bytes,
+                writer: writer.clone(),
+            });
+            assert_eq!(decoded, to_change(resolved));
+        }
     }
 
     #[test]

@@ -42,8 +42,16 @@ pub struct SegmentRules {
     env: Arc<Env>,
     /// (segment name, consent purpose it needs, compiled rule)
     rules: Vec<(String, Option<String>, Program)>,
-    /// Fields bound as variables: (catalog spec, whether it is derived).
-    bound: Vec<FieldSpec>,
+    /// The fields some rule reads, each with how it is bound: under its flat name, inside
+    /// its record's map, or both. Fields no rule reads are not converted at all (binding
+    /// every field per event cost more than evaluating the rules).
+    bound: Vec<Binding>,
+}
+
+struct Binding {
+    spec: FieldSpec,
+    flat: bool,
+    in_record: bool,
 }
 
 impl SegmentRules {
@@ -113,6 +121,31 @@ impl SegmentRules {
             }
             compiled.push((name.clone(), purpose.clone(), program));
         }
+        let read: Vec<String> = compiled
+            .iter()
+            .flat_map(|(_, _, p)| {
+                let references = p.references();
+                let names: Vec<String> = references
+                    .variables()
+                    .into_iter()
+                    .map(String::from)
+                    .collect();
+                names
+            })
+            .collect();
+        let reads = |name: &str| read.iter().any(|r| r == name);
+        let bound = bound
+            .into_iter()
+            .filter_map(|spec| {
+                let flat = reads(&spec.flat_name);
+                let in_record = spec.path.len() == 2 && reads(&spec.path[0]);
+                (flat || in_record).then_some(Binding {
+                    spec,
+                    flat,
+                    in_record,
+                })
+            })
+            .collect();
         Ok(Self {
             env,
             rules: compiled,
@@ -136,7 +169,12 @@ impl SegmentRules {
         let mut context = Context::with_env(self.env.clone());
         context.add_variable_from_value("now", Value::Timestamp(change.occurred_at.fixed_offset()));
         let mut records: HashMap<&str, HashMap<String, Value>> = HashMap::new();
-        for spec in &self.bound {
+        for Binding {
+            spec,
+            flat,
+            in_record,
+        } in &self.bound
+        {
             let value = if spec.classification == Classification::Derived {
                 derived(region, &spec.flat_name)
             } else {
@@ -147,13 +185,15 @@ impl SegmentRules {
                 };
                 json.map_or(Value::Null, |j| to_cel(j, spec.kind))
             };
-            if let [record, leaf] = spec.path.as_slice() {
+            if let ([record, leaf], true) = (spec.path.as_slice(), in_record) {
                 records
                     .entry(record.as_str())
                     .or_default()
                     .insert(leaf.clone(), value.clone());
             }
-            context.add_variable_from_value(spec.flat_name.clone(), value);
+            if *flat {
+                context.add_variable_from_value(spec.flat_name.clone(), value);
+            }
         }
         for (record, fields) in records {
             let present = profile.get(record).is_some_and(|r| !r.is_null());
