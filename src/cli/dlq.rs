@@ -5,7 +5,7 @@
 
 use super::kafka_args::{client_config, kafka_source};
 use super::{usage, Failure};
-use crate::dead_letter::HEADER_PREFIX;
+use crate::dead_letter::{HEADER_PREFIX, VALUE_OMITTED};
 use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::message::{Header, Headers, Message, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord};
@@ -96,6 +96,8 @@ pub async fn run(args: Args) -> Result<(), Failure> {
             .map_err(|e| usage(anyhow::anyhow!("cannot create a Kafka producer: {e}")))?
     };
     let (mut replayed, mut skipped) = (0u64, 0u64);
+    // Letters whose value was too large to dead-letter: where to read it, at the source.
+    let mut omitted: Vec<String> = Vec::new();
     if remaining > 0 {
         consumer.assign(&tpl)?;
     }
@@ -119,6 +121,10 @@ pub async fn run(args: Args) -> Result<(), Failure> {
         };
         if !filters.iter().all(|(k, v)| header(k).as_deref() == Some(v)) {
             skipped += 1;
+            continue;
+        }
+        if header(&format!("{HEADER_PREFIX}{VALUE_OMITTED}")).is_some() {
+            omitted.push(header(&format!("{HEADER_PREFIX}position")).unwrap_or_default());
             continue;
         }
         let Some(target) = args
@@ -152,7 +158,12 @@ pub async fn run(args: Args) -> Result<(), Failure> {
     }
     println!(
         "{}",
-        serde_json::json!({"from": args.from, "replayed": replayed, "skipped": skipped})
+        serde_json::json!({
+            "from": args.from,
+            "replayed": replayed,
+            "skipped": skipped,
+            "value_omitted": omitted,
+        })
     );
     Ok(())
 }

@@ -77,6 +77,9 @@ pub struct KafkaSourceConfig {
     /// ...or once this long has passed since the last commit, in milliseconds.
     #[serde(default = "default_commit_interval_ms")]
     pub commit_interval_ms: u64,
+    /// A message value larger than this (bytes) is dead-lettered as `too_large` undecoded.
+    #[serde(default = "default_max_event_bytes")]
+    pub max_event_bytes: usize,
     /// Stop (exit 0 after committing) when no message arrived for this long, in milliseconds.
     /// For batch jobs and benchmarks; unset, the worker runs until it is signalled.
     #[serde(default)]
@@ -129,6 +132,9 @@ fn default_commit_every_events() -> usize {
 }
 fn default_commit_interval_ms() -> u64 {
     1000
+}
+fn default_max_event_bytes() -> usize {
+    1 << 20
 }
 fn default_registry_timeout_ms() -> u64 {
     5000

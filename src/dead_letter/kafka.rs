@@ -1,6 +1,9 @@
 //! Dead letters as a Kafka topic: the original key, value and headers unchanged, plus
 //! Kafka Connect style `__connect.errors.*` headers saying where the event came from and why
-//! it was rejected. Every send is awaited (acks=all, idempotent producer) before `send`
+//! it was rejected. A value too large for the producer's `message.max.bytes` is omitted (an
+//! empty value and a `__connect.errors.value.omitted` header with its size): the event stays
+//! readable at its source offset, and the worker is not stuck retrying a send that can never
+//! succeed. Every send is awaited (acks=all, idempotent producer) before `send`
 //! returns, so the source offset is committed only once the dead letter is durable.
 //!
 //! Headers (all UTF-8 text): `__connect.errors.topic`, `.partition`, `.offset`, `.stage`,
@@ -17,10 +20,19 @@ use std::time::Duration;
 
 /// The prefix of the headers this sink adds.
 pub const HEADER_PREFIX: &str = "__connect.errors.";
+/// After [`HEADER_PREFIX`]: present when the value was left out; its original size in bytes.
+pub const VALUE_OMITTED: &str = "value.omitted";
+
+/// librdkafka's default `message.max.bytes`.
+const DEFAULT_MESSAGE_MAX_BYTES: usize = 1_000_000;
+/// Room kept for the record's headers and framing.
+const RECORD_OVERHEAD: usize = 16 * 1024;
 
 pub struct DeadLetterTopic {
     producer: FutureProducer,
     topic: String,
+    /// Key plus value larger than this are sent without the value.
+    max_payload_bytes: usize,
 }
 
 impl DeadLetterTopic {
@@ -43,9 +55,14 @@ impl DeadLetterTopic {
                 "cannot create the dead-letter producer ({e}): check the dead_letter properties"
             ))
         })?;
+        let message_max = properties
+            .get("message.max.bytes")
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(DEFAULT_MESSAGE_MAX_BYTES);
         Ok(Self {
             producer,
             topic: topic.to_string(),
+            max_payload_bytes: message_max.saturating_sub(RECORD_OVERHEAD),
         })
     }
 
@@ -54,8 +71,9 @@ impl DeadLetterTopic {
     }
 }
 
-/// The original headers followed by the `__connect.errors.*` ones.
-pub fn headers_of(letter: &DeadLetter) -> OwnedHeaders {
+/// The original headers followed by the `__connect.errors.*` ones; `omitted` is the size of a
+/// value left out.
+pub fn headers_of(letter: &DeadLetter, omitted: Option<usize>) -> OwnedHeaders {
     let mut headers = OwnedHeaders::new_with_capacity(letter.meta.headers.len() + 8);
     for (key, value) in &letter.meta.headers {
         headers = headers.insert(Header {
@@ -80,6 +98,9 @@ pub fn headers_of(letter: &DeadLetter) -> OwnedHeaders {
     add("class.name", letter.class.to_string());
     add("exception.message", letter.reason.clone());
     add("timestamp", letter.at.timestamp_millis().to_string());
+    if let Some(size) = omitted {
+        add(VALUE_OMITTED, size.to_string());
+    }
     headers
 }
 
@@ -109,9 +130,16 @@ impl DeadLetterSink for DeadLetterTopic {
 impl DeadLetterTopic {
     async fn send_once(&self, letters: &[DeadLetter]) -> Result<(), DeadLetterError> {
         let sends = letters.iter().map(|letter| {
+            let size = letter.key.as_ref().map_or(0, Vec::len) + letter.payload.len();
+            let omitted = (size > self.max_payload_bytes).then_some(letter.payload.len());
+            let value: &[u8] = if omitted.is_some() {
+                &[]
+            } else {
+                &letter.payload
+            };
             let mut record = FutureRecord::to(&self.topic)
-                .payload(&letter.payload)
-                .headers(headers_of(letter));
+                .payload(value)
+                .headers(headers_of(letter, omitted));
             if let Some(key) = &letter.key {
                 record = record.key(key);
             }

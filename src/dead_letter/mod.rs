@@ -5,7 +5,7 @@ mod file;
 mod kafka;
 
 pub use file::DeadLetterFile;
-pub use kafka::{DeadLetterTopic, HEADER_PREFIX};
+pub use kafka::{DeadLetterTopic, HEADER_PREFIX, VALUE_OMITTED};
 
 use crate::event::Stage;
 use async_trait::async_trait;

@@ -343,6 +343,7 @@ pub fn open_source(
                     commit_every_events: k.commit_every_events.max(1),
                     commit_interval: std::time::Duration::from_millis(k.commit_interval_ms),
                     stop_when_idle: k.stop_when_idle_ms.map(std::time::Duration::from_millis),
+                    max_event_bytes: k.max_event_bytes,
                 },
                 crate::schema::registry::WriterSchemas::new(registry),
             )?)

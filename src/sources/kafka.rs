@@ -37,6 +37,8 @@ pub struct KafkaSourceSettings {
     pub commit_every_events: usize,
     pub commit_interval: Duration,
     pub stop_when_idle: Option<Duration>,
+    /// Larger message values are rejected (`too_large`) without being decoded.
+    pub max_event_bytes: usize,
 }
 
 /// Offsets acknowledged but not committed yet: partition → next offset to read.
@@ -273,7 +275,16 @@ impl KafkaSource {
     /// The record for a message: resolves the writer schema, waiting out registry outages.
     async fn record(&self, raw: Raw) -> SourceRecord {
         let position = format!("{}/{}@{}", raw.topic, raw.partition, raw.offset);
+        let size = raw.value.len();
         let payload = match schema_id(&raw.value) {
+            _ if size > self.settings.max_event_bytes => Payload::Unreadable {
+                bytes: raw.value,
+                class: "too_large",
+                reason: format!(
+                    "the value is {size} bytes, over source.max_event_bytes ({})",
+                    self.settings.max_event_bytes
+                ),
+            },
             Err(reason) => Payload::Unreadable {
                 bytes: raw.value,
                 class: "malformed",
@@ -490,6 +501,7 @@ mod tests {
                 commit_every_events: 10,
                 commit_interval: Duration::from_secs(1),
                 stop_when_idle: None,
+                max_event_bytes: 1 << 20,
             },
             WriterSchemas::new(settings("http://127.0.0.1:1", Duration::from_secs(1)).unwrap()),
         )

@@ -1,0 +1,68 @@
+#!/usr/bin/env bash
+# Kafka (tansu) → pipeline → embedded sinks: a backlog of EVENTS produced to a fresh 6-partition
+# topic, then one worker consumes it to the end. Reports the worker's events/s (the idle window
+# that ends it is subtracted; the group join is included) and its peak RSS, sampled every
+# 2 s, as JSON on stdout.
+#
+#   benches/kafka.sh [EVENTS]          default 1000000
+#
+# Needs the broker (`scripts/services start kafka`) and a built binary (BIN, default
+# target/release/profile-sync). The registry is the in-repo test double, started here.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+EVENTS=${1:-1000000}
+BIN=${BIN:-target/release/profile-sync}
+BROKERS=${KAFKA_BROKERS:-127.0.0.1:9092}
+IDLE_MS=10000
+WORK=$(mktemp -d)
+trap 'kill "${REGISTRY_PID:-}" 2>/dev/null || true; rm -rf "$WORK"' EXIT
+
+port=$(python3 -c 'import socket;s=socket.socket();s.bind(("127.0.0.1",0));print(s.getsockname()[1])')
+"$BIN" dev registry --listen "127.0.0.1:$port" >"$WORK/registry.log" 2>&1 &
+REGISTRY_PID=$!
+topic="bench-$(date +%s)-$$"
+root=$(pwd)
+sed -e "s|brokers: 127.0.0.1:9092|brokers: $BROKERS|" \
+    -e "s|topics: \[profile-changes\]|topics: [$topic]|" \
+    -e "s|group_id: profile-sync|group_id: $topic|" \
+    -e "s|url: http://127.0.0.1:8081|url: http://127.0.0.1:$port|" \
+    -e "s|topic: profile-changes-dlq|topic: $topic-dlq|" \
+    -e "s|\.\./schemas|$root/schemas|" -e "s|\.\./geoip/|$root/geoip/|" \
+    -e "s|^  linger_ms: 50 .*|  linger_ms: 50\n  stop_when_idle_ms: $IDLE_MS|" \
+    pipelines/kafka-local.yaml >"$WORK/pipeline.yaml"
+sleep 1
+
+echo "producing $EVENTS events to $topic" >&2
+start=$(date +%s.%N)
+"$BIN" produce --count "$EVENTS" --invalid-ratio 0.01 --partitions 6 \
+  --pipeline "$WORK/pipeline.yaml" >"$WORK/produce.json"
+produce_s=$(echo "$(date +%s.%N) - $start" | bc)
+
+echo "consuming with one worker" >&2
+"$BIN" run --pipeline "$WORK/pipeline.yaml" --data-dir "$WORK/data" --output json \
+  >"$WORK/summary.json" 2>"$WORK/worker.log" &
+pid=$!
+samples=""
+while kill -0 "$pid" 2>/dev/null; do
+  rss=$(awk '/VmRSS/{print $2}' "/proc/$pid/status" 2>/dev/null || true)
+  hwm=$(awk '/VmHWM/{print $2}' "/proc/$pid/status" 2>/dev/null || true)
+  [ -n "$rss" ] && samples="$samples${samples:+,}$rss" && echo "$hwm" >"$WORK/hwm"
+  sleep 2
+done
+wait "$pid"
+python3 - "$WORK/summary.json" "$(cat "$WORK/hwm")" "$samples" "$produce_s" "$IDLE_MS" "$EVENTS" <<'EOF'
+import json, sys
+summary = json.loads(open(sys.argv[1]).read().strip().splitlines()[-1])
+hwm_kb, samples, produce_s, idle_ms, events = sys.argv[2:7]
+rss = [int(s) for s in samples.split(",") if s]
+busy = summary["elapsed_seconds"] - int(idle_ms) / 1000
+tenth = max(1, len(rss) // 10)
+print(json.dumps({
+    "events": int(events),
+    "produce_seconds": round(float(produce_s), 1),
+    "worker": summary,
+    "events_per_second_excluding_idle": round(summary["read"] / busy),
+    "peak_rss_mb": round(int(hwm_kb) / 1024, 1),
+    "rss_mb_each_tenth": [round(r / 1024, 1) for r in rss[::tenth]],
+}))
+EOF
