@@ -5,11 +5,11 @@
 
 mod common;
 
-use aho_corasick::AhoCorasick;
 use aws_lc_rs::aead::{Aad, LessSafeKey, Nonce, UnboundKey, AES_256_GCM};
 use aws_sdk_dynamodb::types::AttributeValue;
 use base64::Engine;
 use chrono::Utc;
+use common::fault_proxy::*;
 use common::scenarios::*;
 use common::services::*;
 use common::*;
@@ -20,11 +20,8 @@ use profile_sync::keys::{KeyProvider, KmsKeyProvider, WrappedUserKey};
 use profile_sync::stores::{AuditRecord, ConsentRecord, DynamoStore, ProfileStore, WriteOutcome};
 use serde_json::Value as Json;
 use std::collections::{HashMap, HashSet};
-use std::io::{BufRead, BufReader, Read, Write};
-use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
-use std::sync::{Arc, RwLock};
+use std::sync::RwLock;
 use std::time::{Duration, Instant};
 use uuid::Uuid;
 
@@ -118,59 +115,6 @@ fn of_kind<'a>(items: &'a [Item], sk: &str) -> Vec<&'a Item> {
     items.iter().filter(|i| s(i, "sk") == sk).collect()
 }
 
-/// (version, deleted) per user, as a plain client sees the table.
-fn stored_state(table: &str) -> StoredState {
-    runtime().block_on(async {
-        scan_all(table)
-            .await
-            .iter()
-            .filter(|i| s(i, "sk") == "PROFILE")
-            .map(|i| {
-                (
-                    s(i, "user_id").to_string(),
-                    (
-                        i["version"].as_n().unwrap().parse().unwrap(),
-                        *i["deleted"].as_bool().unwrap(),
-                    ),
-                )
-            })
-            .collect()
-    })
-}
-
-/// Fails if any string or binary attribute of any item holds one of the generated emails or
-/// phone numbers.
-fn assert_no_plaintext_pii(items: &[Item], expected: &HashMap<String, Expected>) {
-    let needles: Vec<String> = expected
-        .values()
-        .flat_map(|e| {
-            ["email", "phone"].map(|f| {
-                e.profile
-                    .get(f)
-                    .and_then(|v| v.as_str())
-                    .map(str::to_string)
-            })
-        })
-        .flatten()
-        .collect();
-    assert!(needles.len() > 100, "the check has something to look for");
-    let matcher = AhoCorasick::new(&needles).unwrap();
-    for item in items {
-        for (name, value) in item {
-            let bytes: Vec<u8> = match value {
-                AttributeValue::S(v) => v.as_bytes().to_vec(),
-                AttributeValue::B(v) => v.as_ref().to_vec(),
-                other => format!("{other:?}").into_bytes(),
-            };
-            assert!(
-                matcher.find(&bytes).is_none(),
-                "attribute {name} of item {} holds a generated PII value in plaintext",
-                s(item, "pk")
-            );
-        }
-    }
-}
-
 fn open(key: &[u8], aad: &[u8], sealed: &[u8]) -> Option<Vec<u8>> {
     let key = LessSafeKey::new(UnboundKey::new(&AES_256_GCM, key).ok()?);
     let (nonce, body) = sealed.split_at(12);
@@ -258,7 +202,7 @@ fn the_end_to_end_scenario_holds_with_dynamodb_and_kms_and_no_pii_reaches_dynamo
         "bootstrap is idempotent"
     );
 
-    let run = twenty_thousand_events(&p, &|_| stored_state(&table));
+    let run = twenty_thousand_events(&p, &|_| dynamodb_state(&table));
     assert!(
         run.summary["key_provider_calls"].as_u64().unwrap() <= 4,
         "{}",
@@ -524,7 +468,7 @@ fn a_kms_outage_stalls_the_pipeline_without_plaintext_writes_and_it_resumes() {
         kms_keys.len() >= 2,
         "wraps resumed under the KMS key behind the alias after the outage"
     );
-    let state = stored_state(&table);
+    let state = dynamodb_state(&table);
     for (user, e) in &expected {
         assert_eq!(
             state.get(user),
@@ -566,111 +510,6 @@ fn wait_with_timeout(mut child: std::process::Child, limit: Duration) -> std::pr
         std::thread::sleep(Duration::from_millis(200));
     }
     child.wait_with_output().unwrap()
-}
-
-/// A fault-injecting HTTP proxy in front of DynamoDB Local or the KMS emulator: passes requests
-/// through, or answers them with throttling, a 500, or a dropped connection.
-struct FaultProxy {
-    endpoint: String,
-    mode: Arc<AtomicU8>,
-    faults: Arc<AtomicU64>,
-}
-
-const PASS: u8 = 0;
-const THROTTLE: u8 = 1;
-const SERVER_ERROR: u8 = 2;
-const DROP: u8 = 3;
-
-impl FaultProxy {
-    fn start(upstream: &str) -> Self {
-        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-        let endpoint = format!("http://{}", listener.local_addr().unwrap());
-        let upstream = host_port(upstream);
-        let mode = Arc::new(AtomicU8::new(PASS));
-        let faults = Arc::new(AtomicU64::new(0));
-        let (m, f) = (mode.clone(), faults.clone());
-        std::thread::spawn(move || {
-            for conn in listener.incoming().flatten() {
-                let (m, f, up) = (m.clone(), f.clone(), upstream.clone());
-                std::thread::spawn(move || {
-                    let _ = serve(conn, &up, &m, &f);
-                });
-            }
-        });
-        FaultProxy {
-            endpoint,
-            mode,
-            faults,
-        }
-    }
-
-    fn set(&self, mode: u8) {
-        self.mode.store(mode, Ordering::SeqCst);
-    }
-}
-
-/// One request per connection (answered with `Connection: close`).
-fn serve(
-    conn: TcpStream,
-    upstream: &str,
-    mode: &AtomicU8,
-    faults: &AtomicU64,
-) -> std::io::Result<()> {
-    let mut reader = BufReader::new(conn.try_clone()?);
-    let mut head = Vec::new();
-    let mut length = 0usize;
-    loop {
-        let mut line = String::new();
-        if reader.read_line(&mut line)? == 0 {
-            return Ok(());
-        }
-        let lower = line.to_ascii_lowercase();
-        if let Some(v) = lower.strip_prefix("content-length:") {
-            length = v.trim().parse().unwrap_or(0);
-        }
-        if lower.starts_with("connection:") {
-            continue;
-        }
-        if line == "\r\n" {
-            head.extend_from_slice(b"Connection: close\r\n\r\n");
-            break;
-        }
-        head.extend_from_slice(line.as_bytes());
-    }
-    let mut body = vec![0; length];
-    reader.read_exact(&mut body)?;
-    let mut conn = conn;
-    let error = |status: &str, kind: &str| {
-        let body = format!("{{\"__type\":\"com.amazonaws.dynamodb.v20120810#{kind}\",\"message\":\"injected by the test proxy\"}}");
-        format!(
-            "HTTP/1.1 {status}\r\nContent-Type: application/x-amz-json-1.0\r\nx-amzn-RequestId: test\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-            body.len()
-        )
-    };
-    match mode.load(Ordering::SeqCst) {
-        THROTTLE => {
-            faults.fetch_add(1, Ordering::SeqCst);
-            conn.write_all(
-                error("400 Bad Request", "ProvisionedThroughputExceededException").as_bytes(),
-            )
-        }
-        SERVER_ERROR => {
-            faults.fetch_add(1, Ordering::SeqCst);
-            conn.write_all(error("500 Internal Server Error", "InternalServerError").as_bytes())
-        }
-        DROP => {
-            faults.fetch_add(1, Ordering::SeqCst);
-            conn.shutdown(std::net::Shutdown::Both)
-        }
-        _ => {
-            let mut up = TcpStream::connect(upstream)?;
-            up.write_all(&head)?;
-            up.write_all(&body)?;
-            let mut response = Vec::new();
-            up.read_to_end(&mut response)?;
-            conn.write_all(&response)
-        }
-    }
 }
 
 #[test]
@@ -718,10 +557,7 @@ fn dynamodb_throttling_errors_and_dropped_connections_lose_nothing() {
         "{}",
         String::from_utf8_lossy(&output.stderr)
     );
-    assert!(
-        proxy.faults.load(Ordering::SeqCst) > 0,
-        "faults were injected during the run"
-    );
+    assert!(proxy.faults() > 0, "faults were injected during the run");
     let summary: Json = serde_json::from_str(
         String::from_utf8(output.stdout)
             .unwrap()
@@ -736,7 +572,7 @@ fn dynamodb_throttling_errors_and_dropped_connections_lose_nothing() {
         5_000,
         "{summary}"
     );
-    let state = stored_state(&table);
+    let state = dynamodb_state(&table);
     assert_eq!(state.len(), expected.len());
     for (user, e) in &expected {
         assert_eq!(

@@ -6,6 +6,7 @@
 mod common;
 
 use aho_corasick::AhoCorasick;
+use common::services::opensearch_documents;
 use common::*;
 use serde_json::{json, Value as Json};
 use std::collections::{BTreeMap, HashMap, HashSet};
@@ -143,36 +144,6 @@ fn cli_search(pipeline: &Path, args: &[&str]) -> Json {
     serde_json::from_slice(&output.stdout).unwrap()
 }
 
-/// Every document behind `index` (an alias or index), by user id.
-fn all_documents(index: &str) -> HashMap<String, Json> {
-    http(reqwest::Method::POST, &format!("/{index}/_refresh"), None);
-    let mut out = HashMap::new();
-    let mut after: Option<Json> = None;
-    loop {
-        let mut body =
-            json!({"size": 5000, "sort": [{"user_id": "asc"}], "query": {"match_all": {}}});
-        if let Some(a) = &after {
-            body["search_after"] = a.clone();
-        }
-        let (status, page) = http(
-            reqwest::Method::POST,
-            &format!("/{index}/_search"),
-            Some(body),
-        );
-        assert_eq!(status, 200, "{page}");
-        let hits = page["hits"]["hits"].as_array().unwrap().clone();
-        if hits.is_empty() {
-            break;
-        }
-        after = Some(hits.last().unwrap()["sort"].clone());
-        for hit in hits {
-            let doc = hit["_source"].clone();
-            out.insert(doc["user_id"].as_str().unwrap().to_string(), doc);
-        }
-    }
-    out
-}
-
 /// The stored (user, version) of every live profile, from the SQLite store.
 fn stored_live(data: &Path) -> HashMap<String, (i64, Json)> {
     let conn = rusqlite::Connection::open(data.join("profiles.sqlite")).unwrap();
@@ -269,7 +240,7 @@ fn fixture() -> &'static Fixture {
         let (input, generated) = generate(dir.path(), 20_000, 0.01, "jsonl", 17);
         let data = dir.path().join("data");
         let (summary, logs) = run_logged(&pipeline, &input, &data);
-        let documents = all_documents(names.read());
+        let documents = opensearch_documents(names.read());
         Fixture {
             expected: expected_state(&input),
             _dir: dir,
@@ -589,7 +560,7 @@ fn reindex_while_the_pipeline_writes_ends_equal_to_the_store_behind_the_new_vers
         .into_iter()
         .map(|(u, (v, _))| (u, v))
         .collect();
-    let indexed: HashMap<String, i64> = all_documents(names.read())
+    let indexed: HashMap<String, i64> = opensearch_documents(names.read())
         .into_iter()
         .map(|(u, d)| (u, d["version"].as_i64().unwrap()))
         .collect();
@@ -855,7 +826,7 @@ fn a_429_storm_loses_nothing() {
         storm.gzipped.load(Ordering::SeqCst) > 0,
         "the server takes gzip, so bulk bodies are gzipped"
     );
-    let indexed: HashMap<String, i64> = all_documents(names.read())
+    let indexed: HashMap<String, i64> = opensearch_documents(names.read())
         .into_iter()
         .map(|(u, d)| (u, d["version"].as_i64().unwrap()))
         .collect();

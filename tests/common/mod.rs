@@ -2,8 +2,11 @@
 //! straight from the generated file (independently of the pipeline's own decoder).
 #![allow(dead_code)]
 
+pub mod fault_proxy;
 pub mod scenarios;
 pub mod services;
+pub mod stack;
+pub mod topics;
 
 use assert_cmd::Command;
 use serde_json::Value as Json;
@@ -158,6 +161,40 @@ pub fn expected_state(jsonl: &Path) -> HashMap<String, Expected> {
         );
     }
     state
+}
+
+/// Every field an index document may hold with the shipped pipelines' `index.fields`: its
+/// own, the projected public ones and the derived ones. Any other (an email, a name) would be
+/// PII in the index.
+pub const INDEX_FIELDS: &[&str] = &[
+    "user_id",
+    "version",
+    "occurred_at",
+    "status",
+    "locale",
+    "time_zone",
+    "last_seen_at",
+    "lifetime_value",
+    "order_count",
+    "last_order_at",
+    "plan",
+    "country",
+    "subdivision",
+    "continent",
+    "residency_zone",
+    "segments",
+];
+
+/// A matcher for every generated email and phone number of `expected`: none may ever be
+/// found in plaintext where the pipeline writes.
+pub fn generated_pii(expected: &HashMap<String, Expected>) -> aho_corasick::AhoCorasick {
+    let needles: Vec<&str> = expected
+        .values()
+        .flat_map(|e| ["email", "phone"].map(|f| e.profile.get(f).and_then(|v| v.as_str())))
+        .flatten()
+        .collect();
+    assert!(needles.len() > 100, "the check has something to look for");
+    aho_corasick::AhoCorasick::new(&needles).unwrap()
 }
 
 /// Line numbers (1-based) of the generated invalid events.

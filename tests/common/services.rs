@@ -2,12 +2,17 @@
 //! overridable by the environment), a loud failure when one is down, dummy AWS credentials,
 //! plain clients apart from the pipeline's adapters, and the Schema Registry test double.
 
+use super::scenarios::StoredState;
+use super::{generated_pii, Expected};
+use aws_sdk_dynamodb::types::AttributeValue;
+use serde_json::{json, Value as Json};
+use std::collections::HashMap;
 use std::io::{BufRead, BufReader};
 use std::net::{TcpListener, TcpStream, ToSocketAddrs};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-pub type Item = std::collections::HashMap<String, aws_sdk_dynamodb::types::AttributeValue>;
+pub type Item = HashMap<String, AttributeValue>;
 
 pub fn kafka_brokers() -> String {
     std::env::var("KAFKA_BROKERS").unwrap_or_else(|_| "127.0.0.1:9092".into())
@@ -139,6 +144,91 @@ pub async fn scan_all(table: &str) -> Vec<Item> {
             _ => return items,
         }
     }
+}
+
+fn attribute<'a>(item: &'a Item, name: &str) -> &'a str {
+    item.get(name)
+        .and_then(|v| v.as_s().ok())
+        .unwrap_or_else(|| panic!("item has no string {name}"))
+}
+
+/// (version, deleted) of every profile in the table, as a plain client sees it (a delete
+/// keeps its row, `deleted` true, as a version fence).
+pub fn dynamodb_state(table: &str) -> StoredState {
+    block_on(scan_all(table))
+        .iter()
+        .filter(|i| attribute(i, "sk") == "PROFILE")
+        .map(|i| {
+            (
+                attribute(i, "user_id").to_string(),
+                (
+                    i["version"].as_n().unwrap().parse().unwrap(),
+                    *i["deleted"].as_bool().unwrap(),
+                ),
+            )
+        })
+        .collect()
+}
+
+/// Fails if any string or binary attribute of any item holds one of the generated emails or
+/// phone numbers.
+pub fn assert_no_plaintext_pii(items: &[Item], expected: &HashMap<String, Expected>) {
+    let matcher = generated_pii(expected);
+    for item in items {
+        for (name, value) in item {
+            let bytes: Vec<u8> = match value {
+                AttributeValue::S(v) => v.as_bytes().to_vec(),
+                AttributeValue::B(v) => v.as_ref().to_vec(),
+                other => format!("{other:?}").into_bytes(),
+            };
+            assert!(
+                matcher.find(&bytes).is_none(),
+                "attribute {name} of item {} holds a generated PII value in plaintext",
+                attribute(item, "pk")
+            );
+        }
+    }
+}
+
+/// Every document behind `index` (an alias or an index) in the OpenSearch server, by user id,
+/// after a refresh.
+pub fn opensearch_documents(index: &str) -> HashMap<String, Json> {
+    block_on(async {
+        let client = reqwest::Client::new();
+        let url = opensearch_url();
+        client
+            .post(format!("{url}/{index}/_refresh"))
+            .send()
+            .await
+            .unwrap_or_else(|e| panic!("the OpenSearch test server at {url} ({e})"));
+        let mut out = HashMap::new();
+        let mut after: Option<Json> = None;
+        loop {
+            let mut body =
+                json!({"size": 5000, "sort": [{"user_id": "asc"}], "query": {"match_all": {}}});
+            if let Some(a) = &after {
+                body["search_after"] = a.clone();
+            }
+            let response = client
+                .post(format!("{url}/{index}/_search"))
+                .json(&body)
+                .send()
+                .await
+                .unwrap();
+            let status = response.status().as_u16();
+            let page: Json = response.json().await.unwrap_or(Json::Null);
+            assert_eq!(status, 200, "{page}");
+            let hits = page["hits"]["hits"].as_array().unwrap().clone();
+            if hits.is_empty() {
+                return out;
+            }
+            after = Some(hits.last().unwrap()["sort"].clone());
+            for hit in hits {
+                let doc = hit["_source"].clone();
+                out.insert(doc["user_id"].as_str().unwrap().to_string(), doc);
+            }
+        }
+    })
 }
 
 /// A Schema Registry for one test: the real one at `SCHEMA_REGISTRY_URL`, else the in-repo

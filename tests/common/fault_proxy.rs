@@ -1,0 +1,178 @@
+//! A fault-injecting HTTP/1.1 proxy, put between one test's worker and a test service
+//! (DynamoDB Local, the KMS emulator, the OpenSearch server).
+//!
+//! Why a proxy rather than stopping the service: DynamoDB Local and moto keep their state in
+//! memory, so a real stop would wipe the table or the keys, and the services are shared by
+//! the tests running alongside. Switching this test's proxy to [`DROP`] makes the service
+//! unreachable for this test's worker only; to the client that is what a stopped service is,
+//! and switching back to [`PASS`] brings it back with its state intact.
+//!
+//! One request per connection: the request goes upstream with `Connection: close`, and the
+//! whole answer comes back before the connection closes. Bodies framed by `Content-Length`
+//! (what the AWS SDK and the OpenSearch client send, gzipped or not) and chunked bodies are
+//! both forwarded as they came.
+
+use super::services::host_port;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
+use std::sync::Arc;
+
+/// Requests go through.
+pub const PASS: u8 = 0;
+/// Requests are answered `400 ProvisionedThroughputExceededException` (DynamoDB throttling).
+pub const THROTTLE: u8 = 1;
+/// Requests are answered `500 InternalServerError`.
+pub const SERVER_ERROR: u8 = 2;
+/// Connections are closed without an answer.
+pub const DROP: u8 = 3;
+
+pub struct FaultProxy {
+    /// `http://127.0.0.1:<port>`: give it to the worker instead of the service's address.
+    pub endpoint: String,
+    mode: Arc<AtomicU8>,
+    faults: Arc<AtomicU64>,
+}
+
+impl FaultProxy {
+    /// Listens on a free port in front of `upstream` (a URL or `host:port`), passing requests.
+    pub fn start(upstream: &str) -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let endpoint = format!("http://{}", listener.local_addr().unwrap());
+        let upstream = host_port(upstream);
+        let mode = Arc::new(AtomicU8::new(PASS));
+        let faults = Arc::new(AtomicU64::new(0));
+        let (m, f) = (mode.clone(), faults.clone());
+        std::thread::spawn(move || {
+            for conn in listener.incoming().flatten() {
+                let (m, f, up) = (m.clone(), f.clone(), upstream.clone());
+                std::thread::spawn(move || {
+                    let _ = serve(conn, &up, &m, &f);
+                });
+            }
+        });
+        FaultProxy {
+            endpoint,
+            mode,
+            faults,
+        }
+    }
+
+    pub fn set(&self, mode: u8) {
+        self.mode.store(mode, Ordering::SeqCst);
+    }
+
+    /// Requests answered with a fault so far.
+    pub fn faults(&self) -> u64 {
+        self.faults.load(Ordering::SeqCst)
+    }
+}
+
+/// One request: read it whole, then answer it as the mode says.
+fn serve(
+    conn: TcpStream,
+    upstream: &str,
+    mode: &AtomicU8,
+    faults: &AtomicU64,
+) -> std::io::Result<()> {
+    let mut reader = BufReader::new(conn.try_clone()?);
+    let mut conn = conn;
+    let mut head = Vec::new();
+    let mut length = 0usize;
+    let mut chunked = false;
+    let mut expects_continue = false;
+    loop {
+        let mut line = String::new();
+        if reader.read_line(&mut line)? == 0 {
+            return Ok(());
+        }
+        let lower = line.to_ascii_lowercase();
+        if let Some(v) = lower.strip_prefix("content-length:") {
+            length = v.trim().parse().unwrap_or(0);
+        }
+        if let Some(v) = lower.strip_prefix("transfer-encoding:") {
+            chunked = v.contains("chunked");
+        }
+        if lower.starts_with("connection:") {
+            continue;
+        }
+        // Answered here, so that the client sends its body to the proxy.
+        if lower.starts_with("expect:") && lower.contains("100-continue") {
+            expects_continue = true;
+            continue;
+        }
+        if line == "\r\n" {
+            head.extend_from_slice(b"Connection: close\r\n\r\n");
+            break;
+        }
+        head.extend_from_slice(line.as_bytes());
+    }
+    if expects_continue {
+        conn.write_all(b"HTTP/1.1 100 Continue\r\n\r\n")?;
+    }
+    let body = if chunked {
+        read_chunked(&mut reader)?
+    } else {
+        let mut body = vec![0; length];
+        reader.read_exact(&mut body)?;
+        body
+    };
+    let error = |status: &str, kind: &str| {
+        let body = format!("{{\"__type\":\"com.amazonaws.dynamodb.v20120810#{kind}\",\"message\":\"injected by the test proxy\"}}");
+        format!(
+            "HTTP/1.1 {status}\r\nContent-Type: application/x-amz-json-1.0\r\nx-amzn-RequestId: test\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+            body.len()
+        )
+    };
+    match mode.load(Ordering::SeqCst) {
+        THROTTLE => {
+            faults.fetch_add(1, Ordering::SeqCst);
+            conn.write_all(
+                error("400 Bad Request", "ProvisionedThroughputExceededException").as_bytes(),
+            )
+        }
+        SERVER_ERROR => {
+            faults.fetch_add(1, Ordering::SeqCst);
+            conn.write_all(error("500 Internal Server Error", "InternalServerError").as_bytes())
+        }
+        DROP => {
+            faults.fetch_add(1, Ordering::SeqCst);
+            conn.shutdown(std::net::Shutdown::Both)
+        }
+        _ => {
+            let mut up = TcpStream::connect(upstream)?;
+            up.write_all(&head)?;
+            up.write_all(&body)?;
+            let mut response = Vec::new();
+            up.read_to_end(&mut response)?;
+            conn.write_all(&response)
+        }
+    }
+}
+
+/// A chunked body as it came (sizes, data, the last chunk and any trailers), to forward with
+/// its `Transfer-Encoding: chunked` header.
+fn read_chunked(reader: &mut impl BufRead) -> std::io::Result<Vec<u8>> {
+    let mut body = Vec::new();
+    loop {
+        let mut size_line = String::new();
+        reader.read_line(&mut size_line)?;
+        body.extend_from_slice(size_line.as_bytes());
+        let size = usize::from_str_radix(size_line.split(';').next().unwrap_or("").trim(), 16)
+            .map_err(|_| std::io::Error::other("bad chunk size"))?;
+        if size == 0 {
+            // Trailers, up to the empty line.
+            loop {
+                let mut line = String::new();
+                if reader.read_line(&mut line)? == 0 || line == "\r\n" {
+                    body.extend_from_slice(b"\r\n");
+                    return Ok(body);
+                }
+                body.extend_from_slice(line.as_bytes());
+            }
+        }
+        let mut chunk = vec![0; size + 2];
+        reader.read_exact(&mut chunk)?;
+        body.extend_from_slice(&chunk);
+    }
+}
