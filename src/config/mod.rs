@@ -80,7 +80,8 @@ pub struct KafkaSourceConfig {
     /// A message value larger than this (bytes) is dead-lettered as `too_large` undecoded.
     #[serde(default = "default_max_event_bytes")]
     pub max_event_bytes: usize,
-    /// Stop (exit 0 after committing) when no message arrived for this long, in milliseconds.
+    /// Stop (exit 0 after committing) when every assigned partition was read to its end and
+    /// no message arrived for this long, in milliseconds.
     /// For batch jobs and benchmarks; unset, the worker runs until it is signalled.
     #[serde(default)]
     pub stop_when_idle_ms: Option<u64>,

@@ -53,14 +53,28 @@ struct Pending {
 struct GroupContext {
     pending: Arc<Mutex<Pending>>,
     assigned: Arc<AtomicUsize>,
+    lag: Lag,
 }
+
+/// Consumer lag per (topic, partition), as the last statistics reported it.
+type Lag = Arc<Mutex<HashMap<(String, i32), i64>>>;
 
 impl ClientContext for GroupContext {
     fn stats(&self, statistics: rdkafka::Statistics) {
+        let Ok(mut lag) = self.lag.lock() else {
+            return;
+        };
+        lag.clear();
         for (topic, t) in &statistics.topics {
             for (partition, p) in &t.partitions {
-                // Partition -1 is librdkafka's internal UA partition; lag -1 means unknown.
+                // Partition -1 is librdkafka's internal UA partition; lag -1 means unknown,
+                // which it also is for an empty partition nobody committed on: that one's 0.
+                let empty = p.hi_offset == 0 || (p.lo_offset >= 0 && p.hi_offset == p.lo_offset);
+                if *partition >= 0 && p.consumer_lag < 0 && empty {
+                    lag.insert((topic.clone(), *partition), 0);
+                }
                 if *partition >= 0 && p.consumer_lag >= 0 {
+                    lag.insert((topic.clone(), *partition), p.consumer_lag);
                     metrics::gauge!(
                         crate::telemetry::KAFKA_CONSUMER_LAG,
                         "topic" => topic.clone(),
@@ -134,6 +148,11 @@ pub struct KafkaSource {
     handed_events: usize,
     last_commit: Instant,
     backoff: Backoff,
+    /// Consumer lag per partition from librdkafka's statistics (end offset minus committed
+    /// offset). With `stop_when_idle`, idle time counts only while every assigned partition's
+    /// lag is 0, so a broker that goes silent with a backlog pending never looks like an
+    /// exhausted source.
+    lag: Lag,
 }
 
 /// A message copied out of librdkafka's buffer.
@@ -182,10 +201,12 @@ impl KafkaSource {
             .set("enable.auto.offset.store", "false");
         let pending = Arc::new(Mutex::new(Pending::default()));
         let assigned = Arc::new(AtomicUsize::new(0));
+        let lag = Lag::default();
         let consumer: StreamConsumer<GroupContext> = config
             .create_with_context(GroupContext {
                 pending: pending.clone(),
                 assigned: assigned.clone(),
+                lag: lag.clone(),
             })
             .map_err(|e| {
                 read_err(format!(
@@ -206,7 +227,21 @@ impl KafkaSource {
             handed_events: 0,
             last_commit: Instant::now(),
             backoff: Backoff::default(),
+            lag,
         })
+    }
+
+    /// Whether every assigned partition is known, from the last statistics, to be read and
+    /// committed to its end.
+    fn caught_up(&self) -> bool {
+        let (Ok(assignment), Ok(lag)) = (self.consumer.assignment(), self.lag.lock()) else {
+            return false;
+        };
+        assignment.count() > 0
+            && assignment
+                .elements()
+                .iter()
+                .all(|e| lag.get(&(e.topic().to_string(), e.partition())) == Some(&0))
     }
 
     /// The next message, or `None` when `wait` passed without one. Consumer errors (broker
@@ -233,7 +268,7 @@ impl KafkaSource {
                                     .collect()
                             })
                             .unwrap_or_default(),
-                    })
+                    });
                 }
                 Ok(Err(e)) => {
                     attempt += 1;
@@ -374,8 +409,11 @@ impl EventSource for KafkaSource {
         // Wait for a first message, committing due offsets while idle.
         let first = loop {
             let mut wait = self.settings.commit_interval.max(Duration::from_millis(50));
-            // Idle means "no events on my partitions": waiting for an assignment is not idle.
-            if self.assigned.load(Ordering::Relaxed) == 0 {
+            // Idle means "my partitions are read to their end": waiting for an assignment, or
+            // for a broker that went silent with events pending, is not idle.
+            if self.settings.stop_when_idle.is_some()
+                && (self.assigned.load(Ordering::Relaxed) == 0 || !self.caught_up())
+            {
                 idle_since = Instant::now();
             }
             if let Some(idle) = self.settings.stop_when_idle {

@@ -88,7 +88,9 @@ impl SqliteStore {
         }
         let conn = Connection::open(path)
             .map_err(|e| StoreError::Failed(format!("cannot open {}: {e}", path.display())))?;
-        conn.busy_timeout(std::time::Duration::from_secs(5))
+        // Long enough to wait out another process's batch (several workers may share a file
+        // on one machine), short enough that a stuck lock is reported.
+        conn.busy_timeout(std::time::Duration::from_secs(30))
             .map_err(failed)?;
         conn.execute_batch(SCHEMA).map_err(failed)?;
         Ok(Self {

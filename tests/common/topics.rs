@@ -137,10 +137,15 @@ pub fn read_all(brokers: &str, topic: &str) -> HashMap<(i32, i64), Delivered> {
             started.elapsed() < Duration::from_secs(600),
             "reading {topic} timed out"
         );
-        let Some(m) = c.poll(Duration::from_secs(1)) else {
-            continue;
+        let m = match c.poll(Duration::from_secs(1)) {
+            None => continue,
+            Some(Ok(m)) => m,
+            // librdkafka reports lost connections (a slow broker) here and reconnects.
+            Some(Err(e)) => {
+                eprintln!("reading {topic}: {e} (retrying)");
+                continue;
+            }
         };
-        let m = m.unwrap();
         if ends
             .get(&m.partition())
             .is_some_and(|e| m.offset() + 1 >= *e)
