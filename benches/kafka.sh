@@ -37,6 +37,8 @@ start=$(date +%s.%N)
 "$BIN" produce --count "$EVENTS" --invalid-ratio 0.01 --partitions 6 \
   --pipeline "$WORK/pipeline.yaml" >"$WORK/produce.json"
 produce_s=$(echo "$(date +%s.%N) - $start" | bc)
+# The dead-letter topic (tansu creates no topic on first use): `produce` of nothing creates it.
+"$BIN" produce --count 0 --topic "$topic-dlq" --partitions 1 --pipeline "$WORK/pipeline.yaml" >/dev/null
 
 echo "consuming with one worker" >&2
 "$BIN" run --pipeline "$WORK/pipeline.yaml" --data-dir "$WORK/data" --output json \
