@@ -408,7 +408,9 @@ fn assert_dead_letters(setup: &Setup, expected_invalid: u64, exactly: bool) {
 #[tokio::test(flavor = "multi_thread")]
 async fn two_workers_in_one_group_reach_the_exact_state_and_commit_to_the_end() {
     let _serial = serial();
-    let setup = Setup::new(6).await;
+    // A broker of its own: tansu's fetch cost grows with its database (RELIABILITY.md).
+    let broker = OwnBroker::start();
+    let setup = Setup::on(broker.address.clone(), 6).await;
     let (count, ratio, seed) = (50_000u64, 0.01, 7);
     let produced = setup.produce(count, ratio, seed);
     let (jsonl, generated) = setup.generated(count, ratio, seed);
@@ -444,7 +446,9 @@ async fn two_workers_in_one_group_reach_the_exact_state_and_commit_to_the_end() 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_worker_killed_mid_run_loses_nothing() {
     let _serial = serial();
-    let setup = Setup::new(6).await;
+    // A broker of its own: tansu's fetch cost grows with its database (RELIABILITY.md).
+    let broker = OwnBroker::start();
+    let setup = Setup::on(broker.address.clone(), 6).await;
     let (count, ratio, seed) = (20_000u64, 0.01, 11);
     setup.produce(count, ratio, seed);
     let (jsonl, generated) = setup.generated(count, ratio, seed);
@@ -480,8 +484,10 @@ async fn a_worker_killed_mid_run_loses_nothing() {
     assert_dead_letters(&setup, generated["invalid"].as_u64().unwrap(), false);
 }
 
-/// A tansu broker of one test's own, on SQLite storage in a temporary folder, so that the test
-/// can stop and restart it without disturbing the shared broker other tests use.
+/// A tansu broker of one test's own, on SQLite storage in a temporary folder: the test can stop
+/// and restart it without disturbing the shared broker, and a heavy test starts on an empty
+/// database (tansu's fetch cost grows with it: over a long suite the shared broker answered a
+/// fetch in over 60 s and the group timed out).
 struct OwnBroker {
     child: Child,
     address: String,
@@ -609,7 +615,9 @@ fn report(scenario: &str, produced: u64, summaries: &[Json]) {
 async fn five_sigkills_at_random_points_over_100000_events_lose_nothing() {
     use rand::{Rng, SeedableRng};
     let _serial = serial();
-    let setup = Setup::new(24).await;
+    // A broker of its own: tansu's fetch cost grows with its database (RELIABILITY.md).
+    let broker = OwnBroker::start();
+    let setup = Setup::on(broker.address.clone(), 24).await;
     let (count, ratio, seed) = (100_000u64, 0.01, 17);
     setup.produce(count, ratio, seed);
     let (jsonl, generated) = setup.generated(count, ratio, seed);
@@ -673,7 +681,9 @@ async fn five_sigkills_at_random_points_over_100000_events_lose_nothing() {
 #[tokio::test(flavor = "multi_thread")]
 async fn scaling_from_two_to_three_to_one_worker_mid_run_reaches_the_exact_state() {
     let _serial = serial();
-    let setup = Setup::new(6).await;
+    // A broker of its own: tansu's fetch cost grows with its database (RELIABILITY.md).
+    let broker = OwnBroker::start();
+    let setup = Setup::on(broker.address.clone(), 6).await;
     let (count, ratio, seed) = (60_000u64, 0.01, 19);
     setup.produce(count, ratio, seed);
     let (jsonl, generated) = setup.generated(count, ratio, seed);
@@ -798,7 +808,9 @@ async fn out_of_order_and_duplicate_delivery_never_lets_an_older_version_win() {
 #[tokio::test(flavor = "multi_thread")]
 async fn sigterm_drains_commits_and_a_restart_processes_nothing_twice() {
     let _serial = serial();
-    let setup = Setup::new(6).await;
+    // A broker of its own: tansu's fetch cost grows with its database (RELIABILITY.md).
+    let broker = OwnBroker::start();
+    let setup = Setup::on(broker.address.clone(), 6).await;
     let count = 20_000u64;
     setup.produce(count, 0.0, 23);
     let drain = "  commit_interval_ms: 200\n";
