@@ -92,7 +92,17 @@ impl SqliteStore {
         // on one machine), short enough that a stuck lock is reported.
         conn.busy_timeout(std::time::Duration::from_secs(30))
             .map_err(failed)?;
-        conn.execute_batch(SCHEMA).map_err(failed)?;
+        // The busy handler does not cover every lock at start (a schema or journal-mode change
+        // beside another process's transaction answers "locked" at once): wait those out too.
+        let started = std::time::Instant::now();
+        loop {
+            match conn.execute_batch(SCHEMA).map_err(failed) {
+                Err(StoreError::Unavailable(_)) if started.elapsed().as_secs() < 30 => {
+                    std::thread::sleep(std::time::Duration::from_millis(100));
+                }
+                other => break other?,
+            }
+        }
         Ok(Self {
             conn: Arc::new(Mutex::new(conn)),
         })
