@@ -167,6 +167,21 @@ impl Setup {
         serde_json::from_slice(&out.stdout).expect("produce prints JSON")
     }
 
+    /// Produces the backlog and generates the same events as JSON lines for the expected
+    /// state: (JSON lines file, the generator's summary).
+    fn backlog(&self, count: u64, invalid_ratio: f64, seed: u64) -> (PathBuf, Json) {
+        self.produce(count, invalid_ratio, seed);
+        self.generated(count, invalid_ratio, seed)
+    }
+
+    /// The end of a scenario: every offset committed, the exact state in the store, every
+    /// invalid event dead-lettered (`exactly` once each, or at least once after replays).
+    fn assert_final_state(&self, jsonl: &Path, generated: &Json, exactly: bool) {
+        self.assert_fully_committed(&self.group);
+        assert_exact_state(&self.store(), jsonl);
+        assert_dead_letters(self, generated["invalid"].as_u64().unwrap(), exactly);
+    }
+
     /// The same events as JSON lines, for the expected state.
     fn generated(&self, count: u64, invalid_ratio: f64, seed: u64) -> (PathBuf, Json) {
         common::generate(self.dir.path(), count, invalid_ratio, "jsonl", seed)
@@ -438,9 +453,7 @@ async fn two_workers_in_one_group_reach_the_exact_state_and_commit_to_the_end() 
     );
     report("two workers", count, &[sa, sb]);
 
-    setup.assert_fully_committed(&setup.group);
-    assert_exact_state(&setup.store(), &jsonl);
-    assert_dead_letters(&setup, generated["invalid"].as_u64().unwrap(), true);
+    setup.assert_final_state(&jsonl, &generated, true);
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -450,8 +463,7 @@ async fn a_worker_killed_mid_run_loses_nothing() {
     let broker = OwnBroker::start();
     let setup = Setup::on(broker.address.clone(), 6).await;
     let (count, ratio, seed) = (20_000u64, 0.01, 11);
-    setup.produce(count, ratio, seed);
-    let (jsonl, generated) = setup.generated(count, ratio, seed);
+    let (jsonl, generated) = setup.backlog(count, ratio, seed);
 
     let pipeline = setup.pipeline("worker", &setup.group, 500, "");
     let mut a = setup.worker_in_slot("a", &pipeline, Some("a"));
@@ -478,10 +490,8 @@ async fn a_worker_killed_mid_run_loses_nothing() {
     let summaries = [a.terminate(), b.terminate()];
     report("SIGKILL + restart", count, &summaries);
 
-    setup.assert_fully_committed(&setup.group);
-    assert_exact_state(&setup.store(), &jsonl);
     // Replays after the kill may dead-letter an event twice; none may be missing.
-    assert_dead_letters(&setup, generated["invalid"].as_u64().unwrap(), false);
+    setup.assert_final_state(&jsonl, &generated, false);
 }
 
 /// A tansu broker of one test's own, on SQLite storage in a temporary folder: the test can stop
@@ -559,8 +569,7 @@ async fn a_broker_restart_mid_run_stalls_the_worker_and_it_finishes_with_the_exa
     let mut broker = OwnBroker::start();
     let setup = Setup::on(broker.address.clone(), 3).await;
     let (count, ratio, seed) = (20_000u64, 0.01, 13);
-    setup.produce(count, ratio, seed);
-    let (jsonl, generated) = setup.generated(count, ratio, seed);
+    let (jsonl, generated) = setup.backlog(count, ratio, seed);
 
     // stop_when_idle: the silent broker must not look like an exhausted source (the backlog
     // is pending), so the worker may stop only once everything is read and committed.
@@ -587,10 +596,8 @@ async fn a_broker_restart_mid_run_stalls_the_worker_and_it_finishes_with_the_exa
         summary["read"], summary["written"], summary["stale"], summary["dead_lettered"]
     );
 
-    setup.assert_fully_committed(&setup.group);
-    assert_exact_state(&setup.store(), &jsonl);
     // The batch in flight when the broker went away may be replayed: a dead letter may repeat.
-    assert_dead_letters(&setup, generated["invalid"].as_u64().unwrap(), false);
+    setup.assert_final_state(&jsonl, &generated, false);
 }
 
 /// The figures RELIABILITY.md reports for a scenario, from the summaries of every worker run
@@ -619,8 +626,7 @@ async fn five_sigkills_at_random_points_over_100000_events_lose_nothing() {
     let broker = OwnBroker::start();
     let setup = Setup::on(broker.address.clone(), 24).await;
     let (count, ratio, seed) = (100_000u64, 0.01, 17);
-    setup.produce(count, ratio, seed);
-    let (jsonl, generated) = setup.generated(count, ratio, seed);
+    let (jsonl, generated) = setup.backlog(count, ratio, seed);
     // Random kill points, reproducible: the seed is printed (KILL_SEED=... to replay one).
     let kill_seed: u64 = std::env::var("KILL_SEED")
         .ok()
@@ -673,9 +679,7 @@ async fn five_sigkills_at_random_points_over_100000_events_lose_nothing() {
     }
     report("five SIGKILLs", count, &summaries);
 
-    setup.assert_fully_committed(&setup.group);
-    assert_exact_state(&setup.store(), &jsonl);
-    assert_dead_letters(&setup, generated["invalid"].as_u64().unwrap(), false);
+    setup.assert_final_state(&jsonl, &generated, false);
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -685,8 +689,7 @@ async fn scaling_from_two_to_three_to_one_worker_mid_run_reaches_the_exact_state
     let broker = OwnBroker::start();
     let setup = Setup::on(broker.address.clone(), 6).await;
     let (count, ratio, seed) = (60_000u64, 0.01, 19);
-    setup.produce(count, ratio, seed);
-    let (jsonl, generated) = setup.generated(count, ratio, seed);
+    let (jsonl, generated) = setup.backlog(count, ratio, seed);
 
     let pipeline = setup.pipeline("worker", &setup.group, 1000, "");
     let mut a = setup.worker("a", &pipeline);
@@ -717,9 +720,7 @@ async fn scaling_from_two_to_three_to_one_worker_mid_run_reaches_the_exact_state
     let sa = a.terminate();
     report("scale 2 → 3 → 1", count, &[sa, sb, sc]);
 
-    setup.assert_fully_committed(&setup.group);
-    assert_exact_state(&setup.store(), &jsonl);
-    assert_dead_letters(&setup, generated["invalid"].as_u64().unwrap(), false);
+    setup.assert_final_state(&jsonl, &generated, false);
 }
 
 /// A hand-made event in the Confluent wire format.

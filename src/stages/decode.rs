@@ -399,20 +399,18 @@ mod tests {
         assert_eq!(r.class, "schema");
     }
 
-    #[test]
-    // The one-call datum helpers are the plainest reference for "what resolution gives".
+    /// Generated events written with `writer` decode to what resolving them to the reader
+    /// schema gives (the one-call datum helpers are the plainest reference for that).
     #[allow(deprecated)]
-    fn decoding_without_resolution_for_the_reader_schema_itself_changes_nothing() {
-        let d = decoder();
-        let writer = Arc::new(d.reader.clone());
-        let mut gen = crate::generate::EventGenerator::new(7, 40, 0.0, false);
+    fn assert_decodes_as_resolution_would(d: &Decoder, writer: &Arc<Schema>, seed: u64) {
+        let mut gen = crate::generate::EventGenerator::new(seed, 40, 0.0, false);
         for _ in 0..40 {
             let crate::generate::GeneratedEvent::Record { value, .. } = gen.next_event() else {
                 continue;
             };
-            let bytes = apache_avro::to_avro_datum(&writer, value).unwrap();
+            let bytes = apache_avro::to_avro_datum(writer, value).unwrap();
             let resolved =
-                apache_avro::from_avro_datum(&writer, &mut bytes.as_slice(), Some(&d.reader))
+                apache_avro::from_avro_datum(writer, &mut bytes.as_slice(), Some(&d.reader))
                     .unwrap();
             let decoded = d.decode(&Payload::AvroDatum {
                 bytes,
@@ -420,11 +418,17 @@ mod tests {
             });
             assert_eq!(decoded, to_change(resolved));
         }
+    }
+
+    #[test]
+    fn decoding_without_resolution_for_the_reader_schema_itself_changes_nothing() {
+        let d = decoder();
+        let writer = Arc::new(d.reader.clone());
+        assert_decodes_as_resolution_would(&d, &writer, 7);
         assert!(!d.needs_resolution(&writer));
     }
 
     #[test]
-    #[allow(deprecated)]
     fn a_writer_schema_differing_only_in_docs_is_read_without_resolution_to_the_same_change() {
         fn strip(j: &mut Json) {
             match j {
@@ -448,21 +452,7 @@ mod tests {
             .unwrap()
             .push(serde_json::json!({"name": "extra", "type": "int", "default": 0}));
         assert!(d.needs_resolution(&Arc::new(Schema::parse(&with_field).unwrap())));
-        let mut gen = crate::generate::EventGenerator::new(11, 40, 0.0, false);
-        for _ in 0..40 {
-            let crate::generate::GeneratedEvent::Record { value, .. } = gen.next_event() else {
-                continue;
-            };
-            let bytes = apache_avro::to_avro_datum(&writer, value).unwrap();
-            let resolved =
-                apache_avro::from_avro_datum(&writer, &mut bytes.as_slice(), Some(&d.reader))
-                    .unwrap();
-            let decoded = d.decode(&Payload::AvroDatum {
-                bytes,
-                writer: writer.clone(),
-            });
-            assert_eq!(decoded, to_change(resolved));
-        }
+        assert_decodes_as_resolution_would(&d, &writer, 11);
     }
 
     #[test]
