@@ -6,6 +6,12 @@
 //! `indexes`, `dead_letter`) is a trait with its adapters beside it; [`pipeline`] wires them
 //! from the pipeline file ([`config`]); [`cli`] is the thin command line on top.
 
+/// The allocator of every binary built on the library (the worker, its tests and benchmarks):
+/// the stages allocate small values per event, and glibc's malloc spent a third of the
+/// pipeline's CPU time in its own bookkeeping (BENCHMARKS.md, "Profile").
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 pub mod aws;
 pub mod bench;
 pub mod cli;

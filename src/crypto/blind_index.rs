@@ -13,7 +13,7 @@ impl BlindIndexKey {
     /// Lowercase hex HMAC-SHA256 of the normalised email.
     pub fn email(&self, email: &str) -> String {
         let tag = hmac::sign(&self.0, normalise_email(email).as_bytes());
-        tag.as_ref().iter().map(|b| format!("{b:02x}")).collect()
+        hex::encode(tag.as_ref())
     }
 }
 

@@ -9,6 +9,8 @@ use aws_lc_rs::aead::{Aad, LessSafeKey, Nonce, UnboundKey, AES_256_GCM, NONCE_LE
 use aws_lc_rs::rand::{SecureRandom, SystemRandom};
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
+use std::fmt::Write as _;
+use std::io::Write as _;
 use uuid::Uuid;
 use zeroize::Zeroizing;
 
@@ -65,22 +67,44 @@ impl std::fmt::Debug for DataKey {
     }
 }
 
+/// Nonces per draw from the system random source.
+const NONCES_PER_DRAW: usize = 256;
+
+/// A random nonce. The system random source is asked for 256 nonces at a time (per thread),
+/// not for each field: one call cost as much as the encryption of a field. Each byte is used
+/// once; nonces are public, so the pool holds nothing secret.
+fn fresh_nonce() -> Result<[u8; NONCE_LEN], CryptoError> {
+    thread_local! {
+        static POOL: std::cell::RefCell<(Vec<u8>, usize)> = const { std::cell::RefCell::new((Vec::new(), 0)) };
+    }
+    POOL.with_borrow_mut(|(bytes, used)| {
+        if *used == bytes.len() {
+            bytes.resize(NONCE_LEN * NONCES_PER_DRAW, 0);
+            SystemRandom::new()
+                .fill(bytes)
+                .map_err(|_| CryptoError::Random)?;
+            *used = 0;
+        }
+        let mut nonce = [0u8; NONCE_LEN];
+        nonce.copy_from_slice(&bytes[*used..*used + NONCE_LEN]);
+        *used += NONCE_LEN;
+        Ok(nonce)
+    })
+}
+
 fn seal(key: &LessSafeKey, aad: &[u8], plaintext: &[u8]) -> Result<Vec<u8>, CryptoError> {
-    let mut nonce = [0u8; NONCE_LEN];
-    SystemRandom::new()
-        .fill(&mut nonce)
-        .map_err(|_| CryptoError::Random)?;
+    let nonce = fresh_nonce()?;
     let mut out = Vec::with_capacity(NONCE_LEN + plaintext.len() + TAG_LEN);
     out.extend_from_slice(&nonce);
     out.extend_from_slice(plaintext);
-    let mut body = out.split_off(NONCE_LEN);
-    key.seal_in_place_append_tag(
-        Nonce::assume_unique_for_key(nonce),
-        Aad::from(aad),
-        &mut body,
-    )
-    .map_err(|_| CryptoError::Random)?;
-    out.extend_from_slice(&body);
+    let tag = key
+        .seal_in_place_separate_tag(
+            Nonce::assume_unique_for_key(nonce),
+            Aad::from(aad),
+            &mut out[NONCE_LEN..],
+        )
+        .map_err(|_| CryptoError::Random)?;
+    out.extend_from_slice(tag.as_ref());
     Ok(out)
 }
 
@@ -101,11 +125,15 @@ fn field_aad(user: Uuid, field: &str, key_version: u32) -> Vec<u8> {
     let mut aad = Vec::with_capacity(FIELD_AAD.len() + 64 + field.len());
     aad.extend_from_slice(FIELD_AAD);
     aad.push(0);
-    aad.extend_from_slice(user.hyphenated().to_string().as_bytes());
+    aad.extend_from_slice(
+        user.hyphenated()
+            .encode_lower(&mut Uuid::encode_buffer())
+            .as_bytes(),
+    );
     aad.push(0);
     aad.extend_from_slice(field.as_bytes());
     aad.push(0);
-    aad.extend_from_slice(key_version.to_string().as_bytes());
+    write!(aad, "{key_version}").expect("writing to a Vec cannot fail");
     aad
 }
 
@@ -127,10 +155,10 @@ pub fn seal_field(
     plaintext: &[u8],
 ) -> Result<String, CryptoError> {
     let sealed = seal(&key.aead, &field_aad(user, field, key_version), plaintext)?;
-    Ok(format!(
-        "{FIELD_FORMAT}.{key_version}.{}",
-        URL_SAFE_NO_PAD.encode(sealed)
-    ))
+    let mut text = String::with_capacity(FIELD_FORMAT.len() + 12 + sealed.len() * 4 / 3 + 4);
+    write!(text, "{FIELD_FORMAT}.{key_version}.").expect("writing to a String cannot fail");
+    URL_SAFE_NO_PAD.encode_string(sealed, &mut text);
+    Ok(text)
 }
 
 /// Decrypts a field ciphertext; fails if it was sealed for another user, field or key version.
@@ -176,6 +204,14 @@ pub fn unwrap_data_key(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn nonces_never_repeat_across_refills_of_the_pool() {
+        let count = NONCES_PER_DRAW * 4 + 7;
+        let nonces: std::collections::HashSet<[u8; NONCE_LEN]> =
+            (0..count).map(|_| fresh_nonce().unwrap()).collect();
+        assert_eq!(nonces.len(), count);
+    }
 
     #[test]
     fn a_ciphertext_moved_to_another_user_or_field_fails_to_decrypt() {

@@ -17,55 +17,115 @@ use uuid::Uuid;
 /// Emails longer than this are refused (RFC 5321 path limit).
 const MAX_EMAIL_LEN: usize = 254;
 
+/// The most one Avro length prefix (a string, bytes, an array or a map) may make the decoder
+/// allocate. apache-avro's default is 512 MiB, which a ten-byte datum could claim; profile
+/// events are kilobytes, and `source.max_event_bytes` defaults to 1 MiB.
+pub const MAX_DATUM_ALLOCATION: usize = 32 << 20;
+
+/// Caps apache-avro's allocations at [`MAX_DATUM_ALLOCATION`]. The cap is process-wide and is
+/// fixed by whichever Avro read comes first, so this runs at startup and again (as a no-op)
+/// whenever a decoder is built.
+pub fn limit_allocations() {
+    apache_avro::util::max_allocation_bytes(MAX_DATUM_ALLOCATION);
+}
+
 /// Writer schemas remembered (sources hold one `Arc` per schema they know, so a handful
 /// suffice); past this the oldest is forgotten.
 const KNOWN_WRITERS: usize = 16;
 
-/// Writer schemas seen, each with whether it differs from the reader schema.
-type KnownWriters = Arc<RwLock<Vec<(Arc<Schema>, bool)>>>;
+type GenericReader<'s> = apache_avro::reader::datum::GenericDatumReader<'s>;
 
-#[derive(Debug, Clone)]
+self_cell::self_cell!(
+    /// A datum reader for one writer schema, built once: building one resolves every named
+    /// type of its schemas, which cost as much as decoding a datum. Owns the schemas it reads
+    /// with: the writer's and the reader's when datums must be resolved, else the reader's.
+    struct DatumReader {
+        owner: (Arc<Schema>, Option<Arc<Schema>>),
+        #[covariant]
+        dependent: GenericReader,
+    }
+);
+
+impl DatumReader {
+    fn prepare(
+        schema: Arc<Schema>,
+        resolve_to: Option<Arc<Schema>>,
+    ) -> apache_avro::AvroResult<Self> {
+        Self::try_new((schema, resolve_to), |(schema, resolve_to)| {
+            GenericReader::builder(schema)
+                .maybe_reader_schema(resolve_to.as_deref())
+                .build()
+        })
+    }
+
+    #[cfg(test)]
+    fn resolves(&self) -> bool {
+        self.borrow_owner().1.is_some()
+    }
+}
+
+/// Writer schemas seen (by `Arc` identity), each with its reader.
+type KnownWriters = Arc<RwLock<Vec<(Arc<Schema>, Arc<DatumReader>)>>>;
+
+#[derive(Clone)]
 pub struct Decoder {
-    reader: Schema,
-    /// Writer schemas seen (by `Arc` identity) and whether each differs from the reader schema.
-    /// Resolving a datum value against the reader schema costs as much as decoding it, and is
-    /// the identity when both schemas are the same, so it is skipped then.
+    reader: Arc<Schema>,
     writers: KnownWriters,
+}
+
+impl std::fmt::Debug for Decoder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Decoder")
+            .field("reader", &self.reader.name())
+            .finish_non_exhaustive()
+    }
 }
 
 impl Decoder {
     pub fn new(reader: Schema) -> Self {
+        limit_allocations();
         Self {
-            reader,
+            reader: Arc::new(reader),
             writers: Arc::default(),
         }
     }
 
-    /// Whether datums of `writer` must be resolved to the reader schema: unless both have the
-    /// same Parsing Canonical Form. The binary encoding depends only on what that form keeps
-    /// (names, types, field order, symbols, sizes), so such datums are read with the reader
-    /// schema directly, which gives what resolution would (the reader's logical types and
-    /// defaults). Decided once per writer schema.
-    fn needs_resolution(&self, writer: &Arc<Schema>) -> bool {
-        let known = |list: &[(Arc<Schema>, bool)]| {
+    /// The reader for datums of `writer`, prepared on first sight of it. Datums are resolved
+    /// to the reader schema unless both schemas have the same Parsing Canonical Form: the binary
+    /// encoding depends only on what that form keeps (names, types, field order, symbols,
+    /// sizes), so such datums are read with the reader schema directly, which gives what
+    /// resolution would (the reader's logical types and defaults) at half the cost.
+    fn datum_reader(&self, writer: &Arc<Schema>) -> Result<Arc<DatumReader>, apache_avro::Error> {
+        let known = |list: &[(Arc<Schema>, Arc<DatumReader>)]| {
             list.iter()
                 .find(|(w, _)| Arc::ptr_eq(w, writer))
-                .map(|(_, differs)| *differs)
+                .map(|(_, r)| r.clone())
         };
-        if let Some(differs) = known(&self.writers.read().expect("decoder lock")) {
-            return differs;
+        if let Some(reader) = known(&self.writers.read().expect("decoder lock")) {
+            return Ok(reader);
         }
         // `canonical_form` cannot fail once the schema serialises; check that first.
         let differs = serde_json::to_value(&**writer).is_err()
             || writer.canonical_form() != self.reader.canonical_form();
+        let prepared = Arc::new(if differs {
+            DatumReader::prepare(writer.clone(), Some(self.reader.clone()))?
+        } else {
+            DatumReader::prepare(self.reader.clone(), None)?
+        });
         let mut list = self.writers.write().expect("decoder lock");
-        if known(&list).is_none() {
-            if list.len() >= KNOWN_WRITERS {
-                list.remove(0);
-            }
-            list.push((writer.clone(), differs));
+        if let Some(reader) = known(&list) {
+            return Ok(reader);
         }
-        differs
+        if list.len() >= KNOWN_WRITERS {
+            list.remove(0);
+        }
+        list.push((writer.clone(), prepared.clone()));
+        Ok(prepared)
+    }
+
+    #[cfg(test)]
+    fn needs_resolution(&self, writer: &Arc<Schema>) -> bool {
+        self.datum_reader(writer).unwrap().resolves()
     }
 
     pub fn decode(&self, payload: &Payload) -> Result<ProfileChange, Rejection> {
@@ -101,16 +161,20 @@ impl Decoder {
     /// One Avro binary datum, resolved from `writer` to the reader schema.
     fn avro(&self, bytes: &[u8], writer: &Arc<Schema>) -> Result<Value, Rejection> {
         let mut slice = bytes;
-        let (schema, reader) = if self.needs_resolution(writer) {
-            (&**writer, Some(&self.reader))
-        } else {
-            (&self.reader, None)
-        };
-        let value = apache_avro::reader::datum::GenericDatumReader::builder(schema)
-            .maybe_reader_schema(reader)
-            .build()
-            .and_then(|r| r.read_value(&mut slice))
+        let value = self
+            .datum_reader(writer)
+            .and_then(|r| r.borrow_dependent().read_value(&mut slice))
             .map_err(|e| {
+                if let apache_avro::error::Details::MemoryAllocation { .. } = e.details() {
+                    return Rejection::new(
+                        Stage::Decode,
+                        "malformed",
+                        format!(
+                            "a length in the datum claims more than the {} MiB one datum may allocate",
+                            MAX_DATUM_ALLOCATION >> 20
+                        ),
+                    );
+                }
                 Rejection::new(
                     Stage::Decode,
                     "schema",
@@ -356,6 +420,30 @@ mod tests {
     const HEAD: &str = r#""event_id":"6f1c1a4e-2d7b-4a53-9d55-0c1f3c2b9a10","user_id":"0b5d1f7a-3c1e-4f2a-8b9d-1e2f3a4b5c6d","occurred_at":1700000000000,"source":"test""#;
 
     #[test]
+    fn a_length_prefix_claiming_more_than_the_allocation_cap_is_rejected_before_allocating() {
+        // A map of 2,000,000 entries claimed by four bytes: ~100 MB to reserve, under
+        // apache-avro's own 512 MiB cap but over ours.
+        let schema = r#"{"type":"record","name":"R","fields":[{"name":"m","type":{"type":"map","values":"null"}}]}"#;
+        let d = Decoder::new(Schema::parse_str(schema).unwrap());
+        let mut bytes = Vec::new();
+        let mut zigzag = 2_000_000u64 << 1;
+        while zigzag >= 0x80 {
+            bytes.push((zigzag as u8) | 0x80);
+            zigzag >>= 7;
+        }
+        bytes.push(zigzag as u8);
+        let writer = d.reader.clone();
+        assert_eq!(
+            apache_avro::util::max_allocation_bytes(0),
+            MAX_DATUM_ALLOCATION,
+            "every Avro read path sets the cap first"
+        );
+        let e = d.decode(&Payload::AvroDatum { bytes, writer }).unwrap_err();
+        assert_eq!(e.class, "malformed", "{}", e.reason);
+        assert!(e.reason.contains("32 MiB"), "{}", e.reason);
+    }
+
+    #[test]
     fn upsert_without_profile_is_rejected_as_invalid() {
         let r = decoder()
             .decode(&json(&format!(
@@ -389,7 +477,7 @@ mod tests {
     #[test]
     fn truncated_avro_is_a_schema_rejection() {
         let d = decoder();
-        let schema = std::sync::Arc::new(d.reader.clone());
+        let schema = d.reader.clone();
         let r = d
             .decode(&Payload::AvroDatum {
                 bytes: vec![0x48, 0x36],
@@ -410,7 +498,7 @@ mod tests {
             };
             let bytes = apache_avro::to_avro_datum(writer, value).unwrap();
             let resolved =
-                apache_avro::from_avro_datum(writer, &mut bytes.as_slice(), Some(&d.reader))
+                apache_avro::from_avro_datum(writer, &mut bytes.as_slice(), Some(&*d.reader))
                     .unwrap();
             let decoded = d.decode(&Payload::AvroDatum {
                 bytes,
@@ -423,7 +511,7 @@ mod tests {
     #[test]
     fn decoding_without_resolution_for_the_reader_schema_itself_changes_nothing() {
         let d = decoder();
-        let writer = Arc::new(d.reader.clone());
+        let writer = d.reader.clone();
         assert_decodes_as_resolution_would(&d, &writer, 7);
         assert!(!d.needs_resolution(&writer));
     }
@@ -442,7 +530,7 @@ mod tests {
             }
         }
         let d = decoder();
-        let mut stripped = serde_json::to_value(&d.reader).unwrap();
+        let mut stripped = serde_json::to_value(&*d.reader).unwrap();
         strip(&mut stripped);
         let writer = Arc::new(Schema::parse(&stripped).unwrap());
         assert!(!d.needs_resolution(&writer));
