@@ -12,6 +12,7 @@
 
 mod common;
 
+use common::canary::Canary;
 use common::scenarios::sqlite_state;
 use common::services::{create_topics, kafka_brokers, registry, require, Registry};
 use common::topics::{read_all, Delivered, GroupProgress};
@@ -175,11 +176,21 @@ impl Setup {
     }
 
     /// The end of a scenario: every offset committed, the exact state in the store, every
-    /// invalid event dead-lettered (`exactly` once each, or at least once after replays).
+    /// invalid event dead-lettered (`exactly` once each, or at least once after replays), and
+    /// no generated PII value in any output: the workers' logs (panics included), the store
+    /// and index files in plaintext, the dead-letter headers.
     fn assert_final_state(&self, jsonl: &Path, generated: &Json, exactly: bool) {
         self.assert_fully_committed(&self.group);
         assert_exact_state(&self.store(), jsonl);
-        assert_dead_letters(self, generated["invalid"].as_u64().unwrap(), exactly);
+        let canary = Canary::of_generated(jsonl);
+        let swept = canary.assert_absent_from_files(self.dir.path(), &[jsonl]);
+        assert!(swept > 3, "the logs, the store and the index were swept");
+        assert_dead_letters(
+            self,
+            generated["invalid"].as_u64().unwrap(),
+            exactly,
+            &canary,
+        );
     }
 
     /// The same events as JSON lines, for the expected state.
@@ -366,7 +377,7 @@ fn assert_exact_state(store: &Path, jsonl: &Path) {
 }
 
 /// Every invalid event is in the dead-letter topic, unchanged, with its error headers.
-fn assert_dead_letters(setup: &Setup, expected_invalid: u64, exactly: bool) {
+fn assert_dead_letters(setup: &Setup, expected_invalid: u64, exactly: bool, canary: &Canary) {
     let source = setup.read_all(&setup.topic);
     let letters = setup.read_all(&setup.dlq);
     let mut positions = HashSet::new();
@@ -396,7 +407,8 @@ fn assert_dead_letters(setup: &Setup, expected_invalid: u64, exactly: bool) {
             .expect("the dead letter points at a source message");
         assert_eq!(letter.value, original.value, "value unchanged");
         assert_eq!(letter.key, original.key, "key unchanged");
-        for value in h.values() {
+        for (name, value) in h {
+            canary.assert_absent(&format!("dead-letter header {name}"), value);
             assert!(
                 !value.contains(".example.com")
                     && !value.contains("300.1.2.999")

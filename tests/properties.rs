@@ -1,11 +1,16 @@
-//! Property tests and bounded fuzzing: decoding, the pipeline-file parser, projection, and
-//! the version rule, over generated inputs. No input may panic; the highest version wins.
+//! Property tests and bounded fuzzing: decoding (JSON, Avro datums, Confluent wire-format
+//! frames), the pipeline-file parser, projection, and the version rule, over generated inputs.
+//! No input may panic; the highest version wins.
+//!
+//! The fuzzing properties run 512 cases each in CI (seconds); `PROPTEST_CASES=100000 cargo
+//! test --release --test properties` runs them for longer. The cargo-fuzz targets in `fuzz/`
+//! drive the same entry points with libFuzzer (RELIABILITY.md).
 
 mod common;
 
 use profile_sync::config::Pipeline as PipelineFile;
 use profile_sync::event::{Operation, ProtectedChange, ProtectedRecord, Region};
-use profile_sync::schema::ProfileSchemas;
+use profile_sync::schema::{registry, ProfileSchemas};
 use profile_sync::sources::Payload;
 use profile_sync::stages::decode::Decoder;
 use profile_sync::stages::project::{IndexOp, Projection};
@@ -23,11 +28,31 @@ fn decoder() -> Decoder {
     Decoder::new(schemas().profile_change.clone())
 }
 
+/// Cases per fuzzing property: `PROPTEST_CASES`, else 512.
+fn fuzz_cases() -> u32 {
+    std::env::var("PROPTEST_CASES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(512)
+}
+
+/// [`VALID`] as a binary Avro datum of the reader schema.
+fn valid_datum() -> Vec<u8> {
+    let schema = &schemas().profile_change;
+    let json: serde_json::Value = serde_json::from_str(VALID).unwrap();
+    let value = profile_sync::schema::avro_json_to_value(&json, schema).unwrap();
+    apache_avro::writer::datum::GenericDatumWriter::builder(schema)
+        .build()
+        .unwrap()
+        .write_value_to_vec(value)
+        .unwrap()
+}
+
 /// A valid event line to mutate.
 const VALID: &str = r#"{"event_id":"6f1c1a4e-2d7b-4a53-9d55-0c1f3c2b9a10","user_id":"0b5d1f7a-3c1e-4f2a-8b9d-1e2f3a4b5c6d","operation":"UPSERT","version":3,"occurred_at":1767225600000,"source":"t","profile":{"email":"a@b.example","last_seen_ip":"5.100.1.1","status":"ACTIVE","marketing":{"lifetime_value":10.5,"order_count":2,"plan":"pro"}}}"#;
 
 proptest! {
-    #![proptest_config(ProptestConfig { cases: 512, ..ProptestConfig::default() })]
+    #![proptest_config(ProptestConfig::with_cases(fuzz_cases()))]
 
     #[test]
     fn arbitrary_bytes_never_panic_the_decoder(bytes in proptest::collection::vec(any::<u8>(), 0..2048)) {
@@ -48,6 +73,40 @@ proptest! {
         let _ = d.decode(&Payload::Json(bytes.clone()));
         bytes.truncate(cut);
         let _ = d.decode(&Payload::Json(bytes));
+    }
+
+    #[test]
+    fn mutated_valid_avro_datums_never_panic_the_decoder(
+        flips in proptest::collection::vec((any::<usize>(), any::<u8>()), 1..8),
+        cut in any::<usize>(),
+    ) {
+        let mut bytes = valid_datum();
+        for (at, byte) in flips {
+            let at = at % bytes.len();
+            bytes[at] ^= byte;
+        }
+        let writer = Arc::new(schemas().profile_change.clone());
+        let d = decoder();
+        let _ = d.decode(&Payload::AvroDatum { bytes: bytes.clone(), writer: writer.clone() });
+        bytes.truncate(cut % (bytes.len() + 1));
+        let _ = d.decode(&Payload::AvroDatum { bytes, writer });
+    }
+
+    #[test]
+    fn arbitrary_wire_format_frames_give_a_schema_id_or_a_reason_never_a_panic(
+        head in proptest::collection::vec(any::<u8>(), 0..6),
+        body in proptest::collection::vec(any::<u8>(), 0..512),
+        framed in any::<bool>(),
+    ) {
+        let bytes = if framed {
+            registry::frame(u32::from_le_bytes([head.first().copied().unwrap_or(0), 0, 0, 0]), &body)
+        } else {
+            [head, body].concat()
+        };
+        if registry::schema_id(&bytes).is_ok() {
+            let writer = Arc::new(schemas().profile_change.clone());
+            let _ = decoder().decode(&Payload::ConfluentAvro { bytes, writer });
+        }
     }
 
     #[test]

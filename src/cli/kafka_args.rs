@@ -2,7 +2,7 @@
 //! pipeline file, registry settings, topic creation.
 
 use super::{pipeline_file, usage, Failure};
-use crate::config::{kafka_properties, KafkaSourceConfig, SourceConfig};
+use crate::config::{kafka_client_properties, KafkaSourceConfig, SourceConfig};
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
 use rdkafka::config::ClientConfig;
@@ -33,26 +33,8 @@ pub fn kafka_source(given: Option<&Path>) -> Result<KafkaSourceConfig, Failure> 
 pub fn client_config(k: &KafkaSourceConfig) -> ClientConfig {
     let mut config = ClientConfig::new();
     config.set("bootstrap.servers", &k.brokers);
-    for (key, value) in kafka_properties(&k.properties) {
-        let consumer_only = [
-            "session.timeout.ms",
-            "heartbeat.interval.ms",
-            "max.poll.interval.ms",
-            "auto.offset.reset",
-            "enable.auto.commit",
-            "enable.auto.offset.store",
-            "group.instance.id",
-            "partition.assignment.strategy",
-            "fetch.min.bytes",
-            "fetch.wait.max.ms",
-            "fetch.max.bytes",
-            "max.partition.fetch.bytes",
-            "queued.min.messages",
-            "queued.max.messages.kbytes",
-        ];
-        if !consumer_only.contains(&key.as_str()) {
-            config.set(key, value);
-        }
+    for (key, value) in kafka_client_properties(&k.properties) {
+        config.set(key, value);
     }
     config
 }

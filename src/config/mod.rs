@@ -112,6 +112,26 @@ impl SchemaRegistryConfig {
 /// The prefix of environment variables that set librdkafka properties.
 pub const KAFKA_ENV_PREFIX: &str = "PROFILE_SYNC_KAFKA_";
 
+/// librdkafka properties only a consumer understands. Producers and admin clients built from the
+/// same properties (the dead-letter producer, `produce`, `dlq`) leave them out: librdkafka
+/// would warn about each (CONFWARN) and ignore it.
+pub const CONSUMER_ONLY_PROPERTIES: &[&str] = &[
+    "session.timeout.ms",
+    "heartbeat.interval.ms",
+    "max.poll.interval.ms",
+    "auto.offset.reset",
+    "enable.auto.commit",
+    "enable.auto.offset.store",
+    "group.instance.id",
+    "partition.assignment.strategy",
+    "fetch.min.bytes",
+    "fetch.wait.max.ms",
+    "fetch.max.bytes",
+    "max.partition.fetch.bytes",
+    "queued.min.messages",
+    "queued.max.messages.kbytes",
+];
+
 /// librdkafka properties: the file's, then `PROFILE_SYNC_KAFKA_*` from the environment.
 pub fn kafka_properties(from_file: &BTreeMap<String, String>) -> BTreeMap<String, String> {
     let mut props = from_file.clone();
@@ -122,6 +142,13 @@ pub fn kafka_properties(from_file: &BTreeMap<String, String>) -> BTreeMap<String
             }
         }
     }
+    props
+}
+
+/// [`kafka_properties`] without the [`CONSUMER_ONLY_PROPERTIES`]: for producers and admin clients.
+pub fn kafka_client_properties(from_file: &BTreeMap<String, String>) -> BTreeMap<String, String> {
+    let mut props = kafka_properties(from_file);
+    props.retain(|key, _| !CONSUMER_ONLY_PROPERTIES.contains(&key.as_str()));
     props
 }
 

@@ -278,6 +278,7 @@ fn open_dead_letters(
 
 /// The dead-letter producer's properties. On the source's cluster (no brokers of its own) it
 /// connects like the consumer: it takes the source's security properties; its own ones win.
+/// Consumer-only properties (`PROFILE_SYNC_KAFKA_GROUP_INSTANCE_ID`, say) are left out.
 pub fn dead_letter_properties(
     file: &config::Pipeline,
     own_brokers: Option<&str>,
@@ -295,7 +296,7 @@ pub fn dead_letter_properties(
                 }),
         );
     }
-    merged.extend(config::kafka_properties(own));
+    merged.extend(config::kafka_client_properties(own));
     merged
 }
 
@@ -433,5 +434,20 @@ mod tests {
     fn dead_letters_on_another_cluster_take_only_their_own_properties() {
         let file = pipeline("dead_letter:\n  type: kafka\n  topic: dlq\n  brokers: other:9092");
         assert!(!dead_letters(&file).contains_key("security.protocol"));
+    }
+
+    #[test]
+    fn the_dead_letter_producer_never_takes_consumer_only_properties() {
+        // As PROFILE_SYNC_KAFKA_GROUP_INSTANCE_ID would add them: librdkafka warned about each.
+        let file = pipeline(
+            "dead_letter:\n  type: kafka\n  topic: dlq\n  properties:\n    group.instance.id: worker-0\n    queued.max.messages.kbytes: \"1024\"\n    acks: all",
+        );
+        let props = dead_letters(&file);
+        assert!(!props.contains_key("group.instance.id"), "{props:?}");
+        assert!(
+            !props.contains_key("queued.max.messages.kbytes"),
+            "{props:?}"
+        );
+        assert_eq!(props["acks"], "all", "producer properties stay");
     }
 }

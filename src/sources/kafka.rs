@@ -15,7 +15,8 @@ use crate::schema::registry::{schema_id, Lookup, WriterSchemas};
 use async_trait::async_trait;
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{
-    BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance, StreamConsumer,
+    BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance, RebalanceProtocol,
+    StreamConsumer,
 };
 use rdkafka::error::KafkaError;
 use rdkafka::message::{Headers, Message};
@@ -111,7 +112,21 @@ impl ConsumerContext for GroupContext {
     }
 
     fn post_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
-        let assigned = consumer.assignment().map(|a| a.count()).unwrap_or(0);
+        // The count comes from the event, never from `consumer.assignment()`: that call waits
+        // on librdkafka's main thread, which stops answering while the consumer closes, and a
+        // worker hung on SIGTERM there (the revocation of a close runs this callback).
+        let cooperative = matches!(
+            consumer.rebalance_protocol(),
+            RebalanceProtocol::Cooperative
+        );
+        let before = self.assigned.load(Ordering::Relaxed);
+        let assigned = match rebalance {
+            Rebalance::Assign(tpl) if cooperative => before + tpl.count(),
+            Rebalance::Assign(tpl) => tpl.count(),
+            Rebalance::Revoke(tpl) if cooperative => before.saturating_sub(tpl.count()),
+            Rebalance::Revoke(_) => 0,
+            Rebalance::Error(_) => before,
+        };
         self.assigned.store(assigned, Ordering::Relaxed);
         metrics::gauge!(crate::telemetry::KAFKA_ASSIGNED_PARTITIONS).set(assigned as f64);
         if let Rebalance::Assign(tpl) = rebalance {

@@ -2,6 +2,7 @@
 //! straight from the generated file (independently of the pipeline's own decoder).
 #![allow(dead_code)]
 
+pub mod canary;
 pub mod fault_proxy;
 pub mod scenarios;
 pub mod services;
@@ -184,18 +185,6 @@ pub const INDEX_FIELDS: &[&str] = &[
     "residency_zone",
     "segments",
 ];
-
-/// A matcher for every generated email and phone number of `expected`: none may ever be
-/// found in plaintext where the pipeline writes.
-pub fn generated_pii(expected: &HashMap<String, Expected>) -> aho_corasick::AhoCorasick {
-    let needles: Vec<&str> = expected
-        .values()
-        .flat_map(|e| ["email", "phone"].map(|f| e.profile.get(f).and_then(|v| v.as_str())))
-        .flatten()
-        .collect();
-    assert!(needles.len() > 100, "the check has something to look for");
-    aho_corasick::AhoCorasick::new(&needles).unwrap()
-}
 
 /// Line numbers (1-based) of the generated invalid events.
 pub fn invalid_lines(jsonl: &Path) -> Vec<usize> {

@@ -14,6 +14,7 @@ pub struct ScenarioRun {
     pub data: PathBuf,
     pub summary: Json,
     pub expected: HashMap<String, Expected>,
+    pub canary: canary::Canary,
 }
 
 /// Stored state per user id: (version, deleted), read by an adapter-specific reader.
@@ -74,6 +75,7 @@ pub fn twenty_thousand_events(
     let data = dir.path().join("data");
     let summary = run_with(pipeline, &input, &data);
     let expected = expected_state(&input);
+    let canary = canary::Canary::of_generated(&input);
 
     assert_eq!(n(&summary, "read"), 20_000);
     assert_eq!(
@@ -97,7 +99,9 @@ pub fn twenty_thousand_events(
         .lines()
         .map(|l| {
             let letter: Json = serde_json::from_str(l).unwrap();
-            assert!(!letter["reason"].as_str().unwrap().is_empty());
+            let reason = letter["reason"].as_str().unwrap();
+            assert!(!reason.is_empty());
+            canary.assert_absent("a dead letter's reason", reason);
             letter["position"]
                 .as_str()
                 .unwrap()
@@ -164,5 +168,6 @@ pub fn twenty_thousand_events(
         data,
         summary,
         expected,
+        canary,
     }
 }

@@ -153,20 +153,27 @@ impl Stack {
     }
 
     /// Starts `profile-sync run --output json` in the background, with info logs (JSON) in a
-    /// file of its own; on SIGTERM it has 2 minutes to finish its batch and commit.
+    /// file of its own and its metrics on a free port; on SIGTERM it has 2 minutes to finish
+    /// its batch and commit.
     pub fn start_run(&self, replaced: &[(&str, String)]) -> Worker {
         let log = self.dir.path().join("run.log");
         let stdout = self.dir.path().join("run.stdout");
+        let metrics = stopped_endpoint();
         let child = self
             .std_command("run", replaced)
             .env("PROFILE_SYNC_LOG", "info")
             .args(["--output", "json", "--log-format", "json"])
-            .args(["--drain-deadline-secs", "120"])
+            .args(["--drain-deadline-secs", "120", "--metrics-addr", &metrics])
             .stdout(std::fs::File::create(&stdout).unwrap())
             .stderr(std::fs::File::create(&log).unwrap())
             .spawn()
             .expect("start profile-sync run");
-        Worker { child, log, stdout }
+        Worker {
+            child,
+            log,
+            stdout,
+            metrics,
+        }
     }
 }
 
@@ -202,6 +209,8 @@ pub struct Worker {
     child: Child,
     log: PathBuf,
     stdout: PathBuf,
+    /// Address of its metrics endpoint.
+    metrics: String,
 }
 
 impl Worker {
@@ -229,6 +238,26 @@ impl Worker {
     /// The whole log.
     pub fn log(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// What it printed on stdout so far.
+    pub fn stdout(&self) -> String {
+        std::fs::read_to_string(&self.stdout).unwrap_or_default()
+    }
+
+    /// A scrape of its `/metrics` (Prometheus text).
+    pub fn metrics(&self) -> String {
+        let url = format!("http://{}/metrics", self.metrics);
+        block_on(async {
+            let response = reqwest::get(&url).await;
+            let response = response.unwrap_or_else(|e| panic!("{url}: {e}"));
+            assert!(
+                response.status().is_success(),
+                "{url}: {}",
+                response.status()
+            );
+            response.text().await.unwrap()
+        })
     }
 
     /// Waits until it exits, at most until `deadline` (then kills it and fails with its log
