@@ -542,8 +542,10 @@ fn default_key_max_age() -> u64 {
 fn default_key_max_uses() -> u64 {
     1_000_000
 }
+/// Each cached key holds its AES-GCM context, about 1 KB: 25,000 keys are ~25 MB of the
+/// worker's memory (BENCHMARKS.md, "Kafka backlog memory").
 fn default_key_max_entries() -> usize {
-    100_000
+    25_000
 }
 fn default_sqlite() -> PathBuf {
     PathBuf::from("profiles.sqlite")

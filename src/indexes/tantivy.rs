@@ -16,8 +16,13 @@ use tantivy::query::QueryParser;
 use tantivy::schema::{Field, Schema, SchemaBuilder, Value, FAST, INDEXED, STORED, STRING};
 use tantivy::{DateTime, Index, IndexReader, IndexWriter, ReloadPolicy, TantivyDocument, Term};
 
-/// Heap for the writer: bounded so the worker's memory stays flat.
-const WRITER_HEAP_BYTES: usize = 64 * 1024 * 1024;
+/// The writer's one indexing thread and its heap. Every batch is committed, so a segment holds
+/// one batch (2,000 documents of a few hundred bytes): tantivy sizes and zeroes each new
+/// segment's term table from the heap, and with 64 MiB over two threads that zeroing and the
+/// page faults it caused were the largest cost of the whole embedded pipeline (BENCHMARKS.md).
+/// 20 MB is above tantivy's 15 MB minimum and keeps the worker's memory flat.
+const WRITER_THREADS: usize = 1;
+const WRITER_HEAP_BYTES: usize = 20_000_000;
 
 pub struct TantivyIndex {
     index: Index,
@@ -64,7 +69,9 @@ impl TantivyIndex {
                 path.display()
             ))
         })?;
-        let writer = index.writer(WRITER_HEAP_BYTES).map_err(failed)?;
+        let writer = index
+            .writer_with_num_threads(WRITER_THREADS, WRITER_HEAP_BYTES)
+            .map_err(failed)?;
         let reader = index
             .reader_builder()
             .reload_policy(ReloadPolicy::Manual)

@@ -206,7 +206,10 @@ impl KafkaSource {
             .set("auto.offset.reset", "earliest")
             .set("client.id", "profile-sync")
             // Statistics feed the consumer lag gauge; a pipeline file may change the interval.
-            .set("statistics.interval.ms", "5000");
+            .set("statistics.interval.ms", "5000")
+            // Prefetch at most 16 MiB (librdkafka: 64 MiB): a batch of 2,000 events is ~2 MB,
+            // and the worker's memory stays under 200 MB on a backlog (BENCHMARKS.md).
+            .set("queued.max.messages.kbytes", "16384");
         for (k, v) in &settings.properties {
             config.set(k, v);
         }
