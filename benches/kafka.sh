@@ -6,6 +6,10 @@
 #
 #   benches/kafka.sh [EVENTS]          default 1000000
 #
+# Then the Python baseline (benches/baseline/kafka_baseline.py, confluent-kafka) consumes the
+# same topic in a group of its own, and the ratio of the two rates is reported (BASELINE=0
+# skips it; its venv is the one benches/run.sh uses).
+#
 # Needs the broker (`scripts/services start kafka`) and a built binary (BIN, default
 # target/release/profile-sync). The registry is the in-repo test double, started here.
 set -euo pipefail
@@ -52,10 +56,23 @@ while kill -0 "$pid" 2>/dev/null; do
   sleep 2
 done
 wait "$pid"
-python3 - "$WORK/summary.json" "$(cat "$WORK/hwm")" "$samples" "$produce_s" "$IDLE_MS" "$EVENTS" <<'EOF'
+echo '{}' >"$WORK/baseline.json"
+if [ "${BASELINE:-1}" = 1 ]; then
+  VENV=${VENV:-$HOME/.cache/profile-sync/venv-baseline}
+  if [ ! -x "$VENV/bin/python" ] || ! "$VENV/bin/python" -c 'import confluent_kafka' 2>/dev/null; then
+    python3 -m venv "$VENV"
+    "$VENV/bin/pip" install -q -r benches/baseline/requirements.txt
+  fi
+  echo "the Python baseline on the same topic" >&2
+  "$VENV/bin/python" benches/baseline/kafka_baseline.py --brokers "$BROKERS" --topic "$topic" \
+    --registry "http://127.0.0.1:$port" --count "$EVENTS" --schema schemas/profile_change.avsc \
+    --geoip geoip/test-city.mmdb --work "$WORK/baseline" >"$WORK/baseline.json"
+fi
+python3 - "$WORK/summary.json" "$(cat "$WORK/hwm")" "$samples" "$produce_s" "$IDLE_MS" "$EVENTS" "$WORK/baseline.json" <<'EOF'
 import json, sys
 summary = json.loads(open(sys.argv[1]).read().strip().splitlines()[-1])
 hwm_kb, samples, produce_s, idle_ms, events = sys.argv[2:7]
+baseline = json.load(open(sys.argv[7]))
 rss = [int(s) for s in samples.split(",") if s]
 busy = summary["elapsed_seconds"] - int(idle_ms) / 1000
 tenth = max(1, len(rss) // 10)
@@ -66,5 +83,8 @@ print(json.dumps({
     "events_per_second_excluding_idle": round(summary["read"] / busy),
     "peak_rss_mb": round(int(hwm_kb) / 1024, 1),
     "rss_mb_each_tenth": [round(r / 1024, 1) for r in rss[::tenth]],
+    "python_baseline": baseline,
+    "speedup_vs_baseline": round(summary["read"] / busy / baseline["events_per_second"], 2)
+    if baseline else None,
 }))
 EOF
