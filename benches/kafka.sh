@@ -75,16 +75,16 @@ hwm_kb, samples, produce_s, idle_ms, events = sys.argv[2:7]
 baseline = json.load(open(sys.argv[7]))
 rss = [int(s) for s in samples.split(",") if s]
 busy = summary["elapsed_seconds"] - int(idle_ms) / 1000
+rate = summary["read"] / busy
 tenth = max(1, len(rss) // 10)
 print(json.dumps({
     "events": int(events),
     "produce_seconds": round(float(produce_s), 1),
     "worker": summary,
-    "events_per_second_excluding_idle": round(summary["read"] / busy),
+    "events_per_second_excluding_idle": round(rate),
     "peak_rss_mb": round(int(hwm_kb) / 1024, 1),
     "rss_mb_each_tenth": [round(r / 1024, 1) for r in rss[::tenth]],
     "python_baseline": baseline,
-    "speedup_vs_baseline": round(summary["read"] / busy / baseline["events_per_second"], 2)
-    if baseline else None,
+    "speedup_vs_baseline": round(rate / baseline["events_per_second"], 2) if baseline else None,
 }))
 EOF

@@ -17,10 +17,9 @@ use tantivy::schema::{Field, Schema, SchemaBuilder, Value, FAST, INDEXED, STORED
 use tantivy::{DateTime, Index, IndexReader, IndexWriter, ReloadPolicy, TantivyDocument, Term};
 
 /// The writer's one indexing thread and its heap. Every batch is committed, so a segment holds
-/// one batch (2,000 documents of a few hundred bytes): tantivy sizes and zeroes each new
-/// segment's term table from the heap, and with 64 MiB over two threads that zeroing and the
-/// page faults it caused were the largest cost of the whole embedded pipeline (BENCHMARKS.md).
-/// 20 MB is above tantivy's 15 MB minimum and keeps the worker's memory flat.
+/// one batch (2,000 documents of a few hundred bytes), and tantivy sizes each new segment's
+/// term table from the heap: 64 MiB over two threads cost ~40 MB of the worker's memory for no
+/// measurable throughput (BENCHMARKS.md). 20 MB is above tantivy's 15 MB minimum.
 const WRITER_THREADS: usize = 1;
 const WRITER_HEAP_BYTES: usize = 20_000_000;
 

@@ -23,8 +23,9 @@ const MAX_EMAIL_LEN: usize = 254;
 pub const MAX_DATUM_ALLOCATION: usize = 32 << 20;
 
 /// Caps apache-avro's allocations at [`MAX_DATUM_ALLOCATION`]. The cap is process-wide and is
-/// fixed by whichever Avro read comes first, so this runs at startup and again (as a no-op)
-/// whenever a decoder is built.
+/// fixed by whichever Avro read comes first, so this runs at the binary's startup and, for
+/// library users, before the library's own Avro reads (building a decoder, opening an Avro
+/// file); later calls do nothing.
 pub fn limit_allocations() {
     apache_avro::util::max_allocation_bytes(MAX_DATUM_ALLOCATION);
 }
