@@ -108,6 +108,24 @@ fn a_bad_argument_gives_exit_code_2() {
 }
 
 #[test]
+fn output_into_a_closed_pipe_ends_quietly_not_as_an_internal_error() {
+    // `profile-sync … | head`: the reader closes the pipe before the command prints.
+    let dir = tempfile::tempdir().unwrap();
+    let mut child = std::process::Command::new(binary())
+        .args(["generate", "--count", "20000", "--out"])
+        .arg(dir.path().join("events.jsonl"))
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    drop(child.stdout.take());
+    let output = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!stderr.contains("internal error"), "stderr: {stderr}");
+    assert_eq!(output.status.code(), Some(141), "stderr: {stderr}");
+}
+
+#[test]
 fn an_invalid_search_query_is_a_usage_error() {
     let dir = tempfile::tempdir().unwrap();
     let (input, _) = generate(dir.path(), 50, 0.0, "jsonl", 1);

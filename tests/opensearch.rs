@@ -613,6 +613,39 @@ fn a_projection_change_needs_a_reindex_which_builds_the_next_version() {
 }
 
 #[test]
+fn check_and_search_leave_a_cluster_without_the_index_as_they_found_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let names = Names::new("look");
+    let file = pipeline(dir.path(), &names, &url(), &[]);
+    let data = dir.path().join("data");
+    let check = bin()
+        .args(["check", "--pipeline"])
+        .arg(&file)
+        .arg("--data-dir")
+        .arg(&data)
+        .output()
+        .unwrap();
+    let said = String::from_utf8_lossy(&check.stdout).to_string();
+    assert!(
+        said.contains(&format!(
+            "no index yet: the first `profile-sync run` creates {}-v1",
+            names.name
+        )),
+        "{said}{}",
+        String::from_utf8_lossy(&check.stderr)
+    );
+    bin()
+        .args(["search", "*", "--pipeline"])
+        .arg(&file)
+        .arg("--data-dir")
+        .arg(&data)
+        .output()
+        .unwrap();
+    let (status, body) = http(reqwest::Method::GET, &format!("/{}-v1", names.name), None);
+    assert_eq!(status, 404, "check or search created an index: {body}");
+}
+
+#[test]
 fn an_unreachable_server_or_a_pii_field_stops_the_pipeline_with_exit_code_2() {
     let dir = tempfile::tempdir().unwrap();
     let names = Names::new("refused");

@@ -3,7 +3,7 @@
 //! failure. Exit code 0 only when everything passes.
 
 use super::{data_dir, pipeline_file, Failure};
-use crate::pipeline::{open_data_keys, open_index, open_source, open_store, schemas};
+use crate::pipeline::{open_data_keys, open_index, open_source, open_store, schemas, IndexAccess};
 use crate::stages::enrich::{RegionResolver, SegmentRules};
 use crate::stages::project::Projection;
 use std::path::PathBuf;
@@ -123,7 +123,7 @@ pub async fn run(args: Args) -> Result<(), Failure> {
     if let Some(schemas) = &schemas {
         if let Some((_, index)) = t.record(
             "index",
-            open_index(&file, &data_dir, schemas).map_err(|e| e.to_string()),
+            open_index(&file, &data_dir, schemas, IndexAccess::Read).map_err(|e| e.to_string()),
             |_| "opened".into(),
         ) {
             let result = index.check().await;

@@ -139,6 +139,10 @@ pub(crate) fn data_dir(file: &crate::config::Pipeline, given: Option<&Path>) -> 
 pub fn main() -> ExitCode {
     // A panic message could quote data; say where it happened, never what it held.
     std::panic::set_hook(Box::new(|info| {
+        if stdout_was_closed(info) {
+            // `profile-sync search … | head`: the reader left; end as a piped Unix tool does.
+            std::process::exit(128 + 13);
+        }
         let at = info
             .location()
             .map(|l| format!(" at {}:{}", l.file(), l.line()))
@@ -192,6 +196,19 @@ pub fn main() -> ExitCode {
         }
         Err(Failure::Quiet(code)) => ExitCode::from(code),
     }
+}
+
+/// Whether a panic is `println!` finding stdout closed by its reader (EPIPE). The std message
+/// is fixed text, never data. SIGPIPE stays ignored (Rust's default): the Kafka and HTTP
+/// clients rely on getting EPIPE from a closed socket rather than a signal.
+fn stdout_was_closed(info: &std::panic::PanicHookInfo<'_>) -> bool {
+    let message = info
+        .payload()
+        .downcast_ref::<String>()
+        .map(String::as_str)
+        .or_else(|| info.payload().downcast_ref::<&str>().copied())
+        .unwrap_or_default();
+    message.starts_with("failed printing to stdout") && message.contains("Broken pipe")
 }
 
 /// An error and its causes as one paragraph.

@@ -2,7 +2,7 @@
 
 use super::{data_dir, pipeline_file, usage, Failure, Output};
 use crate::indexes::{Aggregation, IndexError};
-use crate::pipeline::{open_index, schemas};
+use crate::pipeline::{open_index, schemas, IndexAccess};
 use serde_json::Value as Json;
 use std::path::PathBuf;
 
@@ -41,7 +41,7 @@ pub async fn run(args: Args) -> Result<(), Failure> {
     let file = pipeline_file(args.pipeline.as_deref())?;
     let data_dir = data_dir(&file, args.data_dir.as_deref());
     let schemas = schemas(&file).map_err(usage)?;
-    let (_, index) = open_index(&file, &data_dir, &schemas).map_err(usage)?;
+    let (_, index) = open_index(&file, &data_dir, &schemas, IndexAccess::Read).map_err(usage)?;
     let invalid = |reason: String| {
         usage(anyhow::anyhow!(
             "query {:?} is not valid: {reason}",

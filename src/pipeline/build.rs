@@ -57,7 +57,7 @@ pub fn open_profiles(
     data_dir: &Path,
     schemas: &ProfileSchemas,
 ) -> Result<Profiles, BuildError> {
-    let (projection, index) = open_index(file, data_dir, schemas)?;
+    let (projection, index) = open_index(file, data_dir, schemas, IndexAccess::Write)?;
     let store = open_store(file, data_dir)?;
     let keys = open_data_keys(file, data_dir, store.clone())?;
     Ok(Profiles {
@@ -165,10 +165,20 @@ pub fn open_data_keys(
     Ok(Arc::new(DataKeys::new(provider, store, cache)))
 }
 
+/// What a command does with the search index. Writers (the pipeline, the privacy commands)
+/// create the first OpenSearch index version when there is none; readers (`search`, `check`)
+/// leave a cluster as they found it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum IndexAccess {
+    Write,
+    Read,
+}
+
 pub fn open_index(
     file: &config::Pipeline,
     data_dir: &Path,
     schemas: &ProfileSchemas,
+    access: IndexAccess,
 ) -> Result<(Projection, Arc<dyn SearchIndex>), BuildError> {
     let projection = Projection::new(&schemas.catalog, file.config.index.fields())?;
     let index: Arc<dyn SearchIndex> = match &file.config.index {
@@ -178,7 +188,10 @@ pub fn open_index(
         )?),
         IndexConfig::Opensearch { .. } => {
             let (_, settings) = opensearch_settings(file, schemas)?;
-            Arc::new(OpenSearchIndex::open(settings, &projection)?)
+            Arc::new(match access {
+                IndexAccess::Write => OpenSearchIndex::open(settings, &projection)?,
+                IndexAccess::Read => OpenSearchIndex::attach(settings, &projection)?,
+            })
         }
     };
     Ok((projection, index))

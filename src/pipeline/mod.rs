@@ -8,7 +8,7 @@ mod build;
 
 pub use build::{
     build, open_data_keys, open_dynamodb, open_index, open_kms, open_profiles, open_source,
-    open_store, opensearch_settings, schemas, BuildError, Components,
+    open_store, opensearch_settings, schemas, BuildError, Components, IndexAccess,
 };
 
 use crate::config::{ErasedUserEvents, PrivacyConfig};

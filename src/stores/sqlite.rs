@@ -8,7 +8,7 @@ use crate::event::{Operation, ProtectedChange, ProtectedRecord};
 use crate::keys::WrappedUserKey;
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
-use rusqlite::{params, Connection, OptionalExtension};
+use rusqlite::{params, Connection, OptionalExtension, Transaction, TransactionBehavior};
 use std::collections::HashMap;
 use std::path::Path;
 use std::sync::{Arc, Mutex};
@@ -64,6 +64,14 @@ BEGIN SELECT RAISE(ABORT, 'audit records are append-only'); END;
 
 pub struct SqliteStore {
     conn: Arc<Mutex<Connection>>,
+}
+
+/// A transaction that reads and then writes. It takes the write lock at BEGIN, so a second
+/// process's batch is waited out by the busy handler; a deferred one would read a snapshot
+/// first and then fail at once with "database is locked" when the other process commits.
+fn write_transaction(conn: &mut Connection) -> Result<Transaction<'_>, StoreError> {
+    conn.transaction_with_behavior(TransactionBehavior::Immediate)
+        .map_err(failed)
 }
 
 fn failed(e: rusqlite::Error) -> StoreError {
@@ -241,7 +249,7 @@ impl ProfileStore for SqliteStore {
             })
             .collect();
         self.with_conn(move |conn| {
-            let tx = conn.transaction().map_err(failed)?;
+            let tx = write_transaction(conn)?;
             let mut outcomes = Vec::with_capacity(rows.len());
             {
                 let mut current = tx.prepare_cached("SELECT version FROM profiles WHERE user_id = ?1").map_err(failed)?;
@@ -342,7 +350,7 @@ impl ProfileStore for SqliteStore {
         keys: Vec<WrappedUserKey>,
     ) -> Result<Vec<WrappedUserKey>, StoreError> {
         self.with_conn(move |conn| {
-            let tx = conn.transaction().map_err(failed)?;
+            let tx = write_transaction(conn)?;
             let mut winners = Vec::with_capacity(keys.len());
             {
                 let mut insert = tx
@@ -523,7 +531,7 @@ impl ProfileStore for SqliteStore {
 
     async fn erase(&self, user: Uuid, version: i64, at: DateTime<Utc>) -> Result<i64, StoreError> {
         self.with_conn(move |conn| {
-            let tx = conn.transaction().map_err(failed)?;
+            let tx = write_transaction(conn)?;
             let id = user.to_string();
             let stored: Option<i64> = tx
                 .query_row("SELECT version FROM profiles WHERE user_id = ?1", [&id], |r| r.get(0))
@@ -624,6 +632,39 @@ mod tests {
         assert_eq!(outcomes, vec![Applied, Replayed, Stale, Applied, Stale]);
         let stored = store.get(u).await.unwrap().unwrap();
         assert_eq!((stored.version, stored.record), (3, None));
+    }
+
+    #[tokio::test]
+    async fn a_batch_waits_out_another_process_s_write_instead_of_failing() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("s.sqlite");
+        let store = SqliteStore::open(&path).unwrap();
+        let u = Uuid::new_v4();
+        store
+            .apply(&[change(u, 1, Operation::Upsert)])
+            .await
+            .unwrap();
+        // Another worker on the same file holds the write lock, then commits version 2.
+        let mut other = Connection::open(&path).unwrap();
+        let (locked, wait_locked) = std::sync::mpsc::channel();
+        let writer = std::thread::spawn(move || {
+            let tx = other
+                .transaction_with_behavior(TransactionBehavior::Immediate)
+                .unwrap();
+            tx.execute(
+                "UPDATE profiles SET version = 2 WHERE user_id = ?1",
+                [u.to_string()],
+            )
+            .unwrap();
+            locked.send(()).unwrap();
+            std::thread::sleep(std::time::Duration::from_millis(300));
+            tx.commit().unwrap();
+        });
+        wait_locked.recv().unwrap();
+        let outcomes = store.apply(&[change(u, 3, Operation::Upsert)]).await;
+        writer.join().unwrap();
+        assert_eq!(outcomes.unwrap(), vec![WriteOutcome::Applied]);
+        assert_eq!(store.get(u).await.unwrap().unwrap().version, 3);
     }
 
     #[tokio::test]

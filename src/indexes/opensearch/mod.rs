@@ -81,8 +81,9 @@ impl OpenSearchIndex {
     }
 
     /// Connects without creating or checking anything: `reindex` builds the version it needs,
-    /// also when the write alias is missing or holds another mapping.
-    pub fn open_for_reindex(
+    /// also when the write alias is missing or holds another mapping; `search` and `check`
+    /// only look.
+    pub fn attach(
         settings: OpenSearchSettings,
         projection: &Projection,
     ) -> Result<Self, IndexError> {
@@ -94,6 +95,7 @@ impl OpenSearchIndex {
         projection: &Projection,
         prepare: bool,
     ) -> Result<Self, IndexError> {
+        client::warn_if_unauthenticated(&settings.url, settings.credentials.is_some());
         let index = Self {
             client: Client::new(&settings.url, settings.credentials.clone())?,
             mapping: Mapping::new(projection),
@@ -434,12 +436,22 @@ impl SearchIndex for OpenSearchIndex {
                 self.settings.url
             )
         })?;
-        let write = state.write.ok_or_else(|| {
-            format!(
+        let Some(write) = state.write else {
+            if state.versions.is_empty() {
+                return Ok(format!(
+                    "no index yet: the first `profile-sync run` creates {} behind `{}`",
+                    self.index_name(1),
+                    self.settings.write_alias
+                ));
+            }
+            return Err(format!(
                 "no index behind the write alias `{}`: run `profile-sync reindex`",
                 self.settings.write_alias
-            )
-        })?;
+            ));
+        };
+        self.check_fingerprint(&write)
+            .await
+            .map_err(|e| e.to_string())?;
         let found = self.search("*", 1).await.map_err(|e| e.to_string())?;
         Ok(format!(
             "`{}` reads {}, `{}` writes {write}; {} documents",
