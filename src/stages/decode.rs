@@ -253,7 +253,11 @@ fn to_change(value: Value) -> Result<ProfileChange, Rejection> {
             "profile" => {
                 profile = match unwrap_union(value) {
                     Value::Null => None,
-                    Value::Record(r) => Some(record_to_fields(r)),
+                    Value::Record(r) => Some(record_to_fields(r).map_err(|field| {
+                        invalid(format!(
+                            "profile.{field} holds a date or timestamp outside the calendar"
+                        ))
+                    })?),
                     _ => return Err(invalid("profile is not a record")),
                 }
             }
@@ -365,16 +369,21 @@ fn long_of(value: &Value) -> Option<i64> {
     }
 }
 
-fn record_to_fields(fields: Vec<(String, Value)>) -> Fields {
+/// A record's fields as JSON; `Err` names the first field that cannot be carried.
+fn record_to_fields(fields: Vec<(String, Value)>) -> Result<Fields, String> {
     fields
         .into_iter()
-        .map(|(name, value)| (name, to_json(value)))
+        .map(|(name, value)| match to_json(value) {
+            Some(json) => Ok((name, json)),
+            None => Err(name),
+        })
         .collect()
 }
 
-/// Avro values as the JSON the rest of the pipeline carries.
-pub(crate) fn to_json(value: Value) -> Json {
-    match value {
+/// Avro values as the JSON the rest of the pipeline carries; `None` for a date or timestamp
+/// outside the calendar (a schema-valid `date` can be 5 million years away).
+fn to_json(value: Value) -> Option<Json> {
+    Some(match value {
         Value::Null => Json::Null,
         Value::Boolean(b) => Json::Bool(b),
         Value::Int(v) => Json::from(v),
@@ -386,24 +395,30 @@ pub(crate) fn to_json(value: Value) -> Json {
         Value::String(s) | Value::Enum(_, s) => Json::String(s),
         Value::Uuid(u) => Json::String(u.to_string()),
         Value::Date(days) => Json::String(
-            (chrono::NaiveDate::default() + chrono::Duration::days(i64::from(days)))
+            chrono::NaiveDate::default()
+                .checked_add_signed(chrono::Duration::days(i64::from(days)))?
                 .format("%Y-%m-%d")
                 .to_string(),
         ),
-        Value::TimestampMillis(ms) => match DateTime::<Utc>::from_timestamp_millis(ms) {
-            Some(t) => Json::String(t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true)),
-            None => Json::Null,
-        },
-        Value::Union(_, inner) => to_json(*inner),
-        Value::Array(items) => Json::Array(items.into_iter().map(to_json).collect()),
+        Value::TimestampMillis(ms) => Json::String(
+            DateTime::<Utc>::from_timestamp_millis(ms)?
+                .to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
+        ),
+        Value::Union(_, inner) => to_json(*inner)?,
+        Value::Array(items) => Json::Array(items.into_iter().map(to_json).collect::<Option<_>>()?),
         Value::Map(entries) => {
             let mut sorted: Vec<_> = entries.into_iter().collect();
             sorted.sort_by(|a, b| a.0.cmp(&b.0));
-            Json::Object(sorted.into_iter().map(|(k, v)| (k, to_json(v))).collect())
+            Json::Object(
+                sorted
+                    .into_iter()
+                    .map(|(k, v)| Some((k, to_json(v)?)))
+                    .collect::<Option<_>>()?,
+            )
         }
-        Value::Record(fields) => Json::Object(record_to_fields(fields)),
+        Value::Record(fields) => Json::Object(record_to_fields(fields).ok()?),
         _ => Json::Null,
-    }
+    })
 }
 
 #[cfg(test)]
@@ -463,6 +478,18 @@ mod tests {
             )))
             .unwrap_err();
         assert!(r.reason.contains("last_seen_ip") && !r.reason.contains("999.1.2.3"));
+    }
+
+    #[test]
+    fn a_date_outside_the_calendar_is_rejected_not_a_panic() {
+        // Found by cargo-fuzz: 960,056,666 days after 1970 is past chrono's last date.
+        let r = decoder()
+            .decode(&json(&format!(
+                r#"{{{HEAD},"operation":"UPSERT","version":1,"profile":{{"birth_date":{{"int":960056666}},"status":"ACTIVE"}}}}"#
+            )))
+            .unwrap_err();
+        assert_eq!((r.stage, r.class), (Stage::Decode, "invalid"));
+        assert!(r.reason.contains("profile.birth_date") && !r.reason.contains("960056666"));
     }
 
     #[test]
