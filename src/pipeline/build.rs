@@ -245,6 +245,12 @@ pub fn opensearch_settings(
     if bulk.max_bytes < 1024 || bulk.max_docs == 0 || bulk.max_in_flight == 0 {
         return Err(file.invalid("index.bulk: max_bytes must be at least 1024, max_docs and max_in_flight at least 1").into());
     }
+    if opensearch::http::Url::parse(url)
+        .is_ok_and(|u| !u.username().is_empty() || u.password().is_some())
+    {
+        // Not quoted: the URL holds a secret, and errors and logs name the URL.
+        return Err(file.invalid(format!("index.url carries credentials: take them out of the URL and set {username_env} and {password_env} instead")).into());
+    }
     let credentials = match (std::env::var(username_env), std::env::var(password_env)) {
         (Ok(u), Ok(p)) if !u.is_empty() => Some((u, p)),
         (Ok(u), _) if !u.is_empty() => {
@@ -441,6 +447,25 @@ mod tests {
             !props.contains_key("session.timeout.ms"),
             "consumer settings stay with the consumer"
         );
+    }
+
+    #[test]
+    fn credentials_in_the_opensearch_url_are_refused_without_quoting_them() {
+        let local = std::fs::read_to_string("pipelines/opensearch-local.yaml").unwrap();
+        let text = local.replace(
+            "url: http://127.0.0.1:9200",
+            "url: https://analyst:hunter2@search.example.com",
+        );
+        assert_ne!(text, local);
+        let file =
+            config::Pipeline::parse(Path::new("pipelines/opensearch-local.yaml"), &text).unwrap();
+        let schemas = schemas(&file).unwrap();
+        let Err(e) = opensearch_settings(&file, &schemas) else {
+            panic!("credentials in index.url must be refused")
+        };
+        let said = e.to_string();
+        assert!(said.contains("index.url carries credentials"), "{said}");
+        assert!(!said.contains("hunter2"), "{said}");
     }
 
     #[test]

@@ -53,8 +53,8 @@ pub enum Body {
     NdJson(Vec<u8>),
 }
 
-/// No credentials configured, none in the URL, and a host other than this machine's: a
-/// production cluster without security, or a forgotten variable. Worth a warning, not an error
+/// No credentials configured and a host other than this machine's: a production cluster
+/// without security, or a forgotten variable (credentials in the URL are refused earlier). Worth a warning, not an error
 /// (an authenticating proxy is a legitimate setup).
 fn unauthenticated_beyond_this_machine(url: &Url) -> bool {
     let local = url.host_str().is_none_or(|host| {
@@ -65,7 +65,7 @@ fn unauthenticated_beyond_this_machine(url: &Url) -> bool {
                 .parse::<std::net::IpAddr>()
                 .is_ok_and(|ip| ip.is_loopback())
     });
-    url.username().is_empty() && !local
+    !local
 }
 
 /// Warns once per command when requests to a remote cluster will carry no credentials.
@@ -221,6 +221,5 @@ mod tests {
         assert!(!warned("http://127.0.0.1:9200"));
         assert!(!warned("http://localhost:9200"));
         assert!(!warned("http://[::1]:9200"));
-        assert!(!warned("https://user:secret@search.example.com"));
     }
 }
