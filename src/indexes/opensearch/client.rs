@@ -53,32 +53,6 @@ pub enum Body {
     NdJson(Vec<u8>),
 }
 
-/// No credentials configured and a host other than this machine's: a production cluster
-/// without security, or a forgotten variable (credentials in the URL are refused earlier). Worth a warning, not an error
-/// (an authenticating proxy is a legitimate setup).
-fn unauthenticated_beyond_this_machine(url: &Url) -> bool {
-    let local = url.host_str().is_none_or(|host| {
-        host == "localhost"
-            || host
-                .trim_start_matches('[')
-                .trim_end_matches(']')
-                .parse::<std::net::IpAddr>()
-                .is_ok_and(|ip| ip.is_loopback())
-    });
-    !local
-}
-
-/// Warns once per command when requests to a remote cluster will carry no credentials.
-pub(super) fn warn_if_unauthenticated(url: &str, has_credentials: bool) {
-    let Ok(parsed) = Url::parse(url) else { return };
-    if !has_credentials && unauthenticated_beyond_this_machine(&parsed) {
-        tracing::warn!(
-            host = parsed.host_str().unwrap_or_default(),
-            "OpenSearch requests will carry no credentials: set the variables that index.username_env and index.password_env name (OPENSEARCH_USERNAME and OPENSEARCH_PASSWORD by default), unless a proxy in front of the cluster authenticates"
-        );
-    }
-}
-
 impl Client {
     pub fn new(url: &str, credentials: Option<(String, String)>) -> Result<Self, IndexError> {
         let parsed = Url::parse(url).map_err(|e| {
@@ -206,20 +180,5 @@ impl Client {
             );
             tokio::time::sleep(delay).await;
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn only_a_remote_cluster_without_credentials_is_warned_about() {
-        let warned = |u: &str| unauthenticated_beyond_this_machine(&Url::parse(u).unwrap());
-        assert!(warned("https://search.example.com:9200"));
-        assert!(warned("http://10.0.0.7:9200"));
-        assert!(!warned("http://127.0.0.1:9200"));
-        assert!(!warned("http://localhost:9200"));
-        assert!(!warned("http://[::1]:9200"));
     }
 }

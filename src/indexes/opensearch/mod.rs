@@ -95,7 +95,6 @@ impl OpenSearchIndex {
         projection: &Projection,
         prepare: bool,
     ) -> Result<Self, IndexError> {
-        client::warn_if_unauthenticated(&settings.url, settings.credentials.is_some());
         let index = Self {
             client: Client::new(&settings.url, settings.credentials.clone())?,
             mapping: Mapping::new(projection),
