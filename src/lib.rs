@@ -4,7 +4,8 @@
 //!
 //! Layout: [`stages`] hold the per-event logic; each port (`sources`, `keys`, `stores`,
 //! `indexes`, `dead_letter`) is a trait with its adapters beside it; [`pipeline`] wires them
-//! from the pipeline file ([`config`]); [`cli`] is the thin command line on top.
+//! from the pipeline file ([`config`]) and composes the stages of one batch; [`runtime`] runs
+//! batches concurrently and decides acknowledgements; [`cli`] is the thin command line on top.
 
 /// The allocator of every binary built on the library (the worker, its tests and benchmarks):
 /// the stages allocate small values per event, and glibc's malloc spent a third of the
@@ -25,6 +26,7 @@ pub mod keys;
 pub mod pipeline;
 pub mod privacy;
 pub mod retry;
+pub mod runtime;
 pub mod schema;
 pub mod sources;
 pub mod stages;

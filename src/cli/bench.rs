@@ -4,9 +4,10 @@
 //!
 //! - throughput: a backlog of `--events` read as fast as the pipeline goes (events/s, peak
 //!   and sampled RSS, key-provider calls, bytes per event on each sink);
-//! - latency: events offered at a fixed `--rate`; every `--poll-ms` the worker takes what has
-//!   arrived (at most a batch). An event's latency runs from its scheduled arrival to the
-//!   commit of the batch that holds it, so queueing counts when the pipeline falls behind.
+//! - latency: events offered at a fixed `--rate` by a paced source; every `--poll-ms` the worker
+//!   takes what has arrived (at most a batch). An event's latency runs from its scheduled
+//!   arrival to the acknowledgement of the batch that holds it (store written, index committed
+//!   on its cadence, dead letters durable), so queueing counts when the pipeline falls behind.
 //!
 //! `--smoke` is a small run for CI: it proves the harness works, and its numbers mean nothing.
 
@@ -17,9 +18,12 @@ use crate::bench::{
 };
 use crate::config::{IndexConfig, StoreConfig};
 use crate::pipeline::{build, Counts};
-use crate::sources::SourceRecord;
+use crate::sources::{Acknowledger, EventSource, SourceError, SourceRecord};
+use async_trait::async_trait;
 use serde_json::json;
+use std::collections::VecDeque;
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 #[derive(clap::Args)]
@@ -117,33 +121,35 @@ async fn throughput(
 ) -> Result<serde_json::Value, Failure> {
     let input = generate_avro(file, scratch, events).map_err(usage)?;
     let data_dir = scratch.join("throughput");
-    let mut components = build(file, &data_dir, Some(&input)).map_err(usage)?;
+    let components = build(file, &data_dir, Some(&input)).map_err(usage)?;
+    let pipeline = Arc::new(components.pipeline);
+    let (_never, shutdown) = tokio::sync::watch::channel(false);
     let peak_reset = reset_peak_rss();
     let rss_start = proc_status_bytes("VmRSS");
     // RSS after each tenth of the backlog: flat means no growth with the events consumed.
     let mut rss_by_tenth: Vec<Option<u64>> = Vec::new();
     let cpu_start = process_cpu_seconds();
     let started = Instant::now();
-    let counts = components
-        .pipeline
-        .run(
-            components.source.as_mut(),
-            file.config.batch_size,
-            |c: &Counts| {
-                while (rss_by_tenth.len() as u64 + 1) * events <= c.read * 10 {
-                    rss_by_tenth.push(proc_status_bytes("VmRSS"));
-                }
-            },
-        )
-        .await?;
+    let counts = crate::runtime::run(
+        pipeline.clone(),
+        components.source,
+        components.runtime,
+        shutdown,
+        |c: &Counts| {
+            while (rss_by_tenth.len() as u64 + 1) * events <= c.read * 10 {
+                rss_by_tenth.push(proc_status_bytes("VmRSS"));
+            }
+        },
+    )
+    .await?;
     let elapsed = started.elapsed().as_secs_f64();
     let cpu = process_cpu_seconds()
         .zip(cpu_start)
         .map(|(end, start)| end - start);
-    let keys = &components.pipeline.profiles.keys;
+    let keys = &pipeline.profiles.keys;
     let calls = keys.provider().calls();
     let (hits, misses) = keys.cache_stats();
-    drop(components);
+    drop(pipeline);
     let (store, index) = sink_paths(file, &data_dir)?;
     let store_bytes = disk_bytes(&store)
         + disk_bytes(&PathBuf::from(format!("{}-wal", store.display())))
@@ -196,42 +202,137 @@ async fn latency(
         }
         records.extend(batch);
     }
-    let pipeline = &components.pipeline;
-    let interval = 1.0 / args.rate as f64;
-    let mut latencies_ms: Vec<f64> = Vec::with_capacity(records.len());
-    let mut next = 0;
-    let mut batches = 0u64;
+    let events = records.len();
+    let source = PacedSource::new(records, args.rate, Duration::from_millis(args.poll_ms));
+    let acks = source.acks.clone();
+    let (_never, shutdown) = tokio::sync::watch::channel(false);
     let started = Instant::now();
-    while next < records.len() {
-        let now = started.elapsed().as_secs_f64();
-        let arrived = ((now / interval).floor() as usize + 1).min(records.len());
-        if arrived <= next {
-            let due = next as f64 * interval;
-            let wait = (due - now).max(0.0) + args.poll_ms as f64 / 1000.0;
-            tokio::time::sleep(Duration::from_secs_f64(wait.min(1.0))).await;
-            continue;
-        }
-        let end = arrived.min(next + file.config.batch_size);
-        pipeline.process(&records[next..end]).await?;
-        let done = started.elapsed().as_secs_f64();
-        latencies_ms.extend((next..end).map(|i| (done - i as f64 * interval) * 1000.0));
-        batches += 1;
-        next = end;
-        let poll = Duration::from_millis(args.poll_ms);
-        let spent = Duration::from_secs_f64(started.elapsed().as_secs_f64() - now);
-        if spent < poll {
-            tokio::time::sleep(poll - spent).await;
-        }
-    }
+    crate::runtime::run(
+        Arc::new(components.pipeline),
+        Box::new(source),
+        components.runtime,
+        shutdown,
+        |_| {},
+    )
+    .await?;
     let elapsed = started.elapsed().as_secs_f64();
+    let (mut latencies_ms, batches) = {
+        let acks = acks
+            .lock()
+            .map_err(|_| usage(anyhow::anyhow!("poisoned")))?;
+        (acks.latencies_ms.clone(), acks.batches)
+    };
     latencies_ms.sort_by(f64::total_cmp);
     let ms = |q: f64| (quantile(&latencies_ms, q) * 100.0).round() / 100.0;
     Ok(json!({
         "offered_events_per_second": args.rate,
-        "achieved_events_per_second": (records.len() as f64 / elapsed).round(),
-        "events": records.len(),
+        "achieved_events_per_second": (events as f64 / elapsed).round(),
+        "events": events,
         "batches": batches,
         "poll_ms": args.poll_ms,
         "latency_ms": { "p50": ms(0.50), "p95": ms(0.95), "p99": ms(0.99), "max": ms(1.0) },
     }))
+}
+
+/// Generated records that arrive at a fixed rate, from the first fetch on. A batch is what
+/// has arrived when the worker asks (at most `max`); with nothing arrived it waits for the next
+/// event and then `poll` more. Acknowledgements record each event's latency.
+struct PacedSource {
+    records: VecDeque<SourceRecord>,
+    /// Index of the next record to hand out.
+    next: usize,
+    interval: f64,
+    poll: Duration,
+    acks: Arc<Mutex<PacedAcks>>,
+}
+
+#[derive(Default)]
+struct PacedAcks {
+    started: Option<Instant>,
+    interval: f64,
+    /// Batches handed out and not acknowledged: number, first and end record index.
+    handed_out: VecDeque<(u64, usize, usize)>,
+    batches: u64,
+    latencies_ms: Vec<f64>,
+}
+
+impl PacedSource {
+    fn new(records: Vec<SourceRecord>, rate: u64, poll: Duration) -> Self {
+        let interval = 1.0 / rate as f64;
+        Self {
+            records: records.into(),
+            next: 0,
+            interval,
+            poll,
+            acks: Arc::new(Mutex::new(PacedAcks {
+                interval,
+                ..PacedAcks::default()
+            })),
+        }
+    }
+}
+
+struct PacedAcknowledger(Arc<Mutex<PacedAcks>>);
+
+impl Acknowledger for PacedAcknowledger {
+    fn acknowledge(&self, through: u64) -> Result<(), SourceError> {
+        let mut acks = self.0.lock().map_err(|_| SourceError::Read {
+            what: "paced source".into(),
+            reason: "poisoned".into(),
+        })?;
+        let Some(started) = acks.started else {
+            return Ok(());
+        };
+        let now = started.elapsed().as_secs_f64();
+        while acks.handed_out.front().is_some_and(|b| b.0 <= through) {
+            let (_, first, end) = acks.handed_out.pop_front().expect("front exists");
+            let interval = acks.interval;
+            acks.latencies_ms
+                .extend((first..end).map(|i| (now - i as f64 * interval) * 1000.0));
+        }
+        Ok(())
+    }
+}
+
+#[async_trait]
+impl EventSource for PacedSource {
+    async fn next_batch(&mut self, max: usize) -> Result<Vec<SourceRecord>, SourceError> {
+        if self.records.is_empty() {
+            return Ok(Vec::new());
+        }
+        let started = *self
+            .acks
+            .lock()
+            .map_err(|_| SourceError::Read {
+                what: "paced source".into(),
+                reason: "poisoned".into(),
+            })?
+            .started
+            .get_or_insert_with(Instant::now);
+        loop {
+            let now = started.elapsed().as_secs_f64();
+            let arrived = (now / self.interval).floor() as usize + 1;
+            if arrived > self.next {
+                let n = (arrived - self.next).min(max).min(self.records.len());
+                let batch: Vec<SourceRecord> = self.records.drain(..n).collect();
+                let mut acks = self.acks.lock().map_err(|_| SourceError::Read {
+                    what: "paced source".into(),
+                    reason: "poisoned".into(),
+                })?;
+                acks.batches += 1;
+                let number = acks.batches;
+                acks.handed_out
+                    .push_back((number, self.next, self.next + n));
+                self.next += n;
+                return Ok(batch);
+            }
+            let due = self.next as f64 * self.interval;
+            let wait = (due - now).max(0.0);
+            tokio::time::sleep(Duration::from_secs_f64(wait) + self.poll).await;
+        }
+    }
+
+    fn acknowledger(&self) -> Arc<dyn Acknowledger> {
+        Arc::new(PacedAcknowledger(self.acks.clone()))
+    }
 }

@@ -24,7 +24,7 @@ pub struct Args {
     /// After a finite source is done, keep serving the endpoint until SIGINT or SIGTERM.
     #[arg(long, requires = "metrics_addr")]
     hold: bool,
-    /// On SIGINT/SIGTERM: how long to finish the batch in flight and commit before giving up
+    /// On SIGINT/SIGTERM: how long to finish the batches in flight and commit before giving up
     /// (exit 1, nothing uncommitted is committed). A second signal exits at once.
     #[arg(long, default_value_t = 30)]
     drain_deadline_secs: u64,
@@ -54,7 +54,7 @@ fn on_signals(deadline: std::time::Duration) -> tokio::sync::watch::Receiver<boo
         };
         next_signal(&mut term, &mut int).await;
         eprintln!(
-            "profile-sync: stopping: finishing the batch in flight and committing (up to {} s; signal again to exit at once)",
+            "profile-sync: stopping: finishing the batches in flight and committing (up to {} s; signal again to exit at once)",
             deadline.as_secs()
         );
         let _ = tx.send(true);
@@ -64,7 +64,7 @@ fn on_signals(deadline: std::time::Duration) -> tokio::sync::watch::Receiver<boo
                 std::process::exit(130);
             }
             _ = tokio::time::sleep(deadline) => {
-                eprintln!("profile-sync: the in-flight batch did not finish within {} s: exiting without committing it (it is replayed after a restart)", deadline.as_secs());
+                eprintln!("profile-sync: the batches in flight did not finish within {} s: exiting without committing them (they are replayed after a restart)", deadline.as_secs());
                 std::process::exit(1);
             }
         }
@@ -85,6 +85,7 @@ pub async fn run(args: Args) -> Result<(), Failure> {
     }
     let mut components = build(&file, &data_dir, args.input.as_deref()).map_err(usage)?;
     components.pipeline.health = health.clone();
+    let pipeline = std::sync::Arc::new(components.pipeline);
     if let Some(assigned) = components.source.assigned_partitions() {
         health.watch_assignment(assigned);
     }
@@ -95,18 +96,17 @@ pub async fn run(args: Args) -> Result<(), Failure> {
             .expect("static template"),
     );
     let started = Instant::now();
-    let counts = components
-        .pipeline
-        .run_until(
-            components.source.as_mut(),
-            file.config.batch_size,
-            on_signals(std::time::Duration::from_secs(args.drain_deadline_secs)),
-            |c: &Counts| {
-                bar.set_position(c.read);
-                bar.set_message(format!("{} dead-lettered", c.dead_lettered));
-            },
-        )
-        .await?;
+    let counts = crate::runtime::run(
+        pipeline.clone(),
+        components.source,
+        components.runtime,
+        on_signals(std::time::Duration::from_secs(args.drain_deadline_secs)),
+        |c: &Counts| {
+            bar.set_position(c.read);
+            bar.set_message(format!("{} dead-lettered", c.dead_lettered));
+        },
+    )
+    .await?;
     bar.finish_and_clear();
     let elapsed = started.elapsed().as_secs_f64();
     let rate = if elapsed > 0.0 {
@@ -123,7 +123,7 @@ pub async fn run(args: Args) -> Result<(), Failure> {
                 "dead_lettered": counts.dead_lettered,
                 "elapsed_seconds": (elapsed * 1000.0).round() / 1000.0,
                 "events_per_second": rate.round(),
-                "key_provider_calls": components.pipeline.profiles.keys.provider().calls(),
+                "key_provider_calls": pipeline.profiles.keys.provider().calls(),
                 "data_dir": data_dir,
             });
             println!("{summary}");

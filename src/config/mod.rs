@@ -34,9 +34,16 @@ pub struct PipelineConfig {
     pub enrich: EnrichConfig,
     #[serde(default)]
     pub privacy: PrivacyConfig,
-    /// Events per batch: the unit of store transactions, index commits and acknowledgements.
+    /// Events per batch: the unit of store transactions and acknowledgements.
     #[serde(default = "default_batch_size")]
     pub batch_size: usize,
+    /// Batches fetched and not yet through the index stage, at most (the pipelined runtime's
+    /// bound on memory).
+    #[serde(default = "default_max_batches_in_flight")]
+    pub max_batches_in_flight: usize,
+    /// Batches decoded at once (decoding is pure CPU work). Default: the machine's cores.
+    #[serde(default)]
+    pub decode_workers: Option<usize>,
     /// Where the embedded adapters keep their files; `--data-dir` overrides it.
     #[serde(default = "default_data_dir")]
     pub data_dir: PathBuf,
@@ -328,6 +335,13 @@ pub enum IndexConfig {
         /// Empty: every public field.
         #[serde(default)]
         fields: Vec<String>,
+        /// Commit (make durable and searchable) at the latest this long after the first
+        /// uncommitted write, in milliseconds; acknowledgements wait for it.
+        #[serde(default = "default_commit_interval_ms")]
+        commit_interval_ms: u64,
+        /// ...or as soon as this many documents are uncommitted.
+        #[serde(default = "default_commit_every_docs")]
+        commit_every_docs: usize,
     },
     /// OpenSearch: versioned indices `<name>-v1`, `<name>-v2`, … behind a read and a write alias.
     Opensearch {
@@ -530,6 +544,12 @@ fn default_schemas() -> PathBuf {
 fn default_batch_size() -> usize {
     2000
 }
+fn default_max_batches_in_flight() -> usize {
+    4
+}
+fn default_commit_every_docs() -> usize {
+    50_000
+}
 fn default_data_dir() -> PathBuf {
     PathBuf::from("data")
 }
@@ -590,6 +610,12 @@ impl Pipeline {
             return Err(ConfigError::Invalid {
                 path: path.to_path_buf(),
                 reason: "batch_size must be at least 1".into(),
+            });
+        }
+        if config.max_batches_in_flight == 0 || config.decode_workers == Some(0) {
+            return Err(ConfigError::Invalid {
+                path: path.to_path_buf(),
+                reason: "max_batches_in_flight and decode_workers must be at least 1".into(),
             });
         }
         let base = path

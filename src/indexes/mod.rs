@@ -85,7 +85,7 @@ pub trait SearchIndex: Send + Sync {
 
     /// Applies the operations in order. They are durable once [`SearchIndex::commit`] returns
     /// (an adapter whose writes are durable at once, like a bulk request, need not wait).
-    async fn apply(&self, ops: Vec<IndexOp>) -> Result<Vec<IndexOutcome>, IndexError>;
+    async fn apply(&self, ops: &[IndexOp]) -> Result<Vec<IndexOutcome>, IndexError>;
 
     /// Makes every applied operation durable and visible. The pipeline calls it once per
     /// batch, before the batch is acknowledged.

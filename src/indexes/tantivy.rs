@@ -195,7 +195,7 @@ fn date_json(d: Option<DateTime>) -> Json {
 
 #[async_trait]
 impl SearchIndex for TantivyIndex {
-    async fn apply(&self, ops: Vec<IndexOp>) -> Result<Vec<IndexOutcome>, IndexError> {
+    async fn apply(&self, ops: &[IndexOp]) -> Result<Vec<IndexOutcome>, IndexError> {
         if ops.is_empty() {
             return Ok(Vec::new());
         }
@@ -358,7 +358,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let index = TantivyIndex::open(dir.path(), &projection).unwrap();
         index
-            .apply(vec![
+            .apply(&[
                 doc(1, "DE", &["a", "b"]),
                 doc(2, "DE", &["a"]),
                 doc(3, "FR", &["b"]),

@@ -1,32 +1,36 @@
-//! The pipeline: stages in order, then the fan-out to the sinks, one batch at a time.
+//! The pipeline: the stages of one batch, composed in order, with no concurrency of their
+//! own. [`Pipeline::decode`] is pure; [`Pipeline::apply`] decides and writes the store (enrich,
+//! protect, versioned writes, privacy events) and returns the index operations that follow;
+//! the index and dead-letter writes are the runtime's (`crate::runtime`), which runs these
+//! pieces concurrently for different batches and decides when a batch is acknowledged.
 //!
-//! A batch is acknowledged to its source only after the store, the index and the dead-letter
-//! sink have all taken what they were given. A transient failure retries the whole batch,
-//! which is harmless because every write is versioned.
+//! Every store write is versioned, so applying the same batch again after a transient failure
+//! is harmless.
 
 mod build;
 
 pub use build::{
     build, open_data_keys, open_dynamodb, open_index, open_kms, open_profiles, open_source,
-    open_store, opensearch_settings, schemas, BuildError, Components, IndexAccess,
+    open_store, opensearch_settings, runtime_settings, schemas, BuildError, Components,
+    IndexAccess,
 };
 
 use crate::config::{ErasedUserEvents, PrivacyConfig};
 use crate::dead_letter::{DeadLetter, DeadLetterError, DeadLetterSink};
-use crate::event::{Operation, ProfileChange};
+use crate::event::{Operation, ProfileChange, ProtectedChange};
 use crate::event::{Rejection, Stage};
-use crate::indexes::{IndexError, IndexOutcome};
+use crate::indexes::IndexError;
 use crate::keys::KeyError;
 use crate::privacy::{Actor, PrivacyError, Profiles};
-use crate::retry::Backoff;
-use crate::sources::{EventSource, SourceError, SourceRecord};
+use crate::sources::{SourceError, SourceRecord};
 use crate::stages::decode::Decoder;
 use crate::stages::enrich::Enricher;
+use crate::stages::project::IndexOp;
 use crate::stages::protect::Protector;
 use crate::stores::{ConsentState, StoreError, WriteOutcome};
 use crate::telemetry::{self, Health};
 use serde::Serialize;
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Instant;
 use uuid::Uuid;
@@ -43,7 +47,7 @@ pub struct Counts {
 }
 
 impl Counts {
-    fn add(&mut self, other: Counts) {
+    pub fn add(&mut self, other: Counts) {
         self.read += other.read;
         self.written += other.written;
         self.stale += other.stale;
@@ -63,6 +67,9 @@ pub enum PipelineError {
     Index(#[from] IndexError),
     #[error(transparent)]
     DeadLetter(#[from] DeadLetterError),
+    /// The runtime itself (a task that ended abnormally).
+    #[error("{0}")]
+    Runtime(String),
 }
 
 impl PipelineError {
@@ -74,6 +81,7 @@ impl PipelineError {
             PipelineError::Store(_) => "store",
             PipelineError::Index(_) => "index",
             PipelineError::DeadLetter(_) => "dead_letter",
+            PipelineError::Runtime(_) => "runtime",
         }
     }
 
@@ -82,7 +90,9 @@ impl PipelineError {
             PipelineError::Keys(e) => e.is_transient(),
             PipelineError::Store(e) => e.is_transient(),
             PipelineError::Index(e) => e.is_transient(),
-            PipelineError::Source(_) | PipelineError::DeadLetter(_) => false,
+            PipelineError::Source(_) | PipelineError::DeadLetter(_) | PipelineError::Runtime(_) => {
+                false
+            }
         }
     }
 }
@@ -99,29 +109,88 @@ pub struct Pipeline {
     pub health: Arc<Health>,
 }
 
+/// A batch after decoding. Positions are indices into the batch's records.
+#[derive(Debug, Default)]
+pub struct Decoded {
+    pub changes: Vec<(usize, ProfileChange)>,
+    pub rejected: Vec<(usize, Rejection)>,
+}
+
+/// What the store stage did with a batch's changes.
+#[derive(Debug, Default, Clone)]
+pub struct Applied {
+    /// `written` and `stale`; the runtime adds `read` and `dead_lettered`.
+    pub counts: Counts,
+    /// What the index must do, in order, with the record each comes from: the documents of
+    /// changes the store applied (or saw replayed), and the deletions of erasures.
+    pub index_ops: Vec<(usize, IndexOp)>,
+    pub rejected: Vec<(usize, Rejection)>,
+}
+
+/// A batch after [`Pipeline::derive`], for [`Pipeline::store`].
+#[derive(Debug)]
+pub struct Derived {
+    /// Users with a consent or erase event in this batch.
+    pub privacy_users: HashSet<Uuid>,
+    states: UserStates,
+    /// The protected changes of the other users, and the record each comes from.
+    plain: Protected,
+    ordered: Vec<(usize, ProfileChange)>,
+    out: Applied,
+}
+
+/// Protected changes and, beside them, the record each comes from.
+#[derive(Debug, Default)]
+struct Protected {
+    origin: Vec<usize>,
+    changes: Vec<ProtectedChange>,
+}
+
 /// Per-batch knowledge of the users in it: erasure fences and consent states.
+#[derive(Debug, Clone)]
 struct UserStates {
     fences: HashMap<Uuid, i64>,
     consents: HashMap<Uuid, ConsentState>,
 }
 
 impl Pipeline {
-    /// Takes one batch through every stage and sink. On error nothing is acknowledged, and
-    /// processing the same batch again is safe.
-    pub async fn process(&self, records: &[SourceRecord]) -> Result<Counts, PipelineError> {
-        let mut counts = Counts {
-            read: records.len() as u64,
-            ..Counts::default()
-        };
-        let mut rejected: Vec<(usize, Rejection)> = Vec::new();
-        let mut decoded = Vec::with_capacity(records.len());
+    /// Decodes and validates every record of a batch. Pure, so batches decode in parallel.
+    pub fn decode(&self, records: &[SourceRecord]) -> Decoded {
+        let started = Instant::now();
+        let mut out = Decoded::default();
+        out.changes.reserve(records.len());
         for (i, record) in records.iter().enumerate() {
             match self.decoder.decode(&record.payload) {
-                Ok(change) => decoded.push((i, change)),
-                Err(r) => rejected.push((i, r)),
+                Ok(change) => out.changes.push((i, change)),
+                Err(r) => out.rejected.push((i, r)),
             }
         }
-        let mut users: Vec<Uuid> = decoded.iter().map(|(_, c)| c.user_id).collect();
+        telemetry::stage("decode", started.elapsed().as_secs_f64());
+        out
+    }
+
+    /// Enriches, protects and stores a batch's changes and applies its privacy events: derive
+    /// then store. Every user's events apply in order. On error nothing of the batch is
+    /// acknowledged, and applying it again is safe.
+    pub async fn apply(
+        &self,
+        changes: Vec<(usize, ProfileChange)>,
+    ) -> Result<Applied, PipelineError> {
+        let derived = self.derive(changes).await?;
+        self.store(&derived).await
+    }
+
+    /// The part of a batch's work that writes no profile: erasure fences and consent states
+    /// read, and every change of a user without a privacy event in this batch enriched and
+    /// protected (new users' keys are stored here, before any ciphertext of theirs). It may run
+    /// while the store takes the previous batch, as long as that batch has no privacy event
+    /// of a user in this one ([`Derived::privacy_users`]).
+    pub async fn derive(
+        &self,
+        changes: Vec<(usize, ProfileChange)>,
+    ) -> Result<Derived, PipelineError> {
+        let mut out = Applied::default();
+        let mut users: Vec<Uuid> = changes.iter().map(|(_, c)| c.user_id).collect();
         users.sort_unstable();
         users.dedup();
         let store = &self.profiles.store;
@@ -133,84 +202,122 @@ impl Pipeline {
                 store.consent_states(&users).await?
             },
         };
-
-        // Profile changes run through the stages together; a privacy event (consent, erase)
-        // first flushes the changes before it, so every user's events apply in order.
-        let mut run = Vec::new();
-        for (i, change) in decoded {
-            if let Some(&fence) = states.fences.get(&change.user_id) {
-                if change.version <= fence {
-                    counts.stale += 1;
-                    continue;
-                }
-                if self.privacy.erased_user_events == ErasedUserEvents::Refuse
-                    && change.operation != Operation::Erase
-                {
-                    rejected.push((i, Rejection::new(Stage::Privacy, "erased", "erased: the user was erased, and events newer than the erasure are refused (privacy.erased_user_events)")));
-                    continue;
-                }
-            }
-            match change.operation {
-                Operation::Upsert | Operation::Delete => {
-                    states.fences.remove(&change.user_id);
-                    run.push((i, change));
-                }
-                Operation::Consent | Operation::Erase => {
-                    self.apply_changes(
-                        std::mem::take(&mut run),
-                        &states,
-                        &mut counts,
-                        &mut rejected,
-                    )
-                    .await?;
-                    match self.apply_privacy(change, &mut states).await? {
-                        Ok(()) => counts.written += 1,
-                        Err(r) => rejected.push((i, r)),
-                    }
-                }
+        // The users with a consent or erase event in this batch have their events applied in
+        // order by `store`, the changes before each privacy event written before it. Every
+        // other user's changes go to the store in one write.
+        let privacy_users: HashSet<Uuid> = changes
+            .iter()
+            .filter(|(_, c)| matches!(c.operation, Operation::Consent | Operation::Erase))
+            .map(|(_, c)| c.user_id)
+            .collect();
+        let mut plain = Vec::with_capacity(changes.len());
+        let mut ordered = Vec::new();
+        for (i, change) in changes {
+            if privacy_users.contains(&change.user_id) {
+                ordered.push((i, change));
+            } else if self.admit(&mut states, i, &change, &mut out) {
+                plain.push((i, change));
             }
         }
-        self.apply_changes(run, &states, &mut counts, &mut rejected)
-            .await?;
-        self.profiles.index.commit().await?;
-
-        counts.dead_lettered = rejected.len() as u64;
-        if !rejected.is_empty() {
-            let at = chrono::Utc::now();
-            let letters: Vec<DeadLetter> = rejected
-                .into_iter()
-                .map(|(i, r)| {
-                    telemetry::dead_lettered(r.stage.as_str());
-                    DeadLetter {
-                        at,
-                        position: records[i].position.clone(),
-                        stage: r.stage,
-                        class: r.class,
-                        reason: r.reason,
-                        key: records[i].key.clone(),
-                        payload: records[i].payload.bytes().to_vec(),
-                        meta: records[i].meta.clone(),
-                    }
-                })
-                .collect();
-            let started = Instant::now();
-            let n = letters.len();
-            self.dead_letters.send(letters).await?;
-            telemetry::sink_request("dead_letter", n, started.elapsed().as_secs_f64());
-        }
-        Ok(counts)
+        let plain = self.protect_changes(plain, &states, &mut out).await?;
+        Ok(Derived {
+            privacy_users,
+            states,
+            plain,
+            ordered,
+            out,
+        })
     }
 
-    /// Enrich, protect, store and index a run of upserts and deletes.
+    /// The store's part of a batch: the protected changes in one write, then the users with
+    /// privacy events, in order. Batches must be stored in order; the same `Derived` may be
+    /// stored again after a transient failure.
+    pub async fn store(&self, derived: &Derived) -> Result<Applied, PipelineError> {
+        let mut out = derived.out.clone();
+        let mut states = derived.states.clone();
+        self.store_changes(&derived.plain, &mut out).await?;
+        let mut run = Vec::new();
+        for (i, change) in derived.ordered.iter().cloned() {
+            if !self.admit(&mut states, i, &change, &mut out) {
+                continue;
+            }
+            match change.operation {
+                Operation::Upsert | Operation::Delete => run.push((i, change)),
+                Operation::Consent | Operation::Erase => {
+                    self.apply_changes(std::mem::take(&mut run), &states, &mut out)
+                        .await?;
+                    match self.apply_privacy(change, &mut states).await? {
+                        Ok(op) => {
+                            out.counts.written += 1;
+                            out.index_ops.extend(op.map(|op| (i, op)));
+                        }
+                        Err(r) => out.rejected.push((i, r)),
+                    }
+                }
+            }
+        }
+        self.apply_changes(run, &states, &mut out).await?;
+        Ok(out)
+    }
+
+    /// Whether a change goes on past the user's erasure fence. A change at or below the fence
+    /// is stale; a replayed erasure still re-sends its index deletion, in case the first
+    /// delivery stopped before the index had it.
+    fn admit(
+        &self,
+        states: &mut UserStates,
+        i: usize,
+        change: &ProfileChange,
+        out: &mut Applied,
+    ) -> bool {
+        let Some(&fence) = states.fences.get(&change.user_id) else {
+            return true;
+        };
+        if change.version <= fence {
+            out.counts.stale += 1;
+            if change.operation == Operation::Erase {
+                out.index_ops.push((
+                    i,
+                    IndexOp::Delete {
+                        user_id: change.user_id,
+                        version: fence,
+                    },
+                ));
+            }
+            return false;
+        }
+        if self.privacy.erased_user_events == ErasedUserEvents::Refuse
+            && change.operation != Operation::Erase
+        {
+            out.rejected.push((i, Rejection::new(Stage::Privacy, "erased", "erased: the user was erased, and events newer than the erasure are refused (privacy.erased_user_events)")));
+            return false;
+        }
+        if matches!(change.operation, Operation::Upsert | Operation::Delete) {
+            states.fences.remove(&change.user_id);
+        }
+        true
+    }
+
+    /// Enrich, protect and store a run of upserts and deletes.
     async fn apply_changes(
         &self,
         run: Vec<(usize, ProfileChange)>,
         states: &UserStates,
-        counts: &mut Counts,
-        rejected: &mut Vec<(usize, Rejection)>,
+        out: &mut Applied,
     ) -> Result<(), PipelineError> {
+        let protected = self.protect_changes(run, states, out).await?;
+        self.store_changes(&protected, out).await
+    }
+
+    /// Enrich and protect a run of upserts and deletes.
+    async fn protect_changes(
+        &self,
+        run: Vec<(usize, ProfileChange)>,
+        states: &UserStates,
+        out: &mut Applied,
+    ) -> Result<Protected, PipelineError> {
         if run.is_empty() {
-            return Ok(());
+            return Ok(Protected::default());
         }
         let started = Instant::now();
         let mut enriched = Vec::with_capacity(run.len());
@@ -222,62 +329,63 @@ impl Pipeline {
                     enriched.push(e);
                     origin.push(i);
                 }
-                Err(r) => rejected.push((i, r)),
+                Err(r) => out.rejected.push((i, r)),
             }
         }
         telemetry::stage("enrich", started.elapsed().as_secs_f64());
         let started = Instant::now();
         let protected_all = self.protector.protect(enriched).await?;
         telemetry::stage("protect", started.elapsed().as_secs_f64());
-        let mut protected = Vec::with_capacity(protected_all.len());
-        let mut protected_origin = Vec::with_capacity(protected_all.len());
+        let mut protected = Protected::default();
         for (result, i) in protected_all.into_iter().zip(origin) {
             match result {
                 Ok(p) => {
-                    protected.push(p);
-                    protected_origin.push(i);
+                    protected.origin.push(i);
+                    protected.changes.push(p);
                 }
-                Err(r) => rejected.push((i, r)),
+                Err(r) => out.rejected.push((i, r)),
             }
         }
+        Ok(protected)
+    }
+
+    /// Versioned store write of protected changes, and the index operations that follow.
+    async fn store_changes(
+        &self,
+        protected: &Protected,
+        out: &mut Applied,
+    ) -> Result<(), PipelineError> {
+        let changes = &protected.changes;
+        if changes.is_empty() {
+            return Ok(());
+        }
         let started = Instant::now();
-        let outcomes = self.profiles.store.apply(&protected).await?;
-        telemetry::sink_request("store", protected.len(), started.elapsed().as_secs_f64());
+        let outcomes = self.profiles.store.apply(changes).await?;
+        telemetry::sink_request("store", changes.len(), started.elapsed().as_secs_f64());
         let now = chrono::Utc::now();
-        let mut ops = Vec::new();
-        let mut op_origin = Vec::new();
-        for ((change, outcome), i) in protected.iter().zip(&outcomes).zip(&protected_origin) {
+        for ((i, change), outcome) in protected.origin.iter().zip(changes).zip(&outcomes) {
             match outcome {
                 WriteOutcome::Applied => {
-                    counts.written += 1;
+                    out.counts.written += 1;
                     telemetry::event_latency((now - change.occurred_at).as_seconds_f64());
                 }
-                WriteOutcome::Replayed | WriteOutcome::Stale => counts.stale += 1,
+                WriteOutcome::Replayed | WriteOutcome::Stale => out.counts.stale += 1,
             }
             if matches!(outcome, WriteOutcome::Applied | WriteOutcome::Replayed) {
-                ops.push(self.profiles.projection.op(change));
-                op_origin.push(*i);
-            }
-        }
-        let started = Instant::now();
-        let n = ops.len();
-        let index_outcomes = self.profiles.index.apply(ops).await?;
-        telemetry::sink_request("index", n, started.elapsed().as_secs_f64());
-        for (outcome, i) in index_outcomes.into_iter().zip(op_origin) {
-            if let IndexOutcome::Rejected(reason) = outcome {
-                rejected.push((i, Rejection::new(Stage::Index, "rejected", reason)));
+                out.index_ops
+                    .push((*i, self.profiles.projection.op(change)));
             }
         }
         Ok(())
     }
 
-    /// A consent or erase event. The outer error is for the batch (retry it); the inner one
-    /// rejects only this event.
+    /// A consent or erase event, and the index operation that follows it. The outer error is
+    /// for the batch (retry it); the inner one rejects only this event.
     async fn apply_privacy(
         &self,
         change: ProfileChange,
         states: &mut UserStates,
-    ) -> Result<Result<(), Rejection>, PipelineError> {
+    ) -> Result<Result<Option<IndexOp>, Rejection>, PipelineError> {
         let actor = Actor {
             name: format!("event:{}", change.source),
             reason: format!(
@@ -294,15 +402,16 @@ impl Pipeline {
             Operation::Erase => {
                 let fields = self.protector.pii_fields().to_vec();
                 self.profiles
-                    .erase(change.user_id, change.version, "erase", fields, &actor)
+                    .erase_stored(change.user_id, change.version, "erase", fields, &actor)
                     .await
-                    .map(|fence| {
-                        states.fences.insert(change.user_id, fence);
+                    .map(|delete| {
+                        states.fences.insert(change.user_id, delete.version());
+                        Some(delete)
                     })
             }
             _ => {
                 let Some(consent) = &change.consent else {
-                    return Ok(Ok(()));
+                    return Ok(Ok(None));
                 };
                 if !self.privacy.purposes.contains(&consent.purpose) {
                     return Ok(Err(Rejection::new(
@@ -323,7 +432,7 @@ impl Pipeline {
             }
         };
         match result {
-            Ok(()) => Ok(Ok(())),
+            Ok(op) => Ok(Ok(op)),
             Err(PrivacyError::Store(e)) => Err(e.into()),
             Err(PrivacyError::Index(e)) => Err(e.into()),
             Err(PrivacyError::Keys(e)) => Err(e.into()),
@@ -334,95 +443,28 @@ impl Pipeline {
             ))),
         }
     }
-
-    /// Runs the source to its end (or forever, for an endless one).
-    pub async fn run(
-        &self,
-        source: &mut dyn EventSource,
-        batch_size: usize,
-        progress: impl FnMut(&Counts),
-    ) -> Result<Counts, PipelineError> {
-        let (_never, shutdown) = tokio::sync::watch::channel(false);
-        self.run_until(source, batch_size, shutdown, progress).await
-    }
-
-    /// Like [`Self::run`], but stops fetching once `shutdown` turns true: the batch in flight
-    /// is finished and acknowledged, then the source is closed (commits what was acknowledged).
-    pub async fn run_until(
-        &self,
-        source: &mut dyn EventSource,
-        batch_size: usize,
-        mut shutdown: tokio::sync::watch::Receiver<bool>,
-        mut progress: impl FnMut(&Counts),
-    ) -> Result<Counts, PipelineError> {
-        let mut total = Counts::default();
-        let backoff = Backoff::default();
-        loop {
-            // Fetching is cancelled by a shutdown: nothing fetched is acknowledged, so nothing
-            // is lost (it is read again after a restart).
-            let batch = tokio::select! {
-                biased;
-                _ = shutdown_requested(&mut shutdown) => break,
-                batch = source.next_batch(batch_size) => batch?,
-            };
-            if batch.is_empty() {
-                break;
-            }
-            let started = Instant::now();
-            telemetry::in_flight(batch.len());
-            let mut attempt = 0;
-            let counts = loop {
-                match self.process(&batch).await {
-                    Ok(c) => break c,
-                    Err(e) if e.is_transient() => {
-                        self.health.failing();
-                        attempt += 1;
-                        let delay = backoff.delay(attempt);
-                        tracing::warn!(error = %e, attempt, delay_ms = delay.as_millis() as u64, "batch failed transiently; retrying");
-                        telemetry::retry(e.cause());
-                        tokio::time::sleep(delay).await;
-                    }
-                    Err(e) => return Err(e),
-                }
-            };
-            source.acknowledge().await?;
-            self.health.progressed();
-            telemetry::in_flight(0);
-            let keys = &self.profiles.keys;
-            let (hits, misses) = keys.cache_stats();
-            telemetry::keys(keys.provider().calls(), hits, misses);
-            tracing::debug!(
-                first = %batch[0].position,
-                last = %batch[batch.len() - 1].position,
-                read = counts.read,
-                written = counts.written,
-                stale = counts.stale,
-                dead_lettered = counts.dead_lettered,
-                elapsed_ms = started.elapsed().as_millis() as u64,
-                "batch done"
-            );
-            telemetry::batch(
-                counts.read,
-                counts.written,
-                counts.stale,
-                started.elapsed().as_secs_f64(),
-            );
-            total.add(counts);
-            progress(&total);
-        }
-        source.close().await?;
-        Ok(total)
-    }
 }
 
-/// Resolves once `shutdown` is true; never, if its sender is gone without saying so.
-async fn shutdown_requested(shutdown: &mut tokio::sync::watch::Receiver<bool>) {
-    loop {
-        if *shutdown.borrow_and_update() {
-            return;
-        }
-        if shutdown.changed().await.is_err() {
-            std::future::pending::<()>().await;
-        }
-    }
+/// The dead letters of a batch's rejections: the records as they arrived, with the reasons.
+pub fn dead_letters(
+    records: &[SourceRecord],
+    rejected: Vec<(usize, Rejection)>,
+) -> Vec<DeadLetter> {
+    let at = chrono::Utc::now();
+    rejected
+        .into_iter()
+        .map(|(i, r)| {
+            telemetry::dead_lettered(r.stage.as_str());
+            DeadLetter {
+                at,
+                position: records[i].position.clone(),
+                stage: r.stage,
+                class: r.class,
+                reason: r.reason,
+                key: records[i].key.clone(),
+                payload: records[i].payload.bytes().to_vec(),
+                meta: records[i].meta.clone(),
+            }
+        })
+        .collect()
 }

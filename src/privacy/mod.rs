@@ -105,17 +105,33 @@ impl Profiles {
         fields: Vec<String>,
         actor: &Actor,
     ) -> Result<i64, PrivacyError> {
+        let delete = self
+            .erase_stored(user, version, action, fields, actor)
+            .await?;
+        let fence = delete.version();
+        self.index.apply(std::slice::from_ref(&delete)).await?;
+        Ok(fence)
+    }
+
+    /// The store's part of an erasure (tombstone, key deleted, audit record) and the index
+    /// deletion still to apply. The pipeline hands that deletion to its index stage, behind
+    /// the operations of earlier batches, so an older upsert can never bring the document back.
+    pub async fn erase_stored(
+        &self,
+        user: Uuid,
+        version: i64,
+        action: &str,
+        fields: Vec<String>,
+        actor: &Actor,
+    ) -> Result<IndexOp, PrivacyError> {
         let fence = self.store.erase(user, version, Utc::now()).await?;
         self.keys.forget(&user);
-        self.index
-            .apply(vec![IndexOp::Delete {
-                user_id: user,
-                version: fence,
-            }])
-            .await?;
         self.audit(actor, action, user, fields).await?;
         crate::telemetry::erasure();
-        Ok(fence)
+        Ok(IndexOp::Delete {
+            user_id: user,
+            version: fence,
+        })
     }
 
     /// Decrypts the PII fields of a stored record. Callers audit before they show the result.
@@ -158,16 +174,17 @@ impl Profiles {
     }
 
     /// Records a consent decision and, when it is newer than the stored profile, re-derives
-    /// the profile's segments under the new consent state, in the store and the index.
+    /// the profile's segments under the new consent state in the store. Returns the index
+    /// operation that follows (the caller applies it in order with its other index writes).
     pub async fn consent(
         &self,
         change: &ProfileChange,
         state: &ConsentState,
         segments: &SegmentRules,
         actor: &Actor,
-    ) -> Result<(), PrivacyError> {
+    ) -> Result<Option<IndexOp>, PrivacyError> {
         let Some(consent) = &change.consent else {
-            return Ok(());
+            return Ok(None);
         };
         self.store
             .append_consent(&ConsentRecord {
@@ -190,14 +207,14 @@ impl Profiles {
         .await?;
         crate::telemetry::consent_change(consent.granted);
         let Some(stored) = self.store.get(change.user_id).await? else {
-            return Ok(());
+            return Ok(None);
         };
         let Some(mut record) = stored.record else {
-            return Ok(());
+            return Ok(None);
         };
         if stored.version >= change.version {
             // An older consent event: recorded, and it counts from the next profile change on.
-            return Ok(());
+            return Ok(None);
         }
         let view = ProfileChange {
             profile: Some(record.profile.clone()),
@@ -216,12 +233,10 @@ impl Profiles {
             record: Some(record),
         };
         let outcome = self.store.apply(std::slice::from_ref(&updated)).await?;
-        if matches!(
+        Ok(matches!(
             outcome.first(),
             Some(WriteOutcome::Applied | WriteOutcome::Replayed)
-        ) {
-            self.index.apply(vec![self.projection.op(&updated)]).await?;
-        }
-        Ok(())
+        )
+        .then(|| self.projection.op(&updated)))
     }
 }

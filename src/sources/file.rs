@@ -150,12 +150,6 @@ impl EventSource for FileSource {
         Ok(batch)
     }
 
-    async fn acknowledge(&mut self) -> Result<(), SourceError> {
-        // A file has no offsets to commit: a rerun reads it again, and versioned writes make
-        // the replay harmless.
-        Ok(())
-    }
-
     fn size_hint(&self) -> Option<u64> {
         self.total
     }

@@ -1,15 +1,16 @@
 //! Kafka topics as an event source: a consumer in a consumer group, values in the Confluent
 //! wire format with writer schemas from a Schema Registry.
 //!
-//! The pipeline takes one batch at a time, so nothing is in flight while this source polls.
-//! That keeps the offset rules simple: `acknowledge` means every record handed out reached
-//! every sink, so the next offset of each partition in the batch becomes committable; commits
-//! are batched (`commit_every_events` / `commit_interval_ms`). On a revocation (which librdkafka
-//! reports while we poll) the pending offsets are committed and those partitions' buffered,
-//! unprocessed messages are dropped: the new owner reads them from the committed offset. A
-//! crash loses at most the uncommitted window, which is replayed harmlessly (versioned writes).
+//! Several batches are in flight while this source polls. Each batch handed out is remembered
+//! with the next offset of every partition in it; an acknowledgement of batches `1..=n` (always
+//! a contiguous prefix, see `runtime::acks`) makes those offsets committable, and commits are
+//! batched (`commit_every_events` / `commit_interval_ms`). On a revocation (which librdkafka
+//! reports while we poll) the committable offsets are committed, and the revoked partitions are
+//! forgotten everywhere, in flight included: a batch of theirs that finishes later is not
+//! committed by us, the new owner reads it again from the committed offset. A crash loses at
+//! most the uncommitted window, which is replayed harmlessly (versioned writes).
 
-use super::{EventSource, Payload, RecordMeta, SourceError, SourceRecord};
+use super::{Acknowledger, EventSource, Payload, RecordMeta, SourceError, SourceRecord};
 use crate::retry::Backoff;
 use crate::schema::registry::{schema_id, Lookup, WriterSchemas};
 use async_trait::async_trait;
@@ -21,7 +22,7 @@ use rdkafka::consumer::{
 use rdkafka::error::KafkaError;
 use rdkafka::message::{Headers, Message};
 use rdkafka::{ClientContext, Offset, TopicPartitionList};
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -42,11 +43,47 @@ pub struct KafkaSourceSettings {
     pub max_event_bytes: usize,
 }
 
-/// Offsets acknowledged but not committed yet: partition → next offset to read.
+/// Offsets acknowledged but not committed yet (partition → next offset to read), and those of
+/// the batches handed out and not acknowledged yet, oldest first.
 #[derive(Default)]
 struct Pending {
     offsets: HashMap<(String, i32), i64>,
     events: usize,
+    in_flight: VecDeque<HandedOut>,
+}
+
+/// One batch handed out: its number, the next offset of each partition in it, its size.
+struct HandedOut {
+    batch: u64,
+    next: HashMap<(String, i32), i64>,
+    events: usize,
+}
+
+/// The source's [`Acknowledger`]: moves the offsets of acknowledged batches to the committable
+/// set; the source commits them on its cadence while it polls.
+struct KafkaAcks {
+    pending: Arc<Mutex<Pending>>,
+}
+
+impl Acknowledger for KafkaAcks {
+    fn acknowledge(&self, through: u64) -> Result<(), SourceError> {
+        let Ok(mut pending) = self.pending.lock() else {
+            return Err(read_err("offset bookkeeping lock poisoned"));
+        };
+        while pending
+            .in_flight
+            .front()
+            .is_some_and(|b| b.batch <= through)
+        {
+            let done = pending.in_flight.pop_front().expect("front exists");
+            for (k, next) in done.next {
+                let slot = pending.offsets.entry(k).or_insert(next);
+                *slot = (*slot).max(next);
+            }
+            pending.events += done.events;
+        }
+        Ok(())
+    }
 }
 
 /// Commits what completed when partitions are revoked, from inside librdkafka's poll; keeps
@@ -105,9 +142,13 @@ impl ConsumerContext for GroupContext {
             tracing::warn!(error = %e, "commit on partition revocation failed; the new owner replays from the last commit");
             metrics::counter!("profile_sync_kafka_commit_failures_total").increment(1);
         }
-        // Whatever happened, those partitions are not ours to commit any more.
+        // Whatever happened, those partitions are not ours to commit any more, not even when a
+        // batch of theirs in flight finishes.
         pending.offsets.retain(|k, _| !revoked.contains(k));
         pending.events = 0;
+        for batch in &mut pending.in_flight {
+            batch.next.retain(|k, _| !revoked.contains(k));
+        }
         tracing::info!(partitions = revoked.len(), "partitions revoked");
     }
 
@@ -158,9 +199,8 @@ pub struct KafkaSource {
     settings: KafkaSourceSettings,
     pending: Arc<Mutex<Pending>>,
     assigned: Arc<AtomicUsize>,
-    /// Next offsets of what the current batch handed out.
-    handed_out: HashMap<(String, i32), i64>,
-    handed_events: usize,
+    /// How many non-empty batches were handed out.
+    batches: u64,
     last_commit: Instant,
     backoff: Backoff,
     /// Consumer lag per partition from librdkafka's statistics (end offset minus committed
@@ -241,8 +281,7 @@ impl KafkaSource {
             settings,
             pending,
             assigned,
-            handed_out: HashMap::new(),
-            handed_events: 0,
+            batches: 0,
             last_commit: Instant::now(),
             backoff: Backoff::default(),
             lag,
@@ -420,9 +459,15 @@ impl EventSource for KafkaSource {
         ))
     }
 
+    fn acknowledger(&self) -> Arc<dyn Acknowledger> {
+        Arc::new(KafkaAcks {
+            pending: self.pending.clone(),
+        })
+    }
+
     async fn next_batch(&mut self, max: usize) -> Result<Vec<SourceRecord>, SourceError> {
-        self.handed_out.clear();
-        self.handed_events = 0;
+        // Batches acknowledged while the last one was fetched are committed on the cadence.
+        self.maybe_commit(false)?;
         let mut idle_since = Instant::now();
         // Wait for a first message, committing due offsets while idle.
         let first = loop {
@@ -478,33 +523,29 @@ impl EventSource for KafkaSource {
                 return self.next_batch(max).await;
             }
         }
+        let mut next_offsets: HashMap<(String, i32), i64> = HashMap::new();
         let mut batch = Vec::with_capacity(raws.len());
         for raw in raws {
             let next = raw.offset + 1;
-            let slot = self
-                .handed_out
+            let slot = next_offsets
                 .entry((raw.topic.clone(), raw.partition))
                 .or_insert(next);
             *slot = (*slot).max(next);
             batch.push(self.record(raw).await);
         }
-        self.handed_events = batch.len();
-        metrics::counter!("profile_sync_kafka_messages_total").increment(batch.len() as u64);
-        Ok(batch)
-    }
-
-    async fn acknowledge(&mut self) -> Result<(), SourceError> {
+        self.batches += 1;
         {
             let Ok(mut pending) = self.pending.lock() else {
                 return Err(read_err("offset bookkeeping lock poisoned"));
             };
-            for (k, next) in self.handed_out.drain() {
-                let slot = pending.offsets.entry(k).or_insert(next);
-                *slot = (*slot).max(next);
-            }
-            pending.events += std::mem::take(&mut self.handed_events);
+            pending.in_flight.push_back(HandedOut {
+                batch: self.batches,
+                next: next_offsets,
+                events: batch.len(),
+            });
         }
-        self.maybe_commit(false)
+        metrics::counter!("profile_sync_kafka_messages_total").increment(batch.len() as u64);
+        Ok(batch)
     }
 
     async fn close(&mut self) -> Result<(), SourceError> {

@@ -1,8 +1,10 @@
 //! The event source port: where profile change events come from.
 //!
-//! A source hands out batches of raw records (bytes plus how to read them) and is told when a
-//! batch has been fully handled, so it can acknowledge (commit) it. Decoding is the decode
-//! stage's job, not the source's, so that every source shares one validation path.
+//! A source hands out batches of raw records (bytes plus how to read them) and is told, through
+//! its [`Acknowledger`], which batches have been fully handled, so it can commit their
+//! positions. Several batches may be in flight at once; the runtime acknowledges a contiguous
+//! prefix of them. Decoding is the decode stage's job, not the source's, so that every source
+//! shares one validation path.
 
 mod file;
 mod kafka;
@@ -86,11 +88,16 @@ pub trait EventSource: Send {
         })
     }
 
-    /// Up to `max` records; an empty batch means a finite source is exhausted.
+    /// Up to `max` records; an empty batch means a finite source is exhausted. Non-empty
+    /// batches are numbered 1, 2, 3, … in the order they are returned: that number is what
+    /// [`Acknowledger::acknowledge`] takes.
     async fn next_batch(&mut self, max: usize) -> Result<Vec<SourceRecord>, SourceError>;
 
-    /// Every record handed out so far has reached its sinks (or the dead-letter sink).
-    async fn acknowledge(&mut self) -> Result<(), SourceError>;
+    /// How the runtime tells this source that batches are done. It is called from other tasks
+    /// while `next_batch` may be waiting, so it holds only shared state.
+    fn acknowledger(&self) -> Arc<dyn Acknowledger> {
+        Arc::new(NothingToCommit)
+    }
 
     /// The worker is stopping and nothing is in flight: commit whatever was acknowledged but
     /// not committed yet, and leave (e.g. a consumer group) cleanly.
@@ -101,5 +108,22 @@ pub trait EventSource: Send {
     /// How many records there are in all, when the source knows (for progress).
     fn size_hint(&self) -> Option<u64> {
         None
+    }
+}
+
+/// Takes acknowledgements: every record of batches `1..=through` has reached the store, the
+/// index (committed) and the dead-letter sink. The runtime only ever passes a contiguous
+/// prefix, so committing the positions of those batches never skips an unfinished record.
+pub trait Acknowledger: Send + Sync {
+    fn acknowledge(&self, through: u64) -> Result<(), SourceError>;
+}
+
+/// For a source with no positions to commit (a file is re-read from the start on every run,
+/// and versioned writes make the replay harmless).
+pub struct NothingToCommit;
+
+impl Acknowledger for NothingToCommit {
+    fn acknowledge(&self, _through: u64) -> Result<(), SourceError> {
+        Ok(())
     }
 }

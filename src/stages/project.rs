@@ -48,6 +48,13 @@ impl IndexOp {
             IndexOp::Delete { user_id, .. } => *user_id,
         }
     }
+
+    pub fn version(&self) -> i64 {
+        match self {
+            IndexOp::Upsert(d) => d.version,
+            IndexOp::Delete { version, .. } => *version,
+        }
+    }
 }
 
 impl Projection {

@@ -139,6 +139,8 @@ pub trait ProfileStore: Send + Sync {
         keys: Vec<WrappedUserKey>,
     ) -> Result<Vec<WrappedUserKey>, StoreError>;
 
+    /// Appends an audit record; one with the same id (the same action of the same request)
+    /// that is stored already is not added twice.
     async fn append_audit(&self, record: &AuditRecord) -> Result<(), StoreError>;
 
     async fn audit_trail(&self, user: Uuid) -> Result<Vec<AuditRecord>, StoreError>;

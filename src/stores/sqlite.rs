@@ -252,7 +252,21 @@ impl ProfileStore for SqliteStore {
             let tx = write_transaction(conn)?;
             let mut outcomes = Vec::with_capacity(rows.len());
             {
-                let mut current = tx.prepare_cached("SELECT version FROM profiles WHERE user_id = ?1").map_err(failed)?;
+                // One statement reads the stored versions of the whole batch; the decisions
+                // then follow in order, each applied change becoming the version to beat.
+                let ids = serde_json::to_string(&rows.iter().map(|r| r.0.as_str()).collect::<Vec<_>>())
+                    .expect("strings serialise");
+                let mut current = tx
+                    .prepare_cached("SELECT user_id, version FROM profiles WHERE user_id IN (SELECT value FROM json_each(?1))")
+                    .map_err(failed)?;
+                let found = current
+                    .query_map([&ids], |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?)))
+                    .map_err(failed)?;
+                let mut stored: HashMap<String, i64> = HashMap::with_capacity(rows.len());
+                for row in found {
+                    let (user, version) = row.map_err(failed)?;
+                    stored.insert(user, version);
+                }
                 let mut upsert = tx
                     .prepare_cached(
                         "INSERT INTO profiles (user_id, version, deleted, record, email_index, updated_at, erased_at)
@@ -263,14 +277,14 @@ impl ProfileStore for SqliteStore {
                     )
                     .map_err(failed)?;
                 for (user, version, record, email_index, at) in &rows {
-                    let stored: Option<i64> = current.query_row([user], |r| r.get(0)).optional().map_err(failed)?;
-                    let outcome = match stored {
-                        Some(v) if v > *version => WriteOutcome::Stale,
-                        Some(v) if v == *version => WriteOutcome::Replayed,
+                    let outcome = match stored.get(user.as_str()) {
+                        Some(v) if *v > *version => WriteOutcome::Stale,
+                        Some(v) if *v == *version => WriteOutcome::Replayed,
                         _ => {
                             upsert
                                 .execute(params![user, version, record.is_none(), record, email_index, at])
                                 .map_err(failed)?;
+                            stored.insert(user.clone(), *version);
                             WriteOutcome::Applied
                         }
                     };
@@ -385,7 +399,7 @@ impl ProfileStore for SqliteStore {
         let r = record.clone();
         self.with_conn(move |conn| {
             conn.execute(
-                "INSERT INTO audit (id, at, actor, action, user_id, fields, reason, request_id) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+                "INSERT OR IGNORE INTO audit (id, at, actor, action, user_id, fields, reason, request_id) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
                 params![
                     r.id.to_string(),
                     ts(&r.at),

@@ -37,12 +37,15 @@ pub fn erasure() {
     metrics::counter!(ERASURES).increment(1);
 }
 
-/// One batch's outcome; `stage` of dead letters is counted by the caller.
-pub fn batch(read: u64, written: u64, stale: u64, seconds: f64) {
+/// Acknowledged batches' outcome, and each batch's time from fetch to acknowledgement; `stage`
+/// of dead letters is counted by the caller.
+pub fn batch(read: u64, written: u64, stale: u64, fetched_at: &[std::time::Instant]) {
     metrics::counter!(EVENTS_READ).increment(read);
     metrics::counter!(EVENTS_WRITTEN).increment(written);
     metrics::counter!(EVENTS_STALE).increment(stale);
-    metrics::histogram!(BATCH_SECONDS).record(seconds);
+    for at in fetched_at {
+        metrics::histogram!(BATCH_SECONDS).record(at.elapsed().as_secs_f64());
+    }
 }
 
 pub fn dead_lettered(stage: &'static str) {
@@ -53,12 +56,13 @@ pub fn retry(cause: &'static str) {
     metrics::counter!(RETRIES, "cause" => cause).increment(1);
 }
 
-/// Time spent in one stage for a batch (`decode_enrich`, `protect`).
+/// Time spent in one stage for a batch (`decode`, `enrich`, `protect`, `apply`).
 pub fn stage(stage: &'static str, seconds: f64) {
     metrics::histogram!(STAGE_SECONDS, "stage" => stage).record(seconds);
 }
 
-/// One request to a sink (`store`, `index`, `dead_letter`) with the number of items in it.
+/// One request to a sink (`store`, `index`, `index_commit`, `dead_letter`) with the number of
+/// items in it.
 pub fn sink_request(sink: &'static str, items: usize, seconds: f64) {
     metrics::histogram!(SINK_BATCH_SIZE, "sink" => sink).record(items as f64);
     metrics::histogram!(SINK_REQUEST_SECONDS, "sink" => sink).record(seconds);

@@ -461,8 +461,8 @@ impl SearchIndex for OpenSearchIndex {
         ))
     }
 
-    async fn apply(&self, ops: Vec<IndexOp>) -> Result<Vec<IndexOutcome>, IndexError> {
-        self.write(&self.settings.write_alias, &ops).await
+    async fn apply(&self, ops: &[IndexOp]) -> Result<Vec<IndexOutcome>, IndexError> {
+        self.write(&self.settings.write_alias, ops).await
     }
 
     async fn search(&self, query: &str, limit: usize) -> Result<SearchResults, IndexError> {
