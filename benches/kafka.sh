@@ -7,8 +7,10 @@
 #   benches/kafka.sh [EVENTS]          default 1000000
 #
 # Then the Python baseline (benches/baseline/kafka_baseline.py, confluent-kafka) consumes the
-# same topic in a group of its own, and the ratio of the two rates is reported (BASELINE=0
-# skips it; its venv is the one benches/run.sh uses).
+# same topic in a group of its own, and the ratio of the two rates is reported; then a bare
+# librdkafka consumer (benches/baseline/bare_consumer.py) reads it doing nothing, the broker's
+# own ceiling, and the worker's share of that rate is reported (BASELINE=0 skips both; their
+# venv is the one benches/run.sh uses).
 #
 # Needs the broker (`scripts/services start kafka`) and a built binary (BIN, default
 # target/release/profile-sync). The registry is the in-repo test double, started here.
@@ -68,11 +70,19 @@ if [ "${BASELINE:-1}" = 1 ]; then
     --registry "http://127.0.0.1:$port" --count "$EVENTS" --schema schemas/profile_change.avsc \
     --geoip geoip/test-city.mmdb --work "$WORK/baseline" >"$WORK/baseline.json"
 fi
-python3 - "$WORK/summary.json" "$(cat "$WORK/hwm")" "$samples" "$produce_s" "$IDLE_MS" "$EVENTS" "$WORK/baseline.json" <<'EOF'
+# What the broker delivers to a consumer that does nothing (its ceiling for this topic).
+echo '{}' >"$WORK/bare.json"
+if [ "${BASELINE:-1}" = 1 ]; then
+  echo "a bare librdkafka consumer on the same topic" >&2
+  "$VENV/bin/python" benches/baseline/bare_consumer.py --brokers "$BROKERS" --topic "$topic" \
+    --count "$EVENTS" >"$WORK/bare.json"
+fi
+python3 - "$WORK/summary.json" "$(cat "$WORK/hwm")" "$samples" "$produce_s" "$IDLE_MS" "$EVENTS" "$WORK/baseline.json" "$WORK/bare.json" <<'EOF'
 import json, sys
 summary = json.loads(open(sys.argv[1]).read().strip().splitlines()[-1])
 hwm_kb, samples, produce_s, idle_ms, events = sys.argv[2:7]
 baseline = json.load(open(sys.argv[7]))
+bare = json.load(open(sys.argv[8]))
 rss = [int(s) for s in samples.split(",") if s]
 busy = summary["elapsed_seconds"] - int(idle_ms) / 1000
 rate = summary["read"] / busy
@@ -86,5 +96,7 @@ print(json.dumps({
     "rss_mb_each_tenth": [round(r / 1024, 1) for r in rss[::tenth]],
     "python_baseline": baseline,
     "speedup_vs_baseline": round(rate / baseline["events_per_second"], 2) if baseline else None,
+    "bare_librdkafka_consumer": bare,
+    "share_of_bare_consumer": round(rate / bare["events_per_second"], 2) if bare else None,
 }))
 EOF

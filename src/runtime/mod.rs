@@ -185,6 +185,15 @@ pub async fn run(
             }
             pipeline.health.progressed();
             let c = done.counts;
+            tracing::debug!(
+                through = done.through,
+                batches = done.fetched_at.len(),
+                read = c.read,
+                written = c.written,
+                stale = c.stale,
+                dead_lettered = c.dead_lettered,
+                "batch done"
+            );
             telemetry::batch(c.read, c.written, c.stale, &done.fetched_at);
             let keys = &pipeline.profiles.keys;
             let (hits, misses) = keys.cache_stats();
