@@ -4,6 +4,7 @@ use super::cache::KeyCache;
 use super::{KeyError, KeyProvider};
 use crate::config::KeyCacheConfig;
 use crate::crypto::DataKey;
+use crate::keys::WrappedUserKey;
 use crate::stores::ProfileStore;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -25,6 +26,13 @@ pub struct DataKeys {
 /// Per user: the key, or why it cannot be had (a permanent failure for that user only).
 pub type KeyLookup = HashMap<Uuid, Result<Arc<UserKey>, String>>;
 
+/// Keys made for users who had none, not stored yet: they may encrypt, but nothing encrypted
+/// under them may be written before [`DataKeys::store_new`] has stored them.
+#[derive(Default)]
+pub struct NewKeys {
+    keys: Vec<(WrappedUserKey, Arc<UserKey>)>,
+}
+
 impl DataKeys {
     pub fn new(
         provider: Arc<dyn KeyProvider>,
@@ -42,10 +50,24 @@ impl DataKeys {
         self.provider.as_ref()
     }
 
-    /// Keys for `users`. With `create`, users without a key get one, stored before it is used
-    /// so that no ciphertext can exist whose key is not stored. A transient failure fails the
-    /// whole call (retry it); a permanent one fails only that user.
+    /// Keys for `users`. With `create`, users without a key get one, stored before it is
+    /// returned, so that no ciphertext can exist whose key is not stored. A transient failure
+    /// fails the whole call (retry it); a permanent one fails only that user.
     pub async fn for_users(&self, users: &[Uuid], create: bool) -> Result<KeyLookup, KeyError> {
+        let (mut found, new) = self.prepare(users, create).await?;
+        found.extend(self.store_new(new).await?);
+        Ok(found)
+    }
+
+    /// Like [`Self::for_users`], but the keys made for users without one are returned unstored
+    /// (in `NewKeys` too): the caller encrypts with them, then stores them with
+    /// [`Self::store_new`] before writing anything encrypted, so that the encryption does not
+    /// wait for the store's write lock.
+    pub async fn prepare(
+        &self,
+        users: &[Uuid],
+        create: bool,
+    ) -> Result<(KeyLookup, NewKeys), KeyError> {
         let mut found = KeyLookup::with_capacity(users.len());
         let mut misses = Vec::new();
         {
@@ -62,51 +84,86 @@ impl DataKeys {
                 }
             }
         }
+        let mut new = NewKeys::default();
         if misses.is_empty() {
-            return Ok(found);
+            return Ok((found, new));
         }
         misses.sort();
         misses.dedup();
         let mut stored = self.store.user_keys(&misses).await?;
         if create {
-            let mut fresh = Vec::new();
-            let mut fresh_keys = HashMap::new();
             for user in misses.iter().filter(|u| !stored.contains_key(u)) {
                 let dek = DataKey::generate().map_err(|e| KeyError::Unavailable(e.to_string()))?;
                 let wrapped = self.provider.wrap(*user, 1, &dek).await?;
-                fresh_keys.insert(*user, (wrapped.wrapped_key.clone(), dek));
-                fresh.push(wrapped);
+                let key = Arc::new(UserKey {
+                    version: wrapped.key_version,
+                    key: dek,
+                });
+                found.insert(*user, Ok(key.clone()));
+                new.keys.push((wrapped, key));
             }
-            if !fresh.is_empty() {
-                // Another worker may have created a key first: the stored one wins.
-                for winner in self.store.insert_user_keys(fresh).await? {
-                    let user = winner.user_id;
-                    if let Some((ours, dek)) = fresh_keys.remove(&user) {
-                        if winner.wrapped_key == ours {
-                            self.remember(user, winner.key_version, dek, &mut found);
-                            continue;
-                        }
-                    }
-                    stored.insert(user, winner);
+        }
+        let existing: Vec<Uuid> = misses
+            .into_iter()
+            .filter(|u| !found.contains_key(u))
+            .collect();
+        self.unwrap_stored(existing.iter(), &mut stored, &mut found)
+            .await?;
+        Ok((found, new))
+    }
+
+    /// Stores the keys `prepare` made. Another worker may have stored a key first: the stored
+    /// one wins, and is returned for each such user (whatever was encrypted under ours must be
+    /// encrypted again under it). The keys that were stored are cached.
+    pub async fn store_new(&self, new: NewKeys) -> Result<KeyLookup, KeyError> {
+        let mut lost = KeyLookup::new();
+        if new.keys.is_empty() {
+            return Ok(lost);
+        }
+        let mut ours: HashMap<Uuid, (Vec<u8>, Arc<UserKey>)> = HashMap::new();
+        let mut wrapped = Vec::with_capacity(new.keys.len());
+        for (w, key) in new.keys {
+            ours.insert(w.user_id, (w.wrapped_key.clone(), key));
+            wrapped.push(w);
+        }
+        let mut winners = HashMap::new();
+        for winner in self.store.insert_user_keys(wrapped).await? {
+            let user = winner.user_id;
+            match ours.remove(&user) {
+                Some((mine, key)) if winner.wrapped_key == mine => {
+                    self.cache.lock().expect("key cache lock").put(user, key);
+                }
+                _ => {
+                    winners.insert(user, winner);
                 }
             }
         }
-        for user in misses {
-            if found.contains_key(&user) {
-                continue;
-            }
-            let Some(wrapped) = stored.remove(&user) else {
+        let users: Vec<Uuid> = winners.keys().copied().collect();
+        self.unwrap_stored(users.iter(), &mut winners, &mut lost)
+            .await?;
+        Ok(lost)
+    }
+
+    /// Unwraps the stored keys of `users` into `found` (and the cache).
+    async fn unwrap_stored<'a>(
+        &self,
+        users: impl Iterator<Item = &'a Uuid>,
+        stored: &mut HashMap<Uuid, WrappedUserKey>,
+        found: &mut KeyLookup,
+    ) -> Result<(), KeyError> {
+        for user in users {
+            let Some(wrapped) = stored.remove(user) else {
                 continue;
             };
             match self.provider.unwrap(&wrapped).await {
-                Ok(dek) => self.remember(user, wrapped.key_version, dek, &mut found),
+                Ok(dek) => self.remember(*user, wrapped.key_version, dek, found),
                 Err(e) if e.is_transient() => return Err(e),
                 Err(e) => {
-                    found.insert(user, Err(e.to_string()));
+                    found.insert(*user, Err(e.to_string()));
                 }
             }
         }
-        Ok(found)
+        Ok(())
     }
 
     fn remember(&self, user: Uuid, version: u32, key: DataKey, found: &mut KeyLookup) {

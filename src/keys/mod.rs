@@ -9,7 +9,7 @@ mod data_keys;
 pub mod kms;
 mod local_keyring;
 
-pub use data_keys::{DataKeys, UserKey};
+pub use data_keys::{DataKeys, KeyLookup, NewKeys, UserKey};
 pub use kms::KmsKeyProvider;
 pub use local_keyring::{KeyringError, LocalKeyring};
 

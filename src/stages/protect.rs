@@ -33,7 +33,10 @@ impl Protector {
     }
 
     /// Protects a batch. A transient key failure fails the batch (to be retried); a permanent
-    /// one rejects only the events of the users concerned.
+    /// one rejects only the events of the users concerned. New users' keys are made first and
+    /// stored after the sealing, before anything sealed leaves this stage; if another worker
+    /// stored a key for one of them first, the batch fails transiently and its retry seals
+    /// under the stored key (a race only a rebalance makes possible).
     pub async fn protect(
         &self,
         batch: Vec<EnrichedChange>,
@@ -43,9 +46,25 @@ impl Protector {
             .filter(|e| e.change.operation == Operation::Upsert && self.has_pii(e))
             .map(|e| e.change.user_id)
             .collect();
-        let keys = self.keys.for_users(&users, true).await?;
+        let (keys, new) = self.keys.prepare(&users, true).await?;
+        let protected = self.seal(batch, &keys);
+        let lost = self.keys.store_new(new).await?;
+        if !lost.is_empty() {
+            return Err(KeyError::Unavailable(format!(
+                "another worker stored data keys for {} new user(s) of this batch first; the batch is sealed again under those",
+                lost.len()
+            )));
+        }
+        Ok(protected)
+    }
+
+    fn seal(
+        &self,
+        batch: Vec<EnrichedChange>,
+        keys: &crate::keys::KeyLookup,
+    ) -> Vec<Result<ProtectedChange, Rejection>> {
         let blind_index = self.keys.provider().blind_index();
-        Ok(batch
+        batch
             .into_iter()
             .map(|enriched| {
                 let EnrichedChange {
@@ -114,7 +133,7 @@ impl Protector {
                     }),
                 })
             })
-            .collect())
+            .collect()
     }
 
     fn has_pii(&self, e: &EnrichedChange) -> bool {

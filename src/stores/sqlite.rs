@@ -66,8 +66,12 @@ CREATE TRIGGER IF NOT EXISTS audit_is_append_only BEFORE UPDATE ON audit
 BEGIN SELECT RAISE(ABORT, 'audit records are append-only'); END;
 "#;
 
+/// Two connections to one file: the writer, and a reader for everything that only reads (WAL
+/// lets it read the last committed state while the writer writes), so that the next batch's
+/// fences, consents and keys are read while the store writes the previous one.
 pub struct SqliteStore {
     conn: Arc<Mutex<Connection>>,
+    reader: Arc<Mutex<Connection>>,
 }
 
 /// A transaction that reads and then writes. It takes the write lock at BEGIN, so a second
@@ -115,18 +119,44 @@ impl SqliteStore {
                 other => break other?,
             }
         }
+        let reader = Connection::open(path)
+            .map_err(|e| StoreError::Failed(format!("cannot open {}: {e}", path.display())))?;
+        reader
+            .busy_timeout(std::time::Duration::from_secs(30))
+            .map_err(failed)?;
+        reader
+            .execute_batch("PRAGMA query_only = 1;")
+            .map_err(failed)?;
         Ok(Self {
             conn: Arc::new(Mutex::new(conn)),
+            reader: Arc::new(Mutex::new(reader)),
         })
     }
 
-    /// Runs `f` with the connection on the blocking pool.
+    /// Runs `f` with the writer connection on the blocking pool.
     async fn with_conn<T, F>(&self, f: F) -> Result<T, StoreError>
     where
         T: Send + 'static,
         F: FnOnce(&mut Connection) -> Result<T, StoreError> + Send + 'static,
     {
-        let conn = self.conn.clone();
+        Self::on(&self.conn, f).await
+    }
+
+    /// Runs `f` with the reader connection on the blocking pool.
+    async fn with_reader<T, F>(&self, f: F) -> Result<T, StoreError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&mut Connection) -> Result<T, StoreError> + Send + 'static,
+    {
+        Self::on(&self.reader, f).await
+    }
+
+    async fn on<T, F>(conn: &Arc<Mutex<Connection>>, f: F) -> Result<T, StoreError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&mut Connection) -> Result<T, StoreError> + Send + 'static,
+    {
+        let conn = conn.clone();
         tokio::task::spawn_blocking(move || {
             let mut conn = conn
                 .lock()
@@ -302,7 +332,7 @@ impl ProfileStore for SqliteStore {
     }
 
     async fn get(&self, user: Uuid) -> Result<Option<StoredProfile>, StoreError> {
-        self.with_conn(move |conn| {
+        self.with_reader(move |conn| {
             let row = conn
                 .query_row(
                     "SELECT version, record, updated_at, erased_at FROM profiles WHERE user_id = ?1",
@@ -328,7 +358,7 @@ impl ProfileStore for SqliteStore {
 
     async fn find_by_email_index(&self, email_index: &str) -> Result<Option<Uuid>, StoreError> {
         let email_index = email_index.to_string();
-        self.with_conn(move |conn| {
+        self.with_reader(move |conn| {
             let user: Option<String> = conn
                 .query_row(
                     "SELECT user_id FROM profiles WHERE email_index = ?1 AND deleted = 0",
@@ -344,7 +374,7 @@ impl ProfileStore for SqliteStore {
 
     async fn user_keys(&self, users: &[Uuid]) -> Result<HashMap<Uuid, WrappedUserKey>, StoreError> {
         let users: Vec<String> = users.iter().map(Uuid::to_string).collect();
-        self.with_conn(move |conn| {
+        self.with_reader(move |conn| {
             let mut stmt = conn
                 .prepare_cached(
                     "SELECT user_id, key_version, provider, kek_id, encrypted_kek, wrapped_key, created_at
@@ -422,7 +452,7 @@ impl ProfileStore for SqliteStore {
     }
 
     async fn audit_trail(&self, user: Uuid) -> Result<Vec<AuditRecord>, StoreError> {
-        self.with_conn(move |conn| {
+        self.with_reader(move |conn| {
             let mut stmt = conn
                 .prepare_cached(
                     "SELECT id, at, actor, action, user_id, fields, reason, request_id FROM audit WHERE user_id = ?1 ORDER BY at, id",
@@ -461,7 +491,7 @@ impl ProfileStore for SqliteStore {
     }
 
     async fn counts(&self) -> Result<StoreCounts, StoreError> {
-        self.with_conn(|conn| {
+        self.with_reader(|conn| {
             let (live, deleted) = conn
                 .query_row(
                     "SELECT COALESCE(SUM(deleted = 0), 0), COALESCE(SUM(deleted = 1), 0) FROM profiles",
@@ -481,7 +511,7 @@ impl ProfileStore for SqliteStore {
     ) -> Result<(Vec<StoredProfile>, Option<String>), StoreError> {
         let after = cursor.unwrap_or_default();
         let limit = limit.max(1);
-        self.with_conn(move |conn| {
+        self.with_reader(move |conn| {
             let mut stmt = conn
                 .prepare_cached(
                     "SELECT user_id, version, record, updated_at, erased_at FROM profiles WHERE user_id > ?1 ORDER BY user_id LIMIT ?2",
@@ -526,7 +556,7 @@ impl ProfileStore for SqliteStore {
     }
 
     async fn consent_history(&self, user: Uuid) -> Result<Vec<ConsentRecord>, StoreError> {
-        self.with_conn(move |conn| consents_of(conn, user)).await
+        self.with_reader(move |conn| consents_of(conn, user)).await
     }
 
     async fn consent_states(
@@ -534,7 +564,7 @@ impl ProfileStore for SqliteStore {
         users: &[Uuid],
     ) -> Result<HashMap<Uuid, ConsentState>, StoreError> {
         let users = users.to_vec();
-        self.with_conn(move |conn| {
+        self.with_reader(move |conn| {
             let mut states = HashMap::new();
             for user in users {
                 let records = consents_of(conn, user)?;
@@ -573,7 +603,7 @@ impl ProfileStore for SqliteStore {
 
     async fn erasure_fences(&self, users: &[Uuid]) -> Result<HashMap<Uuid, i64>, StoreError> {
         let users = users.to_vec();
-        self.with_conn(move |conn| {
+        self.with_reader(move |conn| {
             let mut stmt = conn
                 .prepare_cached(
                     "SELECT version FROM profiles WHERE user_id = ?1 AND erased_at IS NOT NULL",
