@@ -294,3 +294,40 @@ fn check_passes_on_a_sound_pipeline_and_names_each_broken_part() {
         .stdout(predicate::str::contains("`phone`, which is classified pii"))
         .stdout(predicate::str::contains("store reachable     pass"));
 }
+
+/// The README's first screen shows the summary a newcomer's `cargo run --release -- run`
+/// prints: the same counts, line for line.
+#[test]
+fn the_readme_shows_the_summary_the_sample_run_prints() {
+    let dir = tempfile::tempdir().unwrap();
+    let output = bin()
+        .current_dir(repo())
+        .arg("run")
+        .arg("--data-dir")
+        .arg(dir.path())
+        .output()
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let counts = |text: &str| -> Vec<String> {
+        text.lines()
+            .filter(|l| {
+                ["  read ", "  written ", "  stale ", "  dead-lettered "]
+                    .iter()
+                    .any(|p| l.starts_with(p))
+            })
+            .map(|l| l.split_whitespace().take(2).collect::<Vec<_>>().join(" "))
+            .collect()
+    };
+    let printed = counts(&String::from_utf8(output.stdout).unwrap());
+    assert_eq!(printed.len(), 4, "{printed:?}");
+    let readme = std::fs::read_to_string(repo().join("README.md")).unwrap();
+    let shown = counts(&readme);
+    assert_eq!(
+        shown, printed,
+        "README.md shows other counts than the run prints"
+    );
+}
