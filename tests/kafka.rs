@@ -824,10 +824,20 @@ async fn sigterm_drains_commits_and_a_restart_processes_nothing_twice() {
     // A broker of its own: tansu's fetch cost grows with its database (RELIABILITY.md).
     let broker = OwnBroker::start();
     let setup = Setup::on(broker.address.clone(), 6).await;
-    let count = 20_000u64;
+    // Large enough that the SIGTERM lands mid-backlog: the pipelined worker goes through
+    // 20,000 events before its first commit in a debug build.
+    let count = 60_000u64;
     setup.produce(count, 0.0, 23);
     let drain = "  commit_interval_ms: 200\n";
     let pipeline = setup.pipeline("worker", &setup.group, 250, drain);
+    // The index commits every 100 ms, so the first offsets are committed early.
+    let text = std::fs::read_to_string(&pipeline).unwrap();
+    let quick = text.replace(
+        "  type: tantivy\n",
+        "  type: tantivy\n  commit_interval_ms: 100\n",
+    );
+    assert_ne!(quick, text, "the test pipeline has a tantivy index");
+    std::fs::write(&pipeline, quick).unwrap();
     let mut w = setup.worker("first", &pipeline);
     setup.wait_committed(&setup.group, 1, Duration::from_secs(120), &mut [&mut w]);
     let first = w.terminate();
