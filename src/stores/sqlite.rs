@@ -15,8 +15,9 @@ use std::sync::{Arc, Mutex};
 use uuid::Uuid;
 
 /// Connection settings, then the schema. The page cache (32 MiB, SQLite's default is 2 MiB)
-/// holds the pages a few batches of random user ids touch: with the default, every batch read
-/// most of its pages back from the OS (a third of the store's CPU time went to `pread`).
+/// holds the pages a few batches of random user ids touch: with the default, batches read their
+/// pages back from the OS (`pread` copies were a fifth of the store's samples). Its effect on
+/// throughput was not measurable while derive was the bottleneck (BENCHMARKS.md, issue 16).
 const SCHEMA: &str = r#"
 PRAGMA journal_mode = WAL;
 PRAGMA synchronous = NORMAL;
