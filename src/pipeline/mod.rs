@@ -1,6 +1,7 @@
 //! The pipeline: the stages of one batch, composed in order, with no concurrency of their
-//! own. [`Pipeline::decode`] is pure; [`Pipeline::apply`] decides and writes the store (enrich,
-//! protect, versioned writes, privacy events) and returns the index operations that follow;
+//! own. [`Pipeline::decode`] is pure; [`Pipeline::derive`] enriches and protects, and
+//! [`Pipeline::store`] makes the versioned writes and applies privacy events, returning the
+//! index operations that follow;
 //! the index and dead-letter writes are the runtime's (`crate::runtime`), which runs these
 //! pieces concurrently for different batches and decides when a batch is acknowledged.
 //!
@@ -167,17 +168,6 @@ impl Pipeline {
         }
         telemetry::stage("decode", started.elapsed().as_secs_f64());
         out
-    }
-
-    /// Enriches, protects and stores a batch's changes and applies its privacy events: derive
-    /// then store. Every user's events apply in order. On error nothing of the batch is
-    /// acknowledged, and applying it again is safe.
-    pub async fn apply(
-        &self,
-        changes: Vec<(usize, ProfileChange)>,
-    ) -> Result<Applied, PipelineError> {
-        let derived = self.derive(changes).await?;
-        self.store(&derived).await
     }
 
     /// The part of a batch's work that writes no profile: erasure fences and consent states

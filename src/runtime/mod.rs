@@ -203,6 +203,7 @@ pub async fn run(
         }
     }
     drop(indexed_rx);
+    telemetry::in_flight(0);
 
     // The first failure upstream is the cause; later ones are its consequences.
     let index_result = joined(index.await);
