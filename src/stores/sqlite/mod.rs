@@ -11,7 +11,8 @@ use chrono::{DateTime, Utc};
 use rusqlite::{params, Connection, OptionalExtension, Transaction, TransactionBehavior};
 use std::collections::HashMap;
 use std::path::Path;
-use std::sync::{Arc, Mutex};
+mod connection;
+use connection::ConnectionThread;
 use uuid::Uuid;
 
 /// Connection settings, then the schema. The page cache (32 MiB, SQLite's default is 2 MiB)
@@ -71,8 +72,8 @@ BEGIN SELECT RAISE(ABORT, 'audit records are append-only'); END;
 /// lets it read the last committed state while the writer writes), so that the next batch's
 /// fences, consents and keys are read while the store writes the previous one.
 pub struct SqliteStore {
-    conn: Arc<Mutex<Connection>>,
-    reader: Arc<Mutex<Connection>>,
+    conn: ConnectionThread,
+    reader: ConnectionThread,
 }
 
 /// A transaction that reads and then writes. It takes the write lock at BEGIN, so a second
@@ -129,43 +130,27 @@ impl SqliteStore {
             .execute_batch("PRAGMA query_only = 1;")
             .map_err(failed)?;
         Ok(Self {
-            conn: Arc::new(Mutex::new(conn)),
-            reader: Arc::new(Mutex::new(reader)),
+            conn: ConnectionThread::start("sqlite-writer", conn)?,
+            reader: ConnectionThread::start("sqlite-reader", reader)?,
         })
     }
 
-    /// Runs `f` with the writer connection on the blocking pool.
+    /// Runs `f` with the writer connection, on its thread.
     async fn with_conn<T, F>(&self, f: F) -> Result<T, StoreError>
     where
         T: Send + 'static,
         F: FnOnce(&mut Connection) -> Result<T, StoreError> + Send + 'static,
     {
-        Self::on(&self.conn, f).await
+        self.conn.run(f).await
     }
 
-    /// Runs `f` with the reader connection on the blocking pool.
+    /// Runs `f` with the reader connection, on its thread.
     async fn with_reader<T, F>(&self, f: F) -> Result<T, StoreError>
     where
         T: Send + 'static,
         F: FnOnce(&mut Connection) -> Result<T, StoreError> + Send + 'static,
     {
-        Self::on(&self.reader, f).await
-    }
-
-    async fn on<T, F>(conn: &Arc<Mutex<Connection>>, f: F) -> Result<T, StoreError>
-    where
-        T: Send + 'static,
-        F: FnOnce(&mut Connection) -> Result<T, StoreError> + Send + 'static,
-    {
-        let conn = conn.clone();
-        tokio::task::spawn_blocking(move || {
-            let mut conn = conn
-                .lock()
-                .map_err(|_| StoreError::Failed("store connection poisoned".into()))?;
-            f(&mut conn)
-        })
-        .await
-        .map_err(|e| StoreError::Failed(format!("store task failed: {e}")))?
+        self.reader.run(f).await
     }
 }
 
@@ -837,9 +822,12 @@ mod tests {
             request_id: Uuid::new_v4(),
         };
         store.append_audit(&record).await.unwrap();
-        let conn = store.conn.lock().unwrap();
-        let err = conn
-            .execute("UPDATE audit SET reason = 'x'", [])
+        let err = store
+            .with_conn(|conn| {
+                conn.execute("UPDATE audit SET reason = 'x'", [])
+                    .map_err(failed)
+            })
+            .await
             .unwrap_err();
         assert!(err.to_string().contains("append-only"));
     }
