@@ -716,3 +716,161 @@ fn a_record_decrypts_independently_by_following_the_documented_format(stack: &St
         "another field path fails"
     );
 }
+
+/// Erasure on the embedded store, checked on the raw bytes of what SQLite keeps on disk (the
+/// database, its WAL and shared-memory files): after `erase`, none of the erased user's secrets
+/// is anywhere in them — not the wrapped data key, not a ciphertext of any version written, not
+/// the blind index of their email — while the other user's still are (so the scan can fail).
+#[test]
+fn after_erasure_the_sqlite_files_hold_no_byte_of_the_user_s_key_or_ciphertexts() {
+    let stack = Stack::embedded();
+    let mut secrets: Vec<(String, Vec<u8>)> = Vec::new();
+    let mut bob_secrets: Vec<Vec<u8>> = Vec::new();
+    // Several versions, so that older records pass through freed cells and WAL frames.
+    for version in 1..=3 {
+        let email = format!("alice.v{version}@example.org");
+        stack.run(
+            &format!("{version}.jsonl"),
+            &[
+                upsert(ALICE, version, &email, "2026-01-01T00:00:00Z"),
+                upsert(BOB, version, "bob@example.org", "2026-01-01T00:00:00Z"),
+            ],
+        );
+        for (field, sealed) in stack.stored_ciphertexts(ALICE) {
+            secrets.push((
+                format!("{field} ciphertext, v{version}"),
+                sealed.as_str().unwrap().as_bytes().to_vec(),
+            ));
+        }
+        let conn = rusqlite::Connection::open(stack.data.join("profiles.sqlite")).unwrap();
+        let blind: String = conn
+            .query_row(
+                "SELECT email_index FROM profiles WHERE user_id = ?1",
+                [ALICE],
+                |r| r.get(0),
+            )
+            .unwrap();
+        secrets.push((format!("email blind index, v{version}"), blind.into_bytes()));
+        let wrapped: Vec<u8> = conn
+            .query_row(
+                "SELECT wrapped_key FROM user_keys WHERE user_id = ?1",
+                [ALICE],
+                |r| r.get(0),
+            )
+            .unwrap();
+        secrets.push(("wrapped data key".into(), wrapped));
+        let bob_wrapped: Vec<u8> = conn
+            .query_row(
+                "SELECT wrapped_key FROM user_keys WHERE user_id = ?1",
+                [BOB],
+                |r| r.get(0),
+            )
+            .unwrap();
+        bob_secrets.push(bob_wrapped);
+    }
+    // A reader on the file while the erasure runs, as a live worker's would be.
+    let onlooker = rusqlite::Connection::open(stack.data.join("profiles.sqlite")).unwrap();
+    let out = stack.operator(&["erase", ALICE, "--reason", "GDPR art. 17 request #43"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    drop(onlooker);
+
+    let files: Vec<PathBuf> = [
+        "profiles.sqlite",
+        "profiles.sqlite-wal",
+        "profiles.sqlite-shm",
+    ]
+    .iter()
+    .map(|f| stack.data.join(f))
+    .filter(|p| p.exists())
+    .collect();
+    let bytes: Vec<u8> = files
+        .iter()
+        .flat_map(|p| std::fs::read(p).unwrap())
+        .collect();
+    assert!(
+        bytes.len() > 4096,
+        "the store files were read ({} bytes)",
+        bytes.len()
+    );
+    let found = |needle: &[u8]| bytes.windows(needle.len()).any(|w| w == needle);
+    assert!(
+        bob_secrets.iter().any(|s| found(s)),
+        "Bob's wrapped key is found in the files, so the scan can find a key"
+    );
+    let left: Vec<&str> = secrets
+        .iter()
+        .filter(|(_, s)| found(s))
+        .map(|(what, _)| what.as_str())
+        .collect();
+    assert!(
+        left.is_empty(),
+        "still in {files:?} after erasure: {left:?}"
+    );
+}
+
+/// The audit write fails in the middle of an erase event (a trigger, installed from outside,
+/// refuses audit inserts): the run fails, the event is not acknowledged, and the run after the
+/// fault is gone completes the erasure — audited exactly once, indexed nowhere — instead of
+/// taking the replayed event for a stale one.
+#[test]
+fn an_erase_event_whose_audit_write_failed_is_completed_when_it_is_delivered_again() {
+    let stack = Stack::embedded();
+    stack.run(
+        "1.jsonl",
+        &[upsert(ALICE, 1, ALICE_EMAIL, "2026-01-01T00:00:00Z")],
+    );
+    assert_eq!(stack.indexed(ALICE)["total"], 1);
+    let db = stack.data.join("profiles.sqlite");
+    rusqlite::Connection::open(&db)
+        .unwrap()
+        .execute_batch(
+            "CREATE TRIGGER audit_sink_down BEFORE INSERT ON audit
+             BEGIN SELECT RAISE(ABORT, 'the audit sink is down'); END;",
+        )
+        .unwrap();
+    let erase = stack.dir.path().join("erase.jsonl");
+    std::fs::write(&erase, erase_event(ALICE, 2) + "\n").unwrap();
+    let failed = stack.cli(&[
+        "run",
+        "--input",
+        erase.to_str().unwrap(),
+        "--output",
+        "json",
+    ]);
+    assert!(
+        !failed.status.success(),
+        "the run stops on the failed audit write"
+    );
+    assert!(
+        stack.audit(ALICE).iter().all(|r| r["action"] != "erase"),
+        "the fault hit the audit write"
+    );
+
+    rusqlite::Connection::open(&db)
+        .unwrap()
+        .execute_batch("DROP TRIGGER audit_sink_down;")
+        .unwrap();
+    let summary = run_with(&stack.pipeline, &erase, &stack.data);
+    assert_eq!(summary["read"], 1, "{summary}");
+    assert_eq!(stack.get(ALICE)["state"], "erased");
+    assert_eq!(stack.indexed(ALICE)["total"], 0);
+    let erasures = stack
+        .audit(ALICE)
+        .into_iter()
+        .filter(|r| r["action"] == "erase")
+        .count();
+    assert_eq!(erasures, 1, "audited once");
+
+    // Delivered a third time, it changes nothing and writes no second audit record.
+    run_with(&stack.pipeline, &erase, &stack.data);
+    let erasures = stack
+        .audit(ALICE)
+        .into_iter()
+        .filter(|r| r["action"] == "erase")
+        .count();
+    assert_eq!(erasures, 1, "audited once");
+}

@@ -228,6 +228,7 @@ impl Pipeline {
         self.store_changes(&derived.plain, &mut out).await?;
         let mut run = Vec::new();
         for (i, change) in derived.ordered.iter().cloned() {
+            let replay = Self::replays_an_erasure(&states, &change);
             if !self.admit(&mut states, i, &change, &mut out) {
                 continue;
             }
@@ -238,7 +239,11 @@ impl Pipeline {
                         .await?;
                     match self.apply_privacy(change, &mut states).await? {
                         Ok(op) => {
-                            out.counts.written += 1;
+                            if replay {
+                                out.counts.stale += 1;
+                            } else {
+                                out.counts.written += 1;
+                            }
                             out.index_ops.extend(op.map(|op| (i, op)));
                         }
                         Err(r) => out.rejected.push((i, r)),
@@ -251,8 +256,9 @@ impl Pipeline {
     }
 
     /// Whether a change goes on past the user's erasure fence. A change at or below the fence
-    /// is stale; a replayed erasure still re-sends its index deletion, in case the first
-    /// delivery stopped before the index had it.
+    /// is stale, except an erasure: erasing is idempotent, so a replayed one is applied again
+    /// and completes whatever its first delivery left undone (the index deletion, the audit
+    /// record), while it still counts as stale ([`Self::replays_an_erasure`]).
     fn admit(
         &self,
         states: &mut UserStates,
@@ -263,17 +269,11 @@ impl Pipeline {
         let Some(&fence) = states.fences.get(&change.user_id) else {
             return true;
         };
+        if change.operation == Operation::Erase {
+            return true;
+        }
         if change.version <= fence {
             out.counts.stale += 1;
-            if change.operation == Operation::Erase {
-                out.index_ops.push((
-                    i,
-                    IndexOp::Delete {
-                        user_id: change.user_id,
-                        version: fence,
-                    },
-                ));
-            }
             return false;
         }
         if self.privacy.erased_user_events == ErasedUserEvents::Refuse
@@ -297,6 +297,15 @@ impl Pipeline {
     ) -> Result<(), PipelineError> {
         let protected = self.protect_changes(run, states, out).await?;
         self.store_changes(&protected, out).await
+    }
+
+    /// An erasure at or below the user's erasure fence: one already applied, delivered again.
+    fn replays_an_erasure(states: &UserStates, change: &ProfileChange) -> bool {
+        change.operation == Operation::Erase
+            && states
+                .fences
+                .get(&change.user_id)
+                .is_some_and(|fence| change.version <= *fence)
     }
 
     /// Enrich and protect a run of upserts and deletes.

@@ -15,7 +15,9 @@ mod connection;
 use connection::ConnectionThread;
 use uuid::Uuid;
 
-/// Connection settings, then the schema. The page cache (32 MiB, SQLite's default is 2 MiB)
+/// Connection settings, then the schema. `secure_delete` zeroes what a write frees (an older
+/// record, an erased user's key and ciphertexts) instead of leaving it in free space, where it
+/// could be read back from the file's bytes after an erasure; see `erase` for the WAL. The page cache (32 MiB, SQLite's default is 2 MiB)
 /// holds the pages a few batches of random user ids touch: with the default, batches read their
 /// pages back from the OS (`pread` copies were a fifth of the store's samples). Its effect on
 /// throughput was not measurable while derive was the bottleneck (BENCHMARKS.md, issue 16).
@@ -23,6 +25,7 @@ const SCHEMA: &str = r#"
 PRAGMA journal_mode = WAL;
 PRAGMA synchronous = NORMAL;
 PRAGMA cache_size = -32768;
+PRAGMA secure_delete = ON;
 CREATE TABLE IF NOT EXISTS profiles (
     user_id     TEXT PRIMARY KEY,
     version     INTEGER NOT NULL,
@@ -582,6 +585,18 @@ impl ProfileStore for SqliteStore {
             .map_err(failed)?;
             tx.execute("DELETE FROM user_keys WHERE user_id = ?1", [&id]).map_err(failed)?;
             tx.commit().map_err(failed)?;
+            // The WAL still holds the pages as they were before (the key, the ciphertexts):
+            // copy the erased state into the database and empty the WAL. TRUNCATE waits out
+            // readers (the busy handler). If it cannot finish, the erasure is committed but
+            // reported as not done (transient): the retry, idempotent, checkpoints again.
+            let busy: i64 = conn
+                .query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |r| r.get(0))
+                .map_err(failed)?;
+            if busy != 0 {
+                return Err(StoreError::Unavailable(
+                    "the erasure is committed but the WAL could not be emptied (another connection is reading); retry".into(),
+                ));
+            }
             Ok(fence)
         })
         .await
