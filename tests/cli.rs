@@ -331,3 +331,29 @@ fn the_readme_shows_the_summary_the_sample_run_prints() {
         "README.md shows other counts than the run prints"
     );
 }
+
+#[test]
+fn a_pii_leaf_inside_a_public_record_is_refused_at_startup_with_its_path() {
+    let dir = tempfile::tempdir().unwrap();
+    let schemas = dir.path().join("schemas");
+    std::fs::create_dir(&schemas).unwrap();
+    for entry in std::fs::read_dir(repo().join("schemas")).unwrap() {
+        let entry = entry.unwrap();
+        let text = std::fs::read_to_string(entry.path()).unwrap().replace(
+            r#"{"name": "plan", "type": "string", "default": "free"}"#,
+            r#"{"name": "plan", "type": "string", "default": "free"},
+               {"name": "billing_email", "type": ["null", "string"], "default": null, "classification": "pii"}"#,
+        );
+        std::fs::write(schemas.join(entry.file_name()), text).unwrap();
+    }
+    let p = pipeline_with(
+        dir.path(),
+        "schemas: ../schemas",
+        &format!("schemas: {}", schemas.display()),
+    );
+    run_expecting_usage_error(
+        &p,
+        &dir.path().join("d"),
+        "`marketing.billing_email` is classified pii inside the public record `marketing`",
+    );
+}

@@ -168,6 +168,14 @@ impl Catalog {
                 .transpose()?
                 .unwrap_or(inherited);
             let path = format!("{parent}.{}", leaf.name);
+            if class == Classification::Pii {
+                // Protect encrypts whole top-level fields; a pii leaf of a public record would be
+                // stored and indexed in plaintext with the rest of the record.
+                return Err(format!(
+                    "profile field `{path}` is classified pii inside the public record `{parent}`: pii is encrypted a whole top-level field at a time, so this leaf would be stored and indexed in plaintext; classify `{parent}` as pii (encrypted as one unit) or make `{}` a top-level field",
+                    leaf.name
+                ));
+            }
             let kind = non_null(&leaf.schema)
                 .and_then(kind_of)
                 .filter(|k| *k != FieldKind::Record)
@@ -307,6 +315,22 @@ mod tests {
         let err = Catalog::from_schema(&Schema::parse_str(&text).unwrap()).unwrap_err();
         assert!(
             err.contains("profile field `email` has no \"classification\""),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn a_pii_leaf_inside_a_public_record_is_refused_with_its_path() {
+        let text = include_str!("../../schemas/profile_change.avsc").replace(
+            r#"{"name": "plan", "type": "string", "default": "free"}"#,
+            r#"{"name": "plan", "type": "string", "default": "free"},
+               {"name": "billing_email", "type": ["null", "string"], "default": null, "classification": "pii"}"#,
+        );
+        let err = Catalog::from_schema(&Schema::parse_str(&text).unwrap()).unwrap_err();
+        assert!(
+            err.contains(
+                "`marketing.billing_email` is classified pii inside the public record `marketing`"
+            ),
             "{err}"
         );
     }
