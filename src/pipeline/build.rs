@@ -108,7 +108,8 @@ pub fn open_store(
 ) -> Result<Arc<dyn ProfileStore>, BuildError> {
     Ok(match &file.config.store {
         StoreConfig::Sqlite { path } => {
-            Arc::new(SqliteStore::open(&file.data_path(data_dir, path))?)
+            let revive = file.config.privacy.erased_user_events == config::ErasedUserEvents::Accept;
+            Arc::new(SqliteStore::open(&file.data_path(data_dir, path))?.reviving_erased(revive))
         }
         StoreConfig::Dynamodb { .. } => Arc::new(open_dynamodb(file, true)?),
     })

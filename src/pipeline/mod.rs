@@ -279,7 +279,7 @@ impl Pipeline {
         if self.privacy.erased_user_events == ErasedUserEvents::Refuse
             && change.operation != Operation::Erase
         {
-            out.rejected.push((i, Rejection::new(Stage::Privacy, "erased", "erased: the user was erased, and events newer than the erasure are refused (privacy.erased_user_events)")));
+            out.rejected.push((i, erased_rejection()));
             return false;
         }
         if matches!(change.operation, Operation::Upsert | Operation::Delete) {
@@ -369,6 +369,7 @@ impl Pipeline {
                     telemetry::event_latency((now - change.occurred_at).as_seconds_f64());
                 }
                 WriteOutcome::Replayed | WriteOutcome::Stale => out.counts.stale += 1,
+                WriteOutcome::Erased => out.rejected.push((*i, erased_rejection())),
             }
             if matches!(outcome, WriteOutcome::Applied | WriteOutcome::Replayed) {
                 out.index_ops
@@ -466,4 +467,13 @@ pub fn dead_letters(
             }
         })
         .collect()
+}
+
+/// An event of an erased user, refused (`privacy.erased_user_events: refuse`).
+fn erased_rejection() -> Rejection {
+    Rejection::new(
+        Stage::Privacy,
+        "erased",
+        "erased: the user was erased, and events newer than the erasure are refused (privacy.erased_user_events)",
+    )
 }

@@ -28,6 +28,9 @@ pub enum WriteOutcome {
     Replayed,
     /// The stored version is newer: nothing changed.
     Stale,
+    /// The user was erased (perhaps by a command or retention while the batch was on its
+    /// way) and the store refuses to bring them back: nothing changed.
+    Erased,
 }
 
 /// A stored profile (or the fence a delete or an erasure left).

@@ -74,9 +74,14 @@ BEGIN SELECT RAISE(ABORT, 'audit records are append-only'); END;
 /// Two connections to one file: the writer, and a reader for everything that only reads (WAL
 /// lets it read the last committed state while the writer writes), so that the next batch's
 /// fences, consents and keys are read while the store writes the previous one.
+///
+/// An upsert or delete never clears an erasure unless the store was opened
+/// [`reviving_erased`](Self::reviving_erased): the check is made in the write's own transaction,
+/// so an erasure that lands while a batch is on its way is not undone by it.
 pub struct SqliteStore {
     conn: ConnectionThread,
     reader: ConnectionThread,
+    revive_erased: bool,
 }
 
 /// A transaction that reads and then writes. It takes the write lock at BEGIN, so a second
@@ -135,7 +140,15 @@ impl SqliteStore {
         Ok(Self {
             conn: ConnectionThread::start("sqlite-writer", conn)?,
             reader: ConnectionThread::start("sqlite-reader", reader)?,
+            revive_erased: false,
         })
+    }
+
+    /// Lets a change newer than an erasure fence store the user anew (the pipeline's
+    /// `privacy.erased_user_events: accept`); by default such a change is refused.
+    pub fn reviving_erased(mut self, revive: bool) -> Self {
+        self.revive_erased = revive;
+        self
     }
 
     /// Runs `f` with the writer connection, on its thread.
@@ -271,6 +284,7 @@ impl ProfileStore for SqliteStore {
                 )
             })
             .collect();
+        let revive_erased = self.revive_erased;
         self.with_conn(move |conn| {
             let tx = write_transaction(conn)?;
             let mut outcomes = Vec::with_capacity(rows.len());
@@ -280,15 +294,17 @@ impl ProfileStore for SqliteStore {
                 let ids = serde_json::to_string(&rows.iter().map(|r| r.0.as_str()).collect::<Vec<_>>())
                     .expect("strings serialise");
                 let mut current = tx
-                    .prepare_cached("SELECT user_id, version FROM profiles WHERE user_id IN (SELECT value FROM json_each(?1))")
+                    .prepare_cached("SELECT user_id, version, erased_at IS NOT NULL FROM profiles WHERE user_id IN (SELECT value FROM json_each(?1))")
                     .map_err(failed)?;
                 let found = current
-                    .query_map([&ids], |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?)))
+                    .query_map([&ids], |r| {
+                        Ok((r.get::<_, String>(0)?, (r.get::<_, i64>(1)?, r.get::<_, bool>(2)?)))
+                    })
                     .map_err(failed)?;
-                let mut stored: HashMap<String, i64> = HashMap::with_capacity(rows.len());
+                let mut stored: HashMap<String, (i64, bool)> = HashMap::with_capacity(rows.len());
                 for row in found {
-                    let (user, version) = row.map_err(failed)?;
-                    stored.insert(user, version);
+                    let (user, state) = row.map_err(failed)?;
+                    stored.insert(user, state);
                 }
                 let mut upsert = tx
                     .prepare_cached(
@@ -301,13 +317,14 @@ impl ProfileStore for SqliteStore {
                     .map_err(failed)?;
                 for (user, version, record, email_index, at) in &rows {
                     let outcome = match stored.get(user.as_str()) {
-                        Some(v) if *v > *version => WriteOutcome::Stale,
-                        Some(v) if *v == *version => WriteOutcome::Replayed,
+                        Some((v, _)) if *v > *version => WriteOutcome::Stale,
+                        Some((v, _)) if *v == *version => WriteOutcome::Replayed,
+                        Some((_, true)) if !revive_erased => WriteOutcome::Erased,
                         _ => {
                             upsert
                                 .execute(params![user, version, record.is_none(), record, email_index, at])
                                 .map_err(failed)?;
-                            stored.insert(user.clone(), *version);
+                            stored.insert(user.clone(), (*version, false));
                             WriteOutcome::Applied
                         }
                     };
@@ -746,6 +763,43 @@ mod tests {
         let mut want: Vec<Uuid> = changes.iter().map(|c| c.user_id).collect();
         want.sort();
         assert_eq!(seen, want);
+    }
+
+    /// A command or retention erases the user while a batch that read no fence is on its way
+    /// with a newer version: the write's own transaction sees the erasure and refuses it.
+    #[tokio::test]
+    async fn an_upsert_never_clears_an_erasure_that_landed_after_its_batch_was_read() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SqliteStore::open(&dir.path().join("s.sqlite")).unwrap();
+        let u = Uuid::new_v4();
+        store
+            .apply(&[change(u, 1, Operation::Upsert)])
+            .await
+            .unwrap();
+        assert_eq!(store.erase(u, 1, Utc::now()).await.unwrap(), 1);
+        let outcomes = store
+            .apply(&[
+                change(u, 2, Operation::Upsert),
+                change(u, 3, Operation::Delete),
+            ])
+            .await
+            .unwrap();
+        assert_eq!(outcomes, vec![WriteOutcome::Erased, WriteOutcome::Erased]);
+        let stored = store.get(u).await.unwrap().unwrap();
+        assert!(stored.record.is_none() && stored.erased_at.is_some());
+        assert_eq!(store.erasure_fences(&[u]).await.unwrap().get(&u), Some(&1));
+        drop(store);
+
+        // With `erased_user_events: accept`, a newer change stores the user anew.
+        let store = SqliteStore::open(&dir.path().join("s.sqlite"))
+            .unwrap()
+            .reviving_erased(true);
+        let outcomes = store
+            .apply(&[change(u, 2, Operation::Upsert)])
+            .await
+            .unwrap();
+        assert_eq!(outcomes, vec![WriteOutcome::Applied]);
+        assert!(store.get(u).await.unwrap().unwrap().erased_at.is_none());
     }
 
     #[tokio::test]
