@@ -768,15 +768,18 @@ fn after_erasure_the_sqlite_files_hold_no_byte_of_the_user_s_key_or_ciphertexts(
             .unwrap();
         bob_secrets.push(bob_wrapped);
     }
-    // A reader on the file while the erasure runs, as a live worker's would be.
+    // A reader on the file while the erasure runs and the files are scanned, as a live
+    // worker's would be: the WAL is not removed at the command's exit.
     let onlooker = rusqlite::Connection::open(stack.data.join("profiles.sqlite")).unwrap();
+    let _: i64 = onlooker
+        .query_row("SELECT count(*) FROM profiles", [], |r| r.get(0))
+        .unwrap();
     let out = stack.operator(&["erase", ALICE, "--reason", "GDPR art. 17 request #43"]);
     assert!(
         out.status.success(),
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    drop(onlooker);
 
     let files: Vec<PathBuf> = [
         "profiles.sqlite",
@@ -810,6 +813,13 @@ fn after_erasure_the_sqlite_files_hold_no_byte_of_the_user_s_key_or_ciphertexts(
         left.is_empty(),
         "still in {files:?} after erasure: {left:?}"
     );
+    eprintln!(
+        "erasure completeness (SQLite): {} bytes of {} files scanned for {} secrets of the erased user: 0 found",
+        bytes.len(),
+        files.len(),
+        secrets.len()
+    );
+    drop(onlooker);
 }
 
 /// The audit write fails in the middle of an erase event (a trigger, installed from outside,
