@@ -205,18 +205,18 @@ index:
         std::fs::read_to_string(self.data.join("dead-letter.jsonl")).unwrap()
     }
 
+    /// One value of the embedded store, read with a plain SQLite client: `query` takes a user id.
+    fn sqlite_value<T: rusqlite::types::FromSql>(&self, query: &str, user: &str) -> T {
+        let conn = rusqlite::Connection::open(self.data.join("profiles.sqlite")).unwrap();
+        conn.query_row(query, [user], |r| r.get(0)).unwrap()
+    }
+
     /// The field ciphertexts of `user`'s stored record, read without the pipeline's code.
     fn stored_ciphertexts(&self, user: &str) -> serde_json::Map<String, Json> {
         let record: Json = match &self.services {
             None => {
-                let conn = rusqlite::Connection::open(self.data.join("profiles.sqlite")).unwrap();
-                let text: String = conn
-                    .query_row(
-                        "SELECT record FROM profiles WHERE user_id = ?1",
-                        [user],
-                        |r| r.get(0),
-                    )
-                    .unwrap();
+                let text: String =
+                    self.sqlite_value("SELECT record FROM profiles WHERE user_id = ?1", user);
                 serde_json::from_str(&text).unwrap()
             }
             Some(s) => {
@@ -742,31 +742,16 @@ fn after_erasure_the_sqlite_files_hold_no_byte_of_the_user_s_key_or_ciphertexts(
                 sealed.as_str().unwrap().as_bytes().to_vec(),
             ));
         }
-        let conn = rusqlite::Connection::open(stack.data.join("profiles.sqlite")).unwrap();
-        let blind: String = conn
-            .query_row(
-                "SELECT email_index FROM profiles WHERE user_id = ?1",
-                [ALICE],
-                |r| r.get(0),
-            )
-            .unwrap();
+        let blind: String =
+            stack.sqlite_value("SELECT email_index FROM profiles WHERE user_id = ?1", ALICE);
         secrets.push((format!("email blind index, v{version}"), blind.into_bytes()));
-        let wrapped: Vec<u8> = conn
-            .query_row(
-                "SELECT wrapped_key FROM user_keys WHERE user_id = ?1",
-                [ALICE],
-                |r| r.get(0),
-            )
-            .unwrap();
+        let wrapped: Vec<u8> = stack.sqlite_value(
+            "SELECT wrapped_key FROM user_keys WHERE user_id = ?1",
+            ALICE,
+        );
         secrets.push(("wrapped data key".into(), wrapped));
-        let bob_wrapped: Vec<u8> = conn
-            .query_row(
-                "SELECT wrapped_key FROM user_keys WHERE user_id = ?1",
-                [BOB],
-                |r| r.get(0),
-            )
-            .unwrap();
-        bob_secrets.push(bob_wrapped);
+        bob_secrets
+            .push(stack.sqlite_value("SELECT wrapped_key FROM user_keys WHERE user_id = ?1", BOB));
     }
     // A reader on the file while the erasure runs and the files are scanned, as a live
     // worker's would be: the WAL is not removed at the command's exit.
