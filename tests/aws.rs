@@ -820,6 +820,43 @@ fn store_versions_decide_applied_replayed_and_stale() {
     })
 }
 
+/// An erasure lands after a batch read no fence, and the batch then writes the user at a
+/// higher version: the conditional write sees `erased_at` and refuses it, both on the batch
+/// path (one `TransactWriteItems`) and one change at a time; `accept` stores the user anew.
+#[test]
+fn store_an_upsert_never_clears_an_erasure_that_landed_after_its_batch_was_read() {
+    let _services = shared();
+    runtime().block_on(async {
+        use WriteOutcome::*;
+        let store = fresh_store().await;
+        let u = Uuid::new_v4();
+        store
+            .apply(&[change(u, 1, Operation::Upsert)])
+            .await
+            .unwrap();
+        assert_eq!(store.erase(u, 1, chrono::Utc::now()).await.unwrap(), 1);
+        let outcomes = store
+            .apply(&[
+                change(u, 2, Operation::Upsert),
+                change(u, 3, Operation::Delete),
+            ])
+            .await
+            .unwrap();
+        assert_eq!(outcomes, vec![Erased, Erased]);
+        let stored = store.get(u).await.unwrap().unwrap();
+        assert!(stored.record.is_none() && stored.erased_at.is_some());
+        assert_eq!(stored.version, 1);
+
+        let store = store.reviving_erased(true);
+        let outcomes = store
+            .apply(&[change(u, 2, Operation::Upsert)])
+            .await
+            .unwrap();
+        assert_eq!(outcomes, vec![Applied]);
+        assert!(store.get(u).await.unwrap().unwrap().erased_at.is_none());
+    })
+}
+
 #[test]
 fn store_scan_pages_through_every_profile_once() {
     let _services = shared();

@@ -107,12 +107,17 @@ pub fn open_store(
     data_dir: &Path,
 ) -> Result<Arc<dyn ProfileStore>, BuildError> {
     Ok(match &file.config.store {
-        StoreConfig::Sqlite { path } => {
-            let revive = file.config.privacy.erased_user_events == config::ErasedUserEvents::Accept;
-            Arc::new(SqliteStore::open(&file.data_path(data_dir, path))?.reviving_erased(revive))
-        }
+        StoreConfig::Sqlite { path } => Arc::new(
+            SqliteStore::open(&file.data_path(data_dir, path))?
+                .reviving_erased(revives_erased(file)),
+        ),
         StoreConfig::Dynamodb { .. } => Arc::new(open_dynamodb(file, true)?),
     })
+}
+
+/// Whether a change newer than an erasure stores the user anew (`privacy.erased_user_events`).
+fn revives_erased(file: &config::Pipeline) -> bool {
+    file.config.privacy.erased_user_events == config::ErasedUserEvents::Accept
 }
 
 /// The DynamoDB store of the pipeline file; a config error if the store is not DynamoDB.
@@ -141,7 +146,8 @@ pub fn open_dynamodb(
                 .or(file.config.privacy.retention.audit_days.map(u64::from))
                 .unwrap_or(config::DEFAULT_AUDIT_RETENTION_DAYS),
             check_table,
-        )?),
+        )?
+        .reviving_erased(revives_erased(file))),
         _ => Err(file
             .invalid("this needs `store: {type: dynamodb, ...}` (the KMS key provider keeps its blind-index key in the DynamoDB table)")
             .into()),

@@ -54,6 +54,17 @@ pub struct DynamoStore {
     table: String,
     concurrency: usize,
     audit_retention_days: u64,
+    /// `privacy.erased_user_events: accept`: a change newer than an erasure fence stores the
+    /// user anew. Otherwise every write is conditional on the item not being erased, so an
+    /// erasure that lands while a batch is on its way is not undone by it.
+    revive_erased: bool,
+}
+
+/// What a profile item's version read says.
+#[derive(Debug, Clone, Copy)]
+struct StoredVersion {
+    version: i64,
+    erased: bool,
 }
 
 /// A DynamoDB error as a store error: transient ones are retried by the pipeline. Names the
@@ -127,6 +138,7 @@ impl DynamoStore {
             table: table.to_string(),
             concurrency: concurrency.max(1),
             audit_retention_days,
+            revive_erased: false,
         };
         if check_table {
             let where_ = at.endpoint.as_deref().unwrap_or("the AWS endpoint");
@@ -273,15 +285,33 @@ impl DynamoStore {
     }
 
     /// The stored versions of these users' profiles.
-    async fn versions(&self, users: &[Uuid]) -> Result<HashMap<Uuid, i64>, StoreError> {
+    async fn versions(&self, users: &[Uuid]) -> Result<HashMap<Uuid, StoredVersion>, StoreError> {
         let keys = users.iter().map(|u| key_of(user_pk(*u), PROFILE)).collect();
         let mut versions = HashMap::new();
-        for item in self.batch_get(keys, "user_id, version").await? {
+        for item in self.batch_get(keys, "user_id, version, erased_at").await? {
             let user = Uuid::parse_str(get_s(&item, "profile", "user_id")?)
                 .map_err(|_| StoreError::Failed("a stored user id is not a UUID".into()))?;
-            versions.insert(user, get_n(&item, "profile", "version")?);
+            versions.insert(user, stored_version(&item)?);
         }
         Ok(versions)
+    }
+
+    /// The outcome decided from what is stored, if it is decided without a write: `None` when
+    /// the change is to be written.
+    fn decided(&self, stored: Option<StoredVersion>, version: i64) -> Option<WriteOutcome> {
+        match stored {
+            Some(s) if s.version > version => Some(WriteOutcome::Stale),
+            Some(s) if s.version == version => Some(WriteOutcome::Replayed),
+            Some(s) if s.erased && !self.revive_erased => Some(WriteOutcome::Erased),
+            _ => None,
+        }
+    }
+
+    /// Lets a change newer than an erasure fence store the user anew (the pipeline's
+    /// `privacy.erased_user_events: accept`); by default such a change is refused.
+    pub fn reviving_erased(mut self, revive: bool) -> Self {
+        self.revive_erased = revive;
+        self
     }
 
     /// Writes the puts in transactions of up to 100; returns, per put, whether it was written
@@ -332,30 +362,36 @@ impl DynamoStore {
         &self,
         all: &[ProtectedChange],
         mine: Vec<usize>,
-        mut known: Option<i64>,
+        mut known: Option<StoredVersion>,
     ) -> Result<Vec<(usize, WriteOutcome)>, StoreError> {
         let mut out = Vec::with_capacity(mine.len());
+        let condition = if self.revive_erased {
+            "attribute_not_exists(pk) OR version < :v"
+        } else {
+            "attribute_not_exists(pk) OR (version < :v AND attribute_not_exists(erased_at))"
+        };
         for i in mine {
             let change = &all[i];
             let outcome = loop {
-                match known {
-                    Some(v) if v > change.version => break WriteOutcome::Stale,
-                    Some(v) if v == change.version => break WriteOutcome::Replayed,
-                    _ => {}
+                if let Some(decided) = self.decided(known, change.version) {
+                    break decided;
                 }
                 let call = self
                     .client
                     .put_item()
                     .table_name(&self.table)
                     .set_item(Some(profile_item(change)))
-                    .condition_expression("attribute_not_exists(pk) OR version < :v")
+                    .condition_expression(condition)
                     .expression_attribute_values(
                         ":v",
                         AttributeValue::N(change.version.to_string()),
                     );
                 match retrying("PutItem", || call.clone().send(), transient).await {
                     Ok(_) => {
-                        known = Some(change.version);
+                        known = Some(StoredVersion {
+                            version: change.version,
+                            erased: false,
+                        });
                         break WriteOutcome::Applied;
                     }
                     Err(e)
@@ -366,20 +402,20 @@ impl DynamoStore {
                         let stored = self
                             .get_item(key_of(user_pk(change.user_id), PROFILE))
                             .await?;
-                        let v = match stored {
-                            Some(item) => get_n(&item, "profile", "version")?,
+                        let now = match stored {
+                            Some(item) => stored_version(&item)?,
                             None => return Err(StoreError::Unavailable(
                                 "DynamoDB PutItem: condition failed on a missing item; retrying"
                                     .into(),
                             )),
                         };
-                        if v < change.version {
+                        if self.decided(Some(now), change.version).is_none() {
                             return Err(StoreError::Unavailable(
                                 "DynamoDB PutItem: a concurrent write moved the version; retrying"
                                     .into(),
                             ));
                         }
-                        known = Some(v);
+                        known = Some(now);
                     }
                     Err(e) => return Err(dynamo_err("PutItem", &e)),
                 }
@@ -505,6 +541,14 @@ impl DynamoStore {
     }
 }
 
+/// The version and erasure of a profile item (read with at least `version, erased_at`).
+fn stored_version(item: &Item) -> Result<StoredVersion, StoreError> {
+    Ok(StoredVersion {
+        version: get_n(item, "profile", "version")?,
+        erased: item.contains_key("erased_at"),
+    })
+}
+
 fn encode_cursor(key: &Item) -> String {
     let pk = opt_s(key, PK).unwrap_or_default();
     let sk = opt_s(key, SK).unwrap_or_default();
@@ -567,11 +611,13 @@ impl ProfileStore for DynamoStore {
             let mut last = None;
             for &i in mine {
                 let v = changes[i].version;
-                outcomes[i] = match current {
-                    Some(c) if c > v => WriteOutcome::Stale,
-                    Some(c) if c == v => WriteOutcome::Replayed,
-                    _ => {
-                        current = Some(v);
+                outcomes[i] = match self.decided(current, v) {
+                    Some(decided) => decided,
+                    None => {
+                        current = Some(StoredVersion {
+                            version: v,
+                            erased: false,
+                        });
                         last = Some(i);
                         WriteOutcome::Applied
                     }
@@ -586,8 +632,12 @@ impl ProfileStore for DynamoStore {
                     },
                     Some(r) => CondPut {
                         item: profile_item(&changes[i]),
-                        condition: "version = :read",
-                        values: vec![(":read", AttributeValue::N(r.to_string()))],
+                        condition: if self.revive_erased {
+                            "version = :read"
+                        } else {
+                            "version = :read AND attribute_not_exists(erased_at)"
+                        },
+                        values: vec![(":read", AttributeValue::N(r.version.to_string()))],
                     },
                 });
                 writes.push((*user, mine.clone()));
@@ -841,7 +891,7 @@ impl ProfileStore for DynamoStore {
 
     async fn erase(&self, user: Uuid, version: i64, at: DateTime<Utc>) -> Result<i64, StoreError> {
         for attempt in 1..=aws::ATTEMPTS {
-            let stored = self.versions(&[user]).await?.get(&user).copied();
+            let stored = self.versions(&[user]).await?.get(&user).map(|s| s.version);
             let fence = stored.map_or(version, |s| s.max(version));
             let mut put = Put::builder()
                 .table_name(&self.table)
