@@ -117,6 +117,9 @@ pub struct Rejection {
     /// A short machine-readable class: `malformed`, `schema`, `invalid`, `rule`, `key`, `rejected`.
     pub class: &'static str,
     pub reason: String,
+    /// The event's user, when the event got far enough to name one (its dead letter is sealed
+    /// under that user's key).
+    pub user_id: Option<Uuid>,
 }
 
 impl Rejection {
@@ -125,6 +128,15 @@ impl Rejection {
             stage,
             class,
             reason: reason.into(),
+            user_id: None,
+        }
+    }
+
+    /// The same rejection, of `user`'s event.
+    pub fn of_user(self, user: Option<Uuid>) -> Self {
+        Self {
+            user_id: user,
+            ..self
         }
     }
 }

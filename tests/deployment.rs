@@ -191,6 +191,7 @@ fn the_production_template_parses_with_the_production_adapters() {
         topic,
         brokers,
         properties: dead_letter_properties,
+        ..
     } = &config.dead_letter
     else {
         panic!("dead letters do not go to Kafka: {:?}", config.dead_letter)

@@ -39,6 +39,18 @@ fn fixture() -> &'static Fixture {
     })
 }
 
+/// The binary with `args`, the local pipeline and the fixture's data directory.
+fn cli(data: &std::path::Path, args: &[&str]) -> std::process::Output {
+    bin()
+        .args(args)
+        .arg("--pipeline")
+        .arg(local_pipeline())
+        .arg("--data-dir")
+        .arg(data)
+        .output()
+        .unwrap()
+}
+
 fn n(v: &Json, key: &str) -> u64 {
     v[key]
         .as_u64()
@@ -81,9 +93,15 @@ fn every_invalid_event_is_dead_lettered_with_its_reason_and_position() {
             ["decode", "enrich"].contains(&letter["stage"].as_str().unwrap()),
             "{letter}"
         );
-        assert!(letter["payload_base64"]
+        assert!(letter["sealed_payload_base64"]
             .as_str()
             .is_some_and(|p| !p.is_empty()));
+        assert!(
+            letter["sealing"]
+                .as_str()
+                .is_some_and(|p| p.starts_with("user:") || p.starts_with("day:")),
+            "{letter}"
+        );
         seen.insert(line_no);
     }
     assert_eq!(
@@ -157,9 +175,18 @@ fn search_finds_profiles_by_segment_and_region_and_shows_no_pii() {
 fn no_generated_pii_is_in_the_data_directory_in_plaintext() {
     let f = fixture();
     let canary = Canary::of_generated(&f.input);
-    // The dead-letter file included: it keeps each invalid event as it came, base64-encoded
-    // (as a dead-letter topic's values keep them); its reasons must not repeat any PII.
+    // The dead-letter file included: it keeps each invalid event sealed; its reasons must not
+    // repeat any PII. Its payloads are base64, which a byte sweep cannot see through: they are
+    // decoded and swept too.
     let swept = canary.assert_absent_from_files(&f.data, &[]);
+    let letters = std::fs::read_to_string(f.data.join("dead-letter.jsonl")).unwrap();
+    for line in letters.lines() {
+        let letter: Json = serde_json::from_str(line).unwrap();
+        let sealed = base64::engine::general_purpose::STANDARD
+            .decode(letter["sealed_payload_base64"].as_str().unwrap())
+            .unwrap();
+        canary.assert_absent("a dead letter's payload", &sealed);
+    }
     assert!(
         swept >= 4,
         "the store, keyring, index and dead letters were swept"
@@ -174,19 +201,29 @@ fn no_generated_pii_is_in_the_data_directory_in_plaintext() {
 #[test]
 fn the_pii_canary_finds_generated_pii_where_it_is() {
     // The sweeps above could pass by looking for nothing: here the same canary must fail on
-    // the generated input and on the original events the dead letters keep, which hold PII
-    // by design.
+    // the generated input and on the dead letters' events once `dlq show --reveal` has opened
+    // them (the events hold PII by design).
     let f = fixture();
     let canary = Canary::of_generated(&f.input);
-    let letters = std::fs::read_to_string(f.data.join("dead-letter.jsonl")).unwrap();
-    let originals: Vec<u8> = letters
+    let shown = cli(
+        &f.data,
+        &["dlq", "show", "--reveal", "--reason", "canary test"],
+    );
+    assert!(
+        shown.status.success(),
+        "{}",
+        String::from_utf8_lossy(&shown.stderr)
+    );
+    let originals: Vec<u8> = String::from_utf8(shown.stdout)
+        .unwrap()
         .lines()
         .flat_map(|l| {
             let letter: Json = serde_json::from_str(l).unwrap();
-            let payload = letter["payload_base64"].as_str().unwrap_or_default();
-            base64::engine::general_purpose::STANDARD
-                .decode(payload)
-                .unwrap()
+            letter["payload"]
+                .as_str()
+                .unwrap_or_else(|| panic!("a dead letter opens: {letter}"))
+                .as_bytes()
+                .to_vec()
         })
         .collect();
     let input = std::fs::read(&f.input).unwrap();
@@ -262,13 +299,7 @@ fn reveal_returns_exactly_the_generated_pii_and_is_audited() {
 fn get_without_reveal_masks_pii_and_sensitive_fields() {
     let f = fixture();
     let (user, want) = f.expected.iter().find(|(_, e)| !e.deleted).unwrap();
-    let output = bin()
-        .args(["get", user, "--pipeline"])
-        .arg(local_pipeline())
-        .arg("--data-dir")
-        .arg(&f.data)
-        .output()
-        .unwrap();
+    let output = cli(&f.data, &["get", user]);
     assert!(output.status.success());
     let text = String::from_utf8(output.stdout).unwrap();
     let got: Json = serde_json::from_str(&text).unwrap();
@@ -283,13 +314,7 @@ fn a_profile_can_be_found_by_email_through_the_blind_index() {
     let f = fixture();
     let (user, want) = f.expected.iter().find(|(_, e)| !e.deleted).unwrap();
     let email = want.profile["email"].as_str().unwrap().to_uppercase();
-    let output = bin()
-        .args(["get", &email, "--pipeline"])
-        .arg(local_pipeline())
-        .arg("--data-dir")
-        .arg(&f.data)
-        .output()
-        .unwrap();
+    let output = cli(&f.data, &["get", &email]);
     assert!(
         output.status.success(),
         "{}",

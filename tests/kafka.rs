@@ -376,7 +376,25 @@ fn assert_exact_state(store: &Path, jsonl: &Path) {
     );
 }
 
-/// Every invalid event is in the dead-letter topic, unchanged, with its error headers.
+/// `profile-sync dlq replay` with `args` and a pipeline file; its JSON report.
+fn dlq_replay(pipeline: &Path, args: &[&str]) -> Json {
+    let out = Command::new(binary())
+        .current_dir(repo())
+        .args(["dlq", "replay"])
+        .args(args)
+        .arg("--pipeline")
+        .arg(pipeline)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+/// Every invalid event is in the dead-letter topic, sealed, with its error headers.
 fn assert_dead_letters(setup: &Setup, expected_invalid: u64, exactly: bool, canary: &Canary) {
     let source = setup.read_all(&setup.topic);
     let letters = setup.read_all(&setup.dlq);
@@ -405,7 +423,14 @@ fn assert_dead_letters(setup: &Setup, expected_invalid: u64, exactly: bool, cana
         let original = source
             .get(&at)
             .expect("the dead letter points at a source message");
-        assert_eq!(letter.value, original.value, "value unchanged");
+        // The value is sealed (the sealing header says under which key); `dlq replay` opens
+        // it (tested below).
+        assert!(
+            h.contains_key("profile-sync.sealing"),
+            "dead letter lacks its sealing header: {h:?}"
+        );
+        assert!(letter.value != original.value, "the value is sealed");
+        canary.assert_absent("a dead letter's value", &letter.value);
         assert_eq!(letter.key, original.key, "key unchanged");
         for (name, value) in h {
             canary.assert_absent(&format!("dead-letter header {name}"), value);
@@ -934,36 +959,31 @@ async fn undecodable_messages_and_unknown_schema_ids_are_dead_lettered_and_repla
     );
 
     // Replay the schema failures back to the source topic.
-    let out = Command::new(binary())
-        .current_dir(repo())
-        .args([
-            "dlq",
-            "replay",
-            "--from",
-            &setup.dlq,
-            "--filter",
-            "class.name=schema",
-            "--pipeline",
-        ])
-        .arg(&pipeline)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+    let replay = dlq_replay(
+        &pipeline,
+        &["--from", &setup.dlq, "--filter", "class.name=schema"],
     );
-    let replay: Json = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(
         (replay["replayed"].as_u64(), replay["skipped"].as_u64()),
         (Some(1), Some(1)),
         "{replay}"
     );
+    let source = setup.read_all(&setup.topic);
     assert_eq!(
-        setup.read_all(&setup.topic).len(),
+        source.len(),
         4,
         "the replayed event is back on the source topic"
     );
+    let replayed = &source[&(0, 3)];
+    assert!(
+        (0..3).any(|o| source[&(0, o)].value == replayed.value),
+        "it is back opened, byte for byte the original event"
+    );
+    assert_eq!(
+        replayed.headers.get("trace-id").map(String::as_str),
+        Some("abc")
+    );
+    assert!(!replayed.headers.contains_key("profile-sync.sealing"));
 }
 
 #[tokio::test]
@@ -1358,9 +1378,21 @@ async fn each_poison_message_is_dead_lettered_with_its_reason_and_the_worker_kee
                 if *class == "too_large" {
                     assert_eq!(omitted.map(String::as_str), Some("5000000"), "{what}");
                     assert!(l.value.is_empty(), "{what}: the value is left out");
+                } else if *class == "erased" {
+                    assert_eq!(l.headers["profile-sync.sealing"], "withheld", "{what}");
+                    assert!(
+                        l.value.is_empty(),
+                        "{what}: nothing of an erased user is kept"
+                    );
                 } else {
                     assert_eq!(omitted, None, "{what}");
-                    assert_eq!(l.value, messages[offset].1, "{what}: the value unchanged");
+                    assert!(
+                        l.headers["profile-sync.sealing"].starts_with("day:")
+                            || l.headers["profile-sync.sealing"].starts_with("user:"),
+                        "{what}: {:?}",
+                        l.headers
+                    );
+                    assert!(l.value != messages[offset].1, "{what}: the value is sealed");
                 }
             }
             (None, Some(l)) => panic!("{what} was dead-lettered: {:?}", l.headers),
@@ -1368,4 +1400,27 @@ async fn each_poison_message_is_dead_lettered_with_its_reason_and_the_worker_kee
         }
     }
     setup.assert_fully_committed(&setup.group);
+
+    // `dlq replay` opens the sealed values: exactly the original bytes come back, except the
+    // erased user's event (not kept) and the value too large to have been dead-lettered.
+    let replayed_topic = format!("{}-replayed", setup.topic);
+    create_topics(&setup.brokers, &[(&replayed_topic, 1)]).await;
+    let report = dlq_replay(&pipeline, &["--from", &setup.dlq, "--to", &replayed_topic]);
+    assert_eq!(report["not_replayed_erased_or_expired"], 1, "{report}");
+    let mut replayed: Vec<Vec<u8>> = setup
+        .read_all(&replayed_topic)
+        .into_values()
+        .map(|d| d.value)
+        .collect();
+    let mut expected: Vec<Vec<u8>> = messages
+        .iter()
+        .filter(|(_, _, class)| class.is_some_and(|c| c != "erased" && c != "too_large"))
+        .map(|(_, value, _)| value.clone())
+        .collect();
+    replayed.sort();
+    expected.sort();
+    assert!(
+        replayed == expected,
+        "the replayed values are the original events"
+    );
 }

@@ -349,6 +349,7 @@ on_both_stacks!(
     retention_dry_run_lists_exactly_the_inactive_profiles_and_the_real_run_anonymises_them,
     an_undeclared_consent_purpose_is_dead_lettered,
     a_record_decrypts_independently_by_following_the_documented_format,
+    dead_letters_hold_no_plaintext_open_by_the_documented_format_and_are_shredded_by_erasure_and_retention,
 );
 fn withdrawing_consent_removes_the_user_from_purpose_segments_and_granting_brings_them_back(
     stack: &Stack,
@@ -620,6 +621,161 @@ fn an_undeclared_consent_purpose_is_dead_lettered(stack: &Stack) {
     assert_eq!(s["dead_lettered"], 1);
     let letters = stack.dead_letters();
     assert!(letters.contains("privacy.purposes"), "{letters}");
+}
+
+/// The documented dead-letter sealing: `nonce ‖ ciphertext ‖ tag`, AAD
+/// `profile-sync/dead-letter/v1` 0 `<owner>` 0 `<key_version>`.
+fn open_letter(dek: &[u8], owner: &str, version: &str, sealed: &[u8]) -> Option<Vec<u8>> {
+    let aad = [
+        b"profile-sync/dead-letter/v1".as_slice(),
+        b"\0",
+        owner.as_bytes(),
+        b"\0",
+        version.as_bytes(),
+    ]
+    .concat();
+    aes_open(dek, &aad, sealed)
+}
+
+fn dead_letters_hold_no_plaintext_open_by_the_documented_format_and_are_shredded_by_erasure_and_retention(
+    stack: &Stack,
+) {
+    // Alice's event decodes far enough to name her (its email is invalid); the broken line
+    // names nobody. Both carry PII.
+    let alice_bad = upsert(ALICE, 1, "not-an-email", "2026-01-01T00:00:00Z");
+    let broken =
+        r#"{"user_id": "cccccccc-3333-4333-8333-333333333333", "phone": "+44 20 7946 0958", "#;
+    let s = stack.run(
+        "1.jsonl",
+        &[
+            alice_bad.clone(),
+            broken.to_string(),
+            upsert(BOB, 1, "bob@example.org", "2026-01-01T00:00:00Z"),
+        ],
+    );
+    assert_eq!(s["dead_lettered"], 2, "{s}");
+    let raw = stack.dead_letters();
+    for pii in [
+        ALICE_PHONE,
+        "not-an-email",
+        "Alice Martin",
+        "5.100.1.1",
+        "1 Rue X",
+        "+44 20 7946 0958",
+    ] {
+        assert!(
+            !raw.contains(pii),
+            "the dead-letter file holds {pii:?} in plaintext"
+        );
+    }
+    let letters: Vec<Json> = raw
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let sealing_of = |letter: &Json| letter["sealing"].as_str().unwrap().to_string();
+    let keys = stack.remaining_user_keys();
+    let mut day_owner = None;
+    for letter in &letters {
+        let sealing = sealing_of(letter);
+        let parts: Vec<&str> = sealing.split(':').collect();
+        let (owner, expected) = match parts[0] {
+            "user" => (parts[1].to_string(), alice_bad.as_str()),
+            "day" => {
+                let owner = uuid::Uuid::new_v5(
+                    &uuid::Uuid::NAMESPACE_OID,
+                    format!("profile-sync/dead-letter-key/{}", parts[1]).as_bytes(),
+                )
+                .to_string();
+                day_owner = Some(owner.clone());
+                (owner, broken)
+            }
+            other => panic!("unexpected sealing {other}"),
+        };
+        if parts[0] == "user" {
+            assert_eq!(owner, ALICE, "sealed under the key of the event's user");
+        }
+        let (_, dek) = keys
+            .iter()
+            .find(|(o, _)| *o == owner)
+            .expect("the sealing key is stored");
+        let sealed = base64_decode(letter["sealed_payload_base64"].as_str().unwrap());
+        let opened = open_letter(dek, &owner, parts[2], &sealed).expect("opens as documented");
+        assert_eq!(String::from_utf8(opened).unwrap(), expected);
+        assert!(
+            open_letter(dek, BOB, parts[2], &sealed).is_none(),
+            "another owner fails"
+        );
+    }
+    let day_owner = day_owner.expect("the broken line is sealed under the day key");
+
+    // Erasing Alice, who has no profile, only a dead letter, shreds it.
+    let out = stack.operator(&["erase", ALICE, "--reason", "request #7"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(!stack.remaining_user_keys().iter().any(|(o, _)| o == ALICE));
+    let shown = stack.operator(&["dlq", "show", "--reveal", "--reason", "check"]);
+    assert!(
+        shown.status.success(),
+        "{}",
+        String::from_utf8_lossy(&shown.stderr)
+    );
+    let shown: Vec<Json> = String::from_utf8(shown.stdout)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let alice_letter = shown
+        .iter()
+        .find(|l| sealing_of(l).starts_with("user:"))
+        .unwrap();
+    assert!(
+        alice_letter["unreadable"]
+            .as_str()
+            .unwrap()
+            .contains("key is gone"),
+        "{alice_letter}"
+    );
+    let day_letter = shown
+        .iter()
+        .find(|l| sealing_of(l).starts_with("day:"))
+        .unwrap();
+    assert_eq!(day_letter["payload"], broken, "{day_letter}");
+
+    // A later event of hers is refused and nothing of it kept.
+    let s = stack.run(
+        "2.jsonl",
+        &[upsert(ALICE, 5, ALICE_EMAIL, "2026-02-01T00:00:00Z")],
+    );
+    assert_eq!(s["dead_lettered"], 1, "{s}");
+    let last: Json = serde_json::from_str(stack.dead_letters().lines().last().unwrap()).unwrap();
+    assert_eq!(
+        (
+            last["sealing"].as_str(),
+            last["sealed_payload_base64"].as_str()
+        ),
+        (Some("withheld"), Some("")),
+        "{last}"
+    );
+    assert!(!stack.dead_letters().contains(ALICE_EMAIL));
+
+    // Retention deletes the day key once dead_letter.retention_days (30) have passed.
+    let soon = (chrono::Utc::now() + chrono::Duration::days(10)).to_rfc3339();
+    let report = stack.ok(&["retention", "run", "--as-of", &soon]);
+    assert_eq!(report["dead_letter_keys_deleted"], 0, "{report}");
+    let later = (chrono::Utc::now() + chrono::Duration::days(31)).to_rfc3339();
+    let report = stack.ok(&["retention", "run", "--as-of", &later]);
+    assert_eq!(report["dead_letter_keys_deleted"], 1, "{report}");
+    assert!(!stack
+        .remaining_user_keys()
+        .iter()
+        .any(|(o, _)| *o == day_owner));
+    assert!(
+        stack.remaining_user_keys().iter().any(|(o, _)| o == BOB),
+        "users' keys stay"
+    );
 }
 
 // --- an independent decryption, following ARCHITECTURE.md, with a plain AES-GCM library ---

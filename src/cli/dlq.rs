@@ -1,11 +1,25 @@
-//! `profile-sync dlq replay --from TOPIC`: re-publishes dead-lettered events to the topic they
-//! came from (its `__connect.errors.topic` header, or `--to`) after a fix, with their original
-//! key, value and headers (the `__connect.errors.*` headers are dropped). Reads the dead-letter
-//! topic from the start up to its current end; it commits nothing, so it can be run again.
+//! The dead letters, for the people who fix what was rejected.
+//!
+//! `dlq replay --from TOPIC` re-publishes dead-lettered events to the topic they came from (its
+//! `__connect.errors.topic` header, or `--to`) after a fix, with their original key and
+//! headers and the value opened (the `__connect.errors.*` and sealing headers are dropped).
+//! Letters of erased users, and those whose dead-letter key expired, are not replayed. It reads
+//! the dead-letter topic from the start up to its current end and commits nothing, so it can
+//! be run again.
+//!
+//! `dlq show` prints the dead-letter file's letters; `--reveal --reason` opens their payloads
+//! (audited for each user, like `get --reveal`).
 
+use super::get::Reveal;
 use super::kafka_args::{client_config, kafka_source};
-use super::{usage, Failure};
-use crate::dead_letter::{HEADER_PREFIX, VALUE_OMITTED};
+use super::{data_dir, pipeline_file, usage, Failure};
+use crate::config::DeadLetterConfig;
+use crate::dead_letter::{read_letters, Sealing, HEADER_PREFIX, SEALING_HEADER, VALUE_OMITTED};
+use crate::pipeline::{open_profiles, schemas};
+use crate::privacy::Profiles;
+use crate::stages::seal::{LetterSealer, OpenError};
+use base64::engine::general_purpose::STANDARD;
+use base64::Engine;
 use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::message::{Header, Headers, Message, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord};
@@ -23,6 +37,20 @@ pub struct Args {
 enum Action {
     /// Re-publish dead letters to their source topic.
     Replay(Replay),
+    /// Print the letters of the pipeline's dead-letter file.
+    Show(Show),
+}
+
+#[derive(clap::Args)]
+struct Show {
+    /// `--reveal` opens each payload (PII), audited for each user.
+    #[command(flatten)]
+    reveal: Reveal,
+    /// Pipeline file (default: pipelines/local.yaml).
+    #[arg(long)]
+    pipeline: Option<PathBuf>,
+    #[arg(long)]
+    data_dir: Option<PathBuf>,
 }
 
 #[derive(clap::Args)]
@@ -37,13 +65,97 @@ struct Replay {
     /// (repeatable: all must match).
     #[arg(long)]
     filter: Vec<String>,
-    /// Pipeline file with a Kafka source (default: pipelines/kafka-local.yaml).
+    /// Pipeline file with a Kafka source (default: pipelines/kafka-local.yaml); its store and
+    /// keys open the sealed values.
     #[arg(long)]
     pipeline: Option<PathBuf>,
+    #[arg(long)]
+    data_dir: Option<PathBuf>,
 }
 
 pub async fn run(args: Args) -> Result<(), Failure> {
-    let Action::Replay(args) = args.action;
+    match args.action {
+        Action::Replay(args) => replay(args).await,
+        Action::Show(args) => show(args).await,
+    }
+}
+
+/// The store and keys of a pipeline file, and the sealer that opens its dead letters.
+fn open_keys(
+    pipeline: &std::path::Path,
+    given_dir: Option<&std::path::Path>,
+) -> Result<(crate::config::Pipeline, Profiles, LetterSealer), Failure> {
+    let file = pipeline_file(Some(pipeline))?;
+    let dir = data_dir(&file, given_dir);
+    let schemas = schemas(&file).map_err(usage)?;
+    let profiles = open_profiles(&file, &dir, &schemas).map_err(usage)?;
+    let sealer = LetterSealer::new(profiles.keys.clone(), profiles.store.clone());
+    Ok((file, profiles, sealer))
+}
+
+async fn show(args: Show) -> Result<(), Failure> {
+    let actor = args.reveal.actor()?;
+    let path = args
+        .pipeline
+        .clone()
+        .unwrap_or_else(|| PathBuf::from("pipelines/local.yaml"));
+    let (file, profiles, sealer) = open_keys(&path, args.data_dir.as_deref())?;
+    let letters = match &file.config.dead_letter {
+        DeadLetterConfig::File { path, .. } => {
+            let dir = data_dir(&file, args.data_dir.as_deref());
+            let path = file.data_path(&dir, path);
+            if !path.exists() {
+                return Err(usage(anyhow::anyhow!(
+                    "{} does not exist: no event has been dead-lettered yet",
+                    path.display()
+                )));
+            }
+            read_letters(&path)?
+        }
+        DeadLetterConfig::Kafka { topic, .. } => {
+            return Err(usage(anyhow::anyhow!(
+                "the dead letters of {} go to Kafka topic {topic}: read them there, or replay them with `dlq replay --from {topic}`",
+                file.path.display()
+            )))
+        }
+    };
+    let mut audited = std::collections::HashSet::new();
+    for letter in letters {
+        let mut fields = letter.fields;
+        fields.remove("sealed_payload_base64");
+        if args.reveal.wanted {
+            if let Sealing::User { user_id, .. } = letter.sealing {
+                // The audit record comes first: nothing is shown that was not recorded.
+                if audited.insert(user_id) {
+                    profiles
+                        .audit(
+                            &actor,
+                            "reveal_dead_letter",
+                            user_id,
+                            vec!["payload".into()],
+                        )
+                        .await?;
+                }
+            }
+            let (key, value) = match sealer.open(letter.sealing, &letter.payload).await {
+                Ok(bytes) => match String::from_utf8(bytes) {
+                    Ok(text) => ("payload", serde_json::Value::String(text)),
+                    Err(e) => (
+                        "payload_base64",
+                        serde_json::Value::String(STANDARD.encode(e.into_bytes())),
+                    ),
+                },
+                Err(OpenError::Keys(e)) => return Err(Failure::Runtime(e.into())),
+                Err(e) => ("unreadable", serde_json::Value::String(e.to_string())),
+            };
+            fields.insert(key.into(), value);
+        }
+        println!("{}", serde_json::Value::Object(fields));
+    }
+    Ok(())
+}
+
+async fn replay(args: Replay) -> Result<(), Failure> {
     let mut filters = Vec::new();
     for f in &args.filter {
         let Some((k, v)) = f.split_once('=') else {
@@ -54,6 +166,11 @@ pub async fn run(args: Args) -> Result<(), Failure> {
         filters.push((format!("{HEADER_PREFIX}{k}"), v.to_string()));
     }
     let k = kafka_source(args.pipeline.as_deref())?;
+    let path = args
+        .pipeline
+        .clone()
+        .unwrap_or_else(|| PathBuf::from(super::kafka_args::KAFKA_PIPELINE));
+    let (_, _, sealer) = open_keys(&path, args.data_dir.as_deref())?;
     let base = client_config(&k);
     let mut consumer_config = base.clone();
     consumer_config
@@ -95,7 +212,7 @@ pub async fn run(args: Args) -> Result<(), Failure> {
         c.create()
             .map_err(|e| usage(anyhow::anyhow!("cannot create a Kafka producer: {e}")))?
     };
-    let (mut replayed, mut skipped) = (0u64, 0u64);
+    let (mut replayed, mut skipped, mut erased) = (0u64, 0u64, 0u64);
     // Letters whose value was too large to dead-letter: where to read it, at the source.
     let mut omitted: Vec<String> = Vec::new();
     if remaining > 0 {
@@ -135,18 +252,44 @@ pub async fn run(args: Args) -> Result<(), Failure> {
             skipped += 1;
             continue;
         };
+        // A letter from before the values were sealed has no sealing header: its value is the
+        // event as it was.
+        let value = match header(SEALING_HEADER) {
+            None => m.payload().unwrap_or_default().to_vec(),
+            Some(text) => {
+                let sealing: Sealing = text.parse().map_err(|e: String| {
+                    anyhow::anyhow!("{}@{}: {e}", m.partition(), m.offset())
+                })?;
+                match sealer.open(sealing, m.payload().unwrap_or_default()).await {
+                    Ok(bytes) => bytes,
+                    Err(OpenError::Withheld | OpenError::Shredded) => {
+                        erased += 1;
+                        continue;
+                    }
+                    Err(OpenError::Keys(e)) => return Err(Failure::Runtime(e.into())),
+                    Err(e @ OpenError::Refused(_)) => {
+                        return Err(Failure::Runtime(anyhow::anyhow!(
+                            "the dead letter at {}@{} {e}",
+                            m.partition(),
+                            m.offset()
+                        )))
+                    }
+                }
+            }
+        };
         let mut headers = OwnedHeaders::new();
         if let Some(h) = m.headers() {
-            for x in h.iter().filter(|x| !x.key.starts_with(HEADER_PREFIX)) {
+            for x in h
+                .iter()
+                .filter(|x| !x.key.starts_with(HEADER_PREFIX) && x.key != SEALING_HEADER)
+            {
                 headers = headers.insert(Header {
                     key: x.key,
                     value: x.value,
                 });
             }
         }
-        let mut record = FutureRecord::to(&target)
-            .payload(m.payload().unwrap_or_default())
-            .headers(headers);
+        let mut record = FutureRecord::to(&target).payload(&value).headers(headers);
         if let Some(key) = m.key() {
             record = record.key(key);
         }
@@ -162,6 +305,7 @@ pub async fn run(args: Args) -> Result<(), Failure> {
             "from": args.from,
             "replayed": replayed,
             "skipped": skipped,
+            "not_replayed_erased_or_expired": erased,
             "value_omitted": omitted,
         })
     );

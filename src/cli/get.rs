@@ -16,19 +16,42 @@ pub const MASK: &str = "***";
 pub struct Args {
     /// A user id, or an email address (found through the blind index).
     user: String,
-    /// Decrypt PII and show sensitive fields (requires --reason; audited).
-    #[arg(long, requires = "reason")]
-    reveal: bool,
-    /// Why the PII is needed, e.g. a ticket number. Stored in the audit trail.
-    #[arg(long)]
-    reason: Option<String>,
-    /// Who is asking; defaults to $PROFILE_SYNC_ACTOR, then $USER.
-    #[arg(long)]
-    actor: Option<String>,
+    #[command(flatten)]
+    reveal: Reveal,
     #[arg(long)]
     pipeline: Option<PathBuf>,
     #[arg(long)]
     data_dir: Option<PathBuf>,
+}
+
+/// What the commands that can show PII ask: whether to, why, and who asks.
+#[derive(clap::Args)]
+pub struct Reveal {
+    /// Decrypt PII and show sensitive fields (requires --reason; audited).
+    #[arg(long = "reveal", requires = "reason")]
+    pub wanted: bool,
+    /// Why the PII is needed, e.g. a ticket number. Stored in the audit trail.
+    #[arg(long)]
+    pub reason: Option<String>,
+    /// Who is asking; defaults to $PROFILE_SYNC_ACTOR, then $USER.
+    #[arg(long)]
+    pub actor: Option<String>,
+}
+
+impl Reveal {
+    /// The actor of the audit records; a usage error if PII is wanted without a reason.
+    pub fn actor(&self) -> Result<Actor, Failure> {
+        if self.wanted && self.reason.as_deref().is_none_or(|r| r.trim().is_empty()) {
+            return Err(usage(anyhow::anyhow!(
+                "--reveal needs a non-empty --reason"
+            )));
+        }
+        Ok(Actor {
+            name: actor(self.actor.clone()),
+            reason: self.reason.clone().unwrap_or_default(),
+            request_id: Uuid::new_v4(),
+        })
+    }
 }
 
 pub fn actor(given: Option<String>) -> String {
@@ -41,11 +64,7 @@ pub fn actor(given: Option<String>) -> String {
 pub async fn run(args: Args) -> Result<(), Failure> {
     let file = pipeline_file(args.pipeline.as_deref())?;
     let data_dir = data_dir(&file, args.data_dir.as_deref());
-    if args.reveal && args.reason.as_deref().is_none_or(|r| r.trim().is_empty()) {
-        return Err(usage(anyhow::anyhow!(
-            "--reveal needs a non-empty --reason"
-        )));
-    }
+    let actor = args.reveal.actor()?;
     let schemas = schemas(&file).map_err(usage)?;
     let catalog = &schemas.catalog;
     let profiles = open_profiles(&file, &data_dir, &schemas).map_err(usage)?;
@@ -72,7 +91,7 @@ pub async fn run(args: Args) -> Result<(), Failure> {
         .await?
         .ok_or_else(|| Failure::Runtime(anyhow::anyhow!("no profile for user {user}")))?;
     if let Some(at) = stored.erased_at {
-        if args.reveal {
+        if args.reveal.wanted {
             return Err(Failure::Runtime(PrivacyError::Erased(user).into()));
         }
         println!(
@@ -92,14 +111,14 @@ pub async fn run(args: Args) -> Result<(), Failure> {
     for (name, class) in catalog.top_level() {
         let present = match class {
             Classification::Pii => record.encrypted.contains_key(name),
-            Classification::Sensitive if !args.reveal => profile.contains_key(name),
+            Classification::Sensitive if !args.reveal.wanted => profile.contains_key(name),
             _ => false,
         };
         if present {
             profile.insert(name.clone(), Json::from(MASK));
         }
     }
-    if args.reveal {
+    if args.reveal.wanted {
         let revealed: Vec<String> = catalog
             .top_level()
             .iter()
@@ -109,11 +128,6 @@ pub async fn run(args: Args) -> Result<(), Failure> {
             })
             .map(|(n, _)| n.clone())
             .collect();
-        let actor = Actor {
-            name: actor(args.actor),
-            reason: args.reason.clone().unwrap_or_default(),
-            request_id: Uuid::new_v4(),
-        };
         profiles.audit(&actor, "reveal", user, revealed).await?;
         profile = profiles
             .reveal(user, &record)
@@ -125,7 +139,7 @@ pub async fn run(args: Args) -> Result<(), Failure> {
         "version": stored.version,
         "state": "live",
         "updated_at": stored.updated_at,
-        "revealed": args.reveal,
+        "revealed": args.reveal.wanted,
         "profile": profile,
         "region": record.region,
         "segments": record.segments,

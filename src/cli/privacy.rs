@@ -94,11 +94,13 @@ pub async fn erase(args: EraseArgs) -> Result<(), Failure> {
     let reason = reason(&args.reason)?;
     let (file, profiles) = open(&args.target)?;
     let catalog = schemas(&file).map_err(usage)?.catalog;
-    let stored = profiles
-        .store
-        .get(args.user)
-        .await?
-        .ok_or_else(|| failure(PrivacyError::NotFound(args.user)))?;
+    // A user with no profile may still have a key: their events were all dead-lettered, sealed
+    // under it. The erasure shreds it (and fences the user) all the same.
+    let version = match profiles.store.get(args.user).await? {
+        Some(stored) => stored.version,
+        None if !profiles.store.user_keys(&[args.user]).await?.is_empty() => 0,
+        None => return Err(failure(PrivacyError::NotFound(args.user))),
+    };
     let actor = Actor {
         name: actor(args.actor),
         reason,
@@ -106,7 +108,7 @@ pub async fn erase(args: EraseArgs) -> Result<(), Failure> {
     };
     let fields = catalog.top_level().iter().map(|(n, _)| n.clone()).collect();
     let fence = profiles
-        .erase(args.user, stored.version, "erase", fields, &actor)
+        .erase(args.user, version, "erase", fields, &actor)
         .await
         .map_err(failure)?;
     profiles.index.commit().await?;
@@ -168,12 +170,6 @@ pub async fn retention(command: RetentionCommand) -> Result<(), Failure> {
     } = command;
     let (file, profiles) = open(&target)?;
     let rules = &file.config.privacy.retention;
-    if rules.inactive_profile_days.is_none() && rules.audit_days.is_none() {
-        return Err(usage(anyhow::anyhow!(
-            "{} has no retention rules: set privacy.retention.inactive_profile_days and/or audit_days",
-            file.path.display()
-        )));
-    }
     let actor = Actor {
         name: actor(who),
         reason: "retention rules of the pipeline file".into(),
@@ -182,6 +178,7 @@ pub async fn retention(command: RetentionCommand) -> Result<(), Failure> {
     let report = privacy::retention(
         &profiles,
         rules,
+        file.config.dead_letter.retention_days(),
         as_of.unwrap_or_else(chrono::Utc::now),
         dry_run,
         &actor,

@@ -436,12 +436,16 @@ fn default_true() -> bool {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
 pub enum DeadLetterConfig {
-    /// JSON lines with the original bytes, the failing stage and the reason.
+    /// JSON lines with the sealed original bytes, the failing stage and the reason.
     File {
         #[serde(default = "default_dead_letter")]
         path: PathBuf,
+        /// Days the dead-letter key of a day is kept: after that, `retention run` deletes it
+        /// and the payloads of that day's letters whose user was unknown can no longer be read.
+        #[serde(default = "default_dead_letter_retention_days")]
+        retention_days: u32,
     },
-    /// A Kafka topic: original key, value and headers plus `__connect.errors.*` headers.
+    /// A Kafka topic: original key and headers, the sealed value, `__connect.errors.*` headers.
     Kafka {
         topic: String,
         /// `bootstrap.servers`; defaults to the Kafka source's.
@@ -450,7 +454,23 @@ pub enum DeadLetterConfig {
         /// librdkafka producer properties (the `PROFILE_SYNC_KAFKA_*` variables apply too).
         #[serde(default)]
         properties: BTreeMap<String, String>,
+        /// As for the file: days a day's dead-letter key is kept.
+        #[serde(default = "default_dead_letter_retention_days")]
+        retention_days: u32,
     },
+}
+
+impl DeadLetterConfig {
+    pub fn retention_days(&self) -> u32 {
+        match self {
+            DeadLetterConfig::File { retention_days, .. }
+            | DeadLetterConfig::Kafka { retention_days, .. } => *retention_days,
+        }
+    }
+}
+
+fn default_dead_letter_retention_days() -> u32 {
+    30
 }
 
 #[derive(Debug, Clone, Deserialize)]

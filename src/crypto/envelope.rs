@@ -4,6 +4,9 @@
 //! AAD = `profile-sync/field/v1` 0x00 `<user uuid>` 0x00 `<field path>` 0x00 `<key_version>`.
 //! Wrapped data key: `nonce ‖ ciphertext ‖ tag` under the key-encryption key, with
 //! AAD = `profile-sync/user-key/v1` 0x00 `<user uuid>` 0x00 `<key_version>`.
+//! Dead-letter payload: `nonce ‖ ciphertext ‖ tag` under a data key (the user's, or a
+//! dead-letter key), with AAD = `profile-sync/dead-letter/v1` 0x00 `<key owner uuid>` 0x00
+//! `<key_version>`.
 
 use aws_lc_rs::aead::{Aad, LessSafeKey, Nonce, UnboundKey, AES_256_GCM, NONCE_LEN};
 use aws_lc_rs::rand::{SecureRandom, SystemRandom};
@@ -18,7 +21,10 @@ use zeroize::Zeroizing;
 pub const FIELD_FORMAT: &str = "v1";
 const FIELD_AAD: &[u8] = b"profile-sync/field/v1";
 const KEY_AAD: &[u8] = b"profile-sync/user-key/v1";
+const LETTER_AAD: &[u8] = b"profile-sync/dead-letter/v1";
 const TAG_LEN: usize = 16;
+/// What sealing adds to a plaintext: the nonce and the tag.
+pub const SEALED_OVERHEAD: usize = NONCE_LEN + TAG_LEN;
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum CryptoError {
@@ -138,7 +144,11 @@ fn field_aad(user: Uuid, field: &str, key_version: u32) -> Vec<u8> {
 }
 
 fn key_aad(user: Uuid, key_version: u32) -> Vec<u8> {
-    let mut aad = KEY_AAD.to_vec();
+    owner_aad(KEY_AAD, user, key_version)
+}
+
+fn owner_aad(prefix: &[u8], user: Uuid, key_version: u32) -> Vec<u8> {
+    let mut aad = prefix.to_vec();
     aad.push(0);
     aad.extend_from_slice(user.hyphenated().to_string().as_bytes());
     aad.push(0);
@@ -179,6 +189,35 @@ pub fn open_field(
         .decode(body)
         .map_err(|_| CryptoError::Format)?;
     open(&key.aead, &field_aad(user, field, key_version), &sealed)
+}
+
+/// Encrypts a dead letter's payload under the data key of `owner` (a user, or a dead-letter
+/// key's owner id).
+pub fn seal_letter(
+    key: &DataKey,
+    owner: Uuid,
+    key_version: u32,
+    plaintext: &[u8],
+) -> Result<Vec<u8>, CryptoError> {
+    seal(
+        &key.aead,
+        &owner_aad(LETTER_AAD, owner, key_version),
+        plaintext,
+    )
+}
+
+/// Decrypts a dead letter's payload; fails if it was sealed under another owner or version.
+pub fn open_letter(
+    key: &DataKey,
+    owner: Uuid,
+    key_version: u32,
+    sealed: &[u8],
+) -> Result<Vec<u8>, CryptoError> {
+    open(
+        &key.aead,
+        &owner_aad(LETTER_AAD, owner, key_version),
+        sealed,
+    )
 }
 
 /// Wraps a user's data key under a key-encryption key.
@@ -247,6 +286,21 @@ mod tests {
             dek.expose()
         );
         assert!(unwrap_data_key(&kek, Uuid::new_v4(), 1, &wrapped).is_err());
+    }
+
+    #[test]
+    fn a_sealed_dead_letter_opens_only_for_its_owner_and_version() {
+        let key = DataKey::generate().unwrap();
+        let owner = Uuid::new_v4();
+        let sealed = seal_letter(&key, owner, 1, b"{\"email\":\"a@x.example\"}").unwrap();
+        assert!(!sealed.windows(9).any(|w| w == b"a@x.examp"));
+        assert_eq!(
+            open_letter(&key, owner, 1, &sealed).unwrap(),
+            b"{\"email\":\"a@x.example\"}"
+        );
+        assert!(open_letter(&key, Uuid::new_v4(), 1, &sealed).is_err());
+        assert!(open_letter(&key, owner, 2, &sealed).is_err());
+        assert!(open_letter(&key, owner, 1, &sealed[..20]).is_err());
     }
 
     #[test]

@@ -8,5 +8,6 @@ mod envelope;
 
 pub use blind_index::{normalise_email, BlindIndexKey};
 pub use envelope::{
-    open_field, seal_field, unwrap_data_key, wrap_data_key, CryptoError, DataKey, FIELD_FORMAT,
+    open_field, open_letter, seal_field, seal_letter, unwrap_data_key, wrap_data_key, CryptoError,
+    DataKey, FIELD_FORMAT, SEALED_OVERHEAD,
 };

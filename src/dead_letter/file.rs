@@ -1,8 +1,9 @@
-//! Dead letters as JSON lines: `{at, position, stage, class, reason, key_base64, payload_base64}`.
-//! The payload is the event as it arrived, so the file holds the same personal data as the
-//! input it quarantines: it is created with mode 0600.
+//! Dead letters as JSON lines: `{at, position, stage, class, reason, key_base64, sealing,
+//! sealed_payload_base64}`. The payload is the event as it arrived, sealed (`sealing` says
+//! under which key; ARCHITECTURE.md has the format), so the file holds no plaintext PII; it is
+//! still created with mode 0600.
 
-use super::{DeadLetter, DeadLetterError, DeadLetterSink};
+use super::{DeadLetter, DeadLetterError, DeadLetterSink, Sealing};
 use async_trait::async_trait;
 use base64::engine::general_purpose::STANDARD;
 use base64::Engine;
@@ -50,9 +51,58 @@ pub fn to_line(letter: &DeadLetter) -> String {
         "class": letter.class,
         "reason": letter.reason,
         "key_base64": letter.key.as_ref().map(|k| STANDARD.encode(k)),
-        "payload_base64": STANDARD.encode(&letter.payload),
+        "sealing": letter.sealing.to_string(),
+        "sealed_payload_base64": STANDARD.encode(&letter.payload),
     });
     line.to_string()
+}
+
+/// A line of a dead-letter file read back: its fields as written, and the sealed payload.
+pub struct LetterLine {
+    pub fields: serde_json::Map<String, serde_json::Value>,
+    pub sealing: Sealing,
+    pub payload: Vec<u8>,
+}
+
+/// Reads every line of a dead-letter file; a line that is not a dead letter is an error that
+/// names its number.
+pub fn read_letters(path: &Path) -> Result<Vec<LetterLine>, DeadLetterError> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| DeadLetterError(format!("cannot read {}: {e}", path.display())))?;
+    let bad = |n: usize, what: &str| {
+        DeadLetterError(format!(
+            "{} line {}: {what} (dead letters written before sealing have `payload_base64` instead: not readable here)",
+            path.display(),
+            n + 1
+        ))
+    };
+    text.lines()
+        .enumerate()
+        .filter(|(_, l)| !l.trim().is_empty())
+        .map(|(n, line)| {
+            let serde_json::Value::Object(fields) =
+                serde_json::from_str(line).map_err(|_| bad(n, "not a JSON object"))?
+            else {
+                return Err(bad(n, "not a JSON object"));
+            };
+            let sealing = fields
+                .get("sealing")
+                .and_then(|s| s.as_str())
+                .ok_or_else(|| bad(n, "no `sealing`"))?
+                .parse()
+                .map_err(|e: String| bad(n, &e))?;
+            let payload = fields
+                .get("sealed_payload_base64")
+                .and_then(|s| s.as_str())
+                .and_then(|s| STANDARD.decode(s).ok())
+                .ok_or_else(|| bad(n, "no base64 `sealed_payload_base64`"))?;
+            Ok(LetterLine {
+                fields,
+                sealing,
+                payload,
+            })
+        })
+        .collect()
 }
 
 #[async_trait]

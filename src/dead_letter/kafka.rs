@@ -1,4 +1,5 @@
-//! Dead letters as a Kafka topic: the original key, value and headers unchanged, plus
+//! Dead letters as a Kafka topic: the original key and headers, the value sealed (the
+//! `profile-sync.sealing` header says under which key; ARCHITECTURE.md has the format), plus
 //! Kafka Connect style `__connect.errors.*` headers saying where the event came from and why
 //! it was rejected. A value too large for the producer's `message.max.bytes` is omitted (an
 //! empty value and a `__connect.errors.value.omitted` header with its size): the event stays
@@ -11,6 +12,7 @@
 //! rules, never values), `.timestamp` (epoch millis), `.position`. Reasons never carry PII.
 
 use super::{DeadLetter, DeadLetterError, DeadLetterSink};
+use crate::crypto::SEALED_OVERHEAD;
 use async_trait::async_trait;
 use rdkafka::config::ClientConfig;
 use rdkafka::message::{Header, OwnedHeaders};
@@ -22,6 +24,8 @@ use std::time::Duration;
 pub const HEADER_PREFIX: &str = "__connect.errors.";
 /// After [`HEADER_PREFIX`]: present when the value was left out; its original size in bytes.
 pub const VALUE_OMITTED: &str = "value.omitted";
+/// The header naming the key the value is sealed under ([`super::Sealing`]'s text form).
+pub const SEALING_HEADER: &str = "profile-sync.sealing";
 
 /// librdkafka's default `message.max.bytes`.
 const DEFAULT_MESSAGE_MAX_BYTES: usize = 1_000_000;
@@ -101,7 +105,11 @@ pub fn headers_of(letter: &DeadLetter, omitted: Option<usize>) -> OwnedHeaders {
     if let Some(size) = omitted {
         add(VALUE_OMITTED, size.to_string());
     }
-    headers
+    let sealing = letter.sealing.to_string();
+    headers.insert(Header {
+        key: SEALING_HEADER,
+        value: Some(sealing.as_bytes()),
+    })
 }
 
 #[async_trait]
@@ -131,7 +139,9 @@ impl DeadLetterTopic {
     async fn send_once(&self, letters: &[DeadLetter]) -> Result<(), DeadLetterError> {
         let sends = letters.iter().map(|letter| {
             let size = letter.key.as_ref().map_or(0, Vec::len) + letter.payload.len();
-            let omitted = (size > self.max_payload_bytes).then_some(letter.payload.len());
+            // The header tells the event's own size, not the sealed one.
+            let omitted = (size > self.max_payload_bytes)
+                .then_some(letter.payload.len().saturating_sub(SEALED_OVERHEAD));
             let value: &[u8] = if omitted.is_some() {
                 &[]
             } else {

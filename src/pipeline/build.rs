@@ -13,6 +13,7 @@ use crate::stages::decode::Decoder;
 use crate::stages::enrich::{Enricher, RegionError, RegionResolver, SegmentError, SegmentRules};
 use crate::stages::project::{Projection, ProjectionError};
 use crate::stages::protect::Protector;
+use crate::stages::seal::LetterSealer;
 use crate::stores::{DynamoStore, ProfileStore, SqliteStore, StoreError};
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -337,13 +338,14 @@ fn open_dead_letters(
     data_dir: &Path,
 ) -> Result<Arc<dyn DeadLetterSink>, BuildError> {
     Ok(match &file.config.dead_letter {
-        DeadLetterConfig::File { path } => {
+        DeadLetterConfig::File { path, .. } => {
             Arc::new(DeadLetterFile::open(&file.data_path(data_dir, path))?)
         }
         DeadLetterConfig::Kafka {
             topic,
             brokers,
             properties,
+            ..
         } => {
             let merged = dead_letter_properties(file, brokers.as_deref(), properties);
             Arc::new(crate::dead_letter::DeadLetterTopic::open(
@@ -455,6 +457,7 @@ pub fn build(
         decoder: Decoder::new(schemas.profile_change.clone()),
         enricher: Enricher { regions, segments },
         protector: Protector::new(profiles.keys.clone(), &schemas.catalog),
+        sealer: LetterSealer::new(profiles.keys.clone(), profiles.store.clone()),
         profiles,
         dead_letters,
         privacy: file.config.privacy.clone(),

@@ -17,7 +17,7 @@ pub use build::{
 };
 
 use crate::config::{ErasedUserEvents, PrivacyConfig};
-use crate::dead_letter::{DeadLetter, DeadLetterError, DeadLetterSink};
+use crate::dead_letter::{DeadLetter, DeadLetterError, DeadLetterSink, Sealing};
 use crate::event::{Operation, ProfileChange, ProtectedChange};
 use crate::event::{Rejection, Stage};
 use crate::indexes::IndexError;
@@ -28,6 +28,7 @@ use crate::stages::decode::Decoder;
 use crate::stages::enrich::Enricher;
 use crate::stages::project::IndexOp;
 use crate::stages::protect::Protector;
+use crate::stages::seal::{LetterSealer, Owner, Quarantined};
 use crate::stores::{ConsentState, StoreError, WriteOutcome};
 use crate::telemetry::{self, Health};
 use serde::Serialize;
@@ -104,6 +105,8 @@ pub struct Pipeline {
     pub protector: Protector,
     /// The store, the index and the users' keys.
     pub profiles: Profiles,
+    /// Seals dead letters' payloads before they go to `dead_letters`.
+    pub sealer: LetterSealer,
     pub dead_letters: Arc<dyn DeadLetterSink>,
     pub privacy: PrivacyConfig,
     /// What `/readyz` reports.
@@ -445,35 +448,50 @@ impl Pipeline {
     }
 }
 
-/// The dead letters of a batch's rejections: the records as they arrived, with the reasons.
+/// The dead letters of a batch's rejections, to be sealed: the records as they arrived, with
+/// the reasons. `users` holds, per record, the user of the event when it decoded.
 pub fn dead_letters(
     records: &[SourceRecord],
+    users: &[Option<Uuid>],
     rejected: Vec<(usize, Rejection)>,
-) -> Vec<DeadLetter> {
+) -> Vec<Quarantined> {
     let at = chrono::Utc::now();
     rejected
         .into_iter()
         .map(|(i, r)| {
             telemetry::dead_lettered(r.stage.as_str());
-            DeadLetter {
-                at,
-                position: records[i].position.clone(),
-                stage: r.stage,
-                class: r.class,
-                reason: r.reason,
-                key: records[i].key.clone(),
-                payload: records[i].payload.bytes().to_vec(),
-                meta: records[i].meta.clone(),
+            let owner = match users.get(i).copied().flatten().or(r.user_id) {
+                _ if r.class == ERASED => Owner::Erased,
+                Some(user) => Owner::User(user),
+                None => Owner::Unknown,
+            };
+            Quarantined {
+                letter: DeadLetter {
+                    at,
+                    position: records[i].position.clone(),
+                    stage: r.stage,
+                    class: r.class,
+                    reason: r.reason,
+                    key: records[i].key.clone(),
+                    payload: Vec::new(),
+                    sealing: Sealing::Withheld,
+                    meta: records[i].meta.clone(),
+                },
+                plaintext: records[i].payload.bytes().to_vec(),
+                owner,
             }
         })
         .collect()
 }
 
+/// The rejection class of an event of an erased user.
+const ERASED: &str = "erased";
+
 /// An event of an erased user, refused (`privacy.erased_user_events: refuse`).
 fn erased_rejection() -> Rejection {
     Rejection::new(
         Stage::Privacy,
-        "erased",
+        ERASED,
         "erased: the user was erased, and events newer than the erasure are refused (privacy.erased_user_events)",
     )
 }

@@ -30,7 +30,7 @@ pub enum PrivacyError {
     Index(#[from] IndexError),
     #[error(transparent)]
     Keys(#[from] KeyError),
-    #[error("no profile is stored for user {0}")]
+    #[error("nothing is stored for user {0}: no profile, and no dead letter sealed under a key of theirs")]
     NotFound(Uuid),
     #[error("user {0} was erased: their personal data no longer exists and cannot be decrypted")]
     Erased(Uuid),

@@ -1,9 +1,12 @@
 //! Retention: profiles inactive for too long are anonymised (erased: PII and key gone, a
-//! tombstone left), and audit records past their time expire.
+//! tombstone left), audit records past their time expire, and so do the dead-letter keys of
+//! days older than `dead_letter.retention_days` (the letters sealed under them become
+//! unreadable).
 
 use super::{Actor, PrivacyError, Profiles};
 use crate::config::RetentionConfig;
-use chrono::{DateTime, Duration, Utc};
+use crate::stages::seal::expired_day_key_owners;
+use chrono::{DateTime, Duration, NaiveDate, Utc};
 use serde::Serialize;
 use uuid::Uuid;
 
@@ -17,12 +20,16 @@ pub struct RetentionReport {
     /// Audit records older than this expired.
     pub audit_before: Option<DateTime<Utc>>,
     pub audit_expired: u64,
+    /// The dead-letter keys of the days before this one were (or would be) deleted.
+    pub dead_letter_keys_before: NaiveDate,
+    pub dead_letter_keys_deleted: u64,
 }
 
 /// Applies the retention rules as of `as_of`; with `dry_run`, only reports what it would do.
 pub async fn retention(
     ops: &Profiles,
     rules: &RetentionConfig,
+    dead_letter_days: u32,
     as_of: DateTime<Utc>,
     dry_run: bool,
     actor: &Actor,
@@ -40,6 +47,8 @@ pub async fn retention(
         anonymised: Vec::new(),
         audit_before,
         audit_expired: 0,
+        dead_letter_keys_before: (as_of - Duration::days(i64::from(dead_letter_days))).date_naive(),
+        dead_letter_keys_deleted: 0,
     };
     if let Some(cutoff) = inactive_before {
         let mut cursor = None;
@@ -68,5 +77,18 @@ pub async fn retention(
     if let (Some(cutoff), false) = (audit_before, dry_run) {
         report.audit_expired = ops.store.expire_audit(cutoff).await?;
     }
+    let owners: Vec<Uuid> = expired_day_key_owners(report.dead_letter_keys_before)
+        .into_iter()
+        .map(|(_, owner)| owner)
+        .collect();
+    report.dead_letter_keys_deleted = if dry_run {
+        ops.store.user_keys(&owners).await?.len() as u64
+    } else {
+        let deleted = ops.store.shred_keys(&owners).await?;
+        for owner in &owners {
+            ops.keys.forget(owner);
+        }
+        deleted
+    };
     Ok(report)
 }

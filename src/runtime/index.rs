@@ -59,6 +59,7 @@ pub(super) async fn run(
             mut counts,
             index_ops,
             mut rejected,
+            users,
             permit,
         } = batch;
         let n = index_ops.len();
@@ -72,7 +73,7 @@ pub(super) async fn run(
             }
         }
         counts.dead_lettered = rejected.len() as u64;
-        let letters = dead_letters(&records, rejected);
+        let letters = dead_letters(&records, &users, rejected);
         // The records and the place in the pipeline are freed here: what waits for the commit
         // is only the batch's number, counts and dead letters.
         drop(records);

@@ -28,12 +28,12 @@ mod index;
 
 pub use index::Cadence;
 
-use crate::dead_letter::DeadLetter;
 use crate::event::Rejection;
 use crate::pipeline::{Counts, Decoded, Derived, Pipeline, PipelineError};
 use crate::retry::Backoff;
 use crate::sources::{EventSource, SourceRecord};
 use crate::stages::project::IndexOp;
+use crate::stages::seal::Quarantined;
 use crate::telemetry::{self, Health};
 use futures::stream::{FuturesUnordered, StreamExt};
 use std::collections::{HashSet, VecDeque};
@@ -70,6 +70,8 @@ struct Stored {
     counts: Counts,
     index_ops: Vec<(usize, IndexOp)>,
     rejected: Vec<(usize, Rejection)>,
+    /// Per record, the user of its event when it decoded (whose key seals its dead letter).
+    users: Vec<Option<Uuid>>,
     permit: OwnedSemaphorePermit,
 }
 
@@ -78,7 +80,7 @@ struct Indexed {
     batch: u64,
     fetched_at: Instant,
     counts: Counts,
-    letters: Vec<DeadLetter>,
+    letters: Vec<Quarantined>,
 }
 
 /// Runs `source` through `pipeline` to its end, or until `shutdown` turns true: then fetching
@@ -315,6 +317,7 @@ async fn decode(
 struct DerivedBatch {
     fetched: Fetched,
     rejected: Vec<(usize, Rejection)>,
+    users: Vec<Option<Uuid>>,
     derived: Derived,
 }
 
@@ -345,6 +348,10 @@ async fn derive(
                 return Ok(()); // the store stage has stopped
             }
         }
+        let mut users = vec![None; fetched.records.len()];
+        for (i, change) in &decoded.changes {
+            users[*i] = Some(change.user_id);
+        }
         let mut changes = Some(decoded.changes);
         let started = Instant::now();
         let derived = retrying(&pipeline.health, || {
@@ -361,6 +368,7 @@ async fn derive(
         let batch = DerivedBatch {
             fetched,
             rejected: decoded.rejected,
+            users,
             derived,
         };
         if out.send(batch).await.is_err() {
@@ -375,6 +383,7 @@ async fn store(pipeline: &Pipeline, d: DerivedBatch) -> Result<Stored, PipelineE
     let DerivedBatch {
         fetched,
         mut rejected,
+        users,
         derived,
     } = d;
     let started = Instant::now();
@@ -391,16 +400,20 @@ async fn store(pipeline: &Pipeline, d: DerivedBatch) -> Result<Stored, PipelineE
         records: fetched.records,
         index_ops: applied.index_ops,
         rejected,
+        users,
         permit: fetched.permit,
     })
 }
 
-async fn send_letters(pipeline: &Pipeline, letters: Vec<DeadLetter>) -> Result<(), PipelineError> {
+/// Seals a batch's dead letters (retried while the key provider is unavailable) and sends them.
+async fn send_letters(pipeline: &Pipeline, letters: Vec<Quarantined>) -> Result<(), PipelineError> {
     if letters.is_empty() {
         return Ok(());
     }
     let started = Instant::now();
     let n = letters.len();
+    let today = chrono::Utc::now().date_naive();
+    let letters = retrying(&pipeline.health, || pipeline.sealer.seal(&letters, today)).await?;
     pipeline.dead_letters.send(letters).await?;
     telemetry::sink_request("dead_letter", n, started.elapsed().as_secs_f64());
     Ok(())

@@ -200,8 +200,21 @@ fn invalid(reason: impl Into<String>) -> Rejection {
     Rejection::new(Stage::Decode, "invalid", reason)
 }
 
-/// Turns a record of the reader schema into a change, checking what a schema cannot say.
+/// Turns a record of the reader schema into a change, checking what a schema cannot say. A
+/// rejection names the event's user when its `user_id` was readable.
 fn to_change(value: Value) -> Result<ProfileChange, Rejection> {
+    let user = match &value {
+        Value::Record(fields) => fields
+            .iter()
+            .find(|(name, _)| name == "user_id")
+            .and_then(|(_, v)| uuid_of(v, "user_id").ok())
+            .filter(|u| !u.is_nil()),
+        _ => None,
+    };
+    record_to_change(value).map_err(|r| r.of_user(user))
+}
+
+fn record_to_change(value: Value) -> Result<ProfileChange, Rejection> {
     let Value::Record(fields) = value else {
         return Err(invalid("event is not a record"));
     };

@@ -1,5 +1,6 @@
 //! The stages every event passes through, in order:
-//! decode/validate → enrich (region, segments) → protect (encrypt PII) → project (index document).
+//! decode/validate → enrich (region, segments) → protect (encrypt PII) → project (index document);
+//! and seal (encrypt) the payloads of the events that go to the dead-letter sink instead.
 //! The write to the store and the index comes last, in [`crate::pipeline`].
 //!
 //! Stages are plain values built once from the pipeline file; they know no adapter.
@@ -8,3 +9,4 @@ pub mod decode;
 pub mod enrich;
 pub mod project;
 pub mod protect;
+pub mod seal;

@@ -175,6 +175,11 @@ pub trait ProfileStore: Send + Sync {
     /// (no record, `erased_at` set) fenced at `max(stored version, version)`. Returns the fence.
     async fn erase(&self, user: Uuid, version: i64, at: DateTime<Utc>) -> Result<i64, StoreError>;
 
+    /// Deletes the stored keys of `owners` and nothing else (the dead-letter keys of expired
+    /// days: crypto-shredding their letters), with the same care as `erase` that the bytes
+    /// are gone. A user's key goes only with [`Self::erase`]. Returns how many were deleted.
+    async fn shred_keys(&self, owners: &[Uuid]) -> Result<u64, StoreError>;
+
     /// For each of `users` that was erased, the version fence of the tombstone.
     async fn erasure_fences(&self, users: &[Uuid]) -> Result<HashMap<Uuid, i64>, StoreError>;
 

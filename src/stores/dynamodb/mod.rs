@@ -951,6 +951,16 @@ impl ProfileStore for DynamoStore {
         Ok(fences)
     }
 
+    async fn shred_keys(&self, owners: &[Uuid]) -> Result<u64, StoreError> {
+        // Only the keys that are there are deleted, so that the count is true.
+        let stored = self.user_keys(owners).await?;
+        let keys = stored
+            .keys()
+            .map(|owner| key_of(user_pk(*owner), KEY))
+            .collect();
+        self.batch_delete(keys).await
+    }
+
     async fn expire_audit(&self, before: DateTime<Utc>) -> Result<u64, StoreError> {
         let mut expired = Vec::new();
         let mut start: Option<Item> = None;

@@ -602,19 +602,30 @@ impl ProfileStore for SqliteStore {
             .map_err(failed)?;
             tx.execute("DELETE FROM user_keys WHERE user_id = ?1", [&id]).map_err(failed)?;
             tx.commit().map_err(failed)?;
-            // The WAL still holds the pages as they were before (the key, the ciphertexts):
-            // copy the erased state into the database and empty the WAL. TRUNCATE waits out
-            // readers (the busy handler). If it cannot finish, the erasure is committed but
-            // reported as not done (transient): the retry, idempotent, checkpoints again.
-            let busy: i64 = conn
-                .query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |r| r.get(0))
-                .map_err(failed)?;
-            if busy != 0 {
-                return Err(StoreError::Unavailable(
-                    "the erasure is committed but the WAL could not be emptied (another connection is reading); retry".into(),
-                ));
-            }
+            empty_the_wal(conn, "erasure")?;
             Ok(fence)
+        })
+        .await
+    }
+
+    async fn shred_keys(&self, owners: &[Uuid]) -> Result<u64, StoreError> {
+        let owners = owners.iter().map(Uuid::to_string).collect::<Vec<_>>();
+        self.with_conn(move |conn| {
+            let tx = write_transaction(conn)?;
+            let mut deleted = 0;
+            {
+                let mut stmt = tx
+                    .prepare_cached("DELETE FROM user_keys WHERE user_id = ?1")
+                    .map_err(failed)?;
+                for owner in &owners {
+                    deleted += stmt.execute([owner]).map_err(failed)? as u64;
+                }
+            }
+            tx.commit().map_err(failed)?;
+            if deleted > 0 {
+                empty_the_wal(conn, "key deletion")?;
+            }
+            Ok(deleted)
         })
         .await
     }
@@ -651,6 +662,23 @@ impl ProfileStore for SqliteStore {
         })
         .await
     }
+}
+
+/// After an erasure or a key deletion, the WAL still holds the pages as they were before (the
+/// key, the ciphertexts): copy the new state into the database and empty the WAL (freed pages
+/// are zeroed, `secure_delete`). TRUNCATE waits out readers (the busy handler). If it cannot
+/// finish, the deletion is committed but reported as not done (transient): the retry,
+/// idempotent, checkpoints again.
+fn empty_the_wal(conn: &rusqlite::Connection, what: &str) -> Result<(), StoreError> {
+    let busy: i64 = conn
+        .query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |r| r.get(0))
+        .map_err(failed)?;
+    if busy != 0 {
+        return Err(StoreError::Unavailable(format!(
+            "the {what} is committed but the WAL could not be emptied (another connection is reading); retry"
+        )));
+    }
+    Ok(())
 }
 
 #[cfg(test)]
