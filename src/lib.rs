@@ -19,6 +19,7 @@ pub mod cli;
 pub mod config;
 pub mod crypto;
 pub mod dead_letter;
+pub mod endpoint;
 pub mod event;
 pub mod generate;
 pub mod indexes;

@@ -795,8 +795,12 @@ async fn out_of_order_and_duplicate_delivery_never_lets_an_older_version_win() {
     let setup = Setup::new(3).await;
     let text = include_str!("../schemas/profile_change.avsc");
     let schema = apache_avro::Schema::parse_str(text).unwrap();
-    let sr = profile_sync::schema::registry::settings(&setup.registry.url, Duration::from_secs(5))
-        .unwrap();
+    let sr = profile_sync::schema::registry::settings(
+        &setup.registry.url,
+        Duration::from_secs(5),
+        false,
+    )
+    .unwrap();
     let id = profile_sync::schema::registry::register(
         &sr,
         &profile_sync::schema::registry::value_subject(&setup.topic),
@@ -902,8 +906,12 @@ async fn undecodable_messages_and_unknown_schema_ids_are_dead_lettered_and_repla
     // Register nothing under id 999; send garbage, an unknown id and one good event.
     let text = include_str!("../schemas/profile_change.avsc");
     let schema = apache_avro::Schema::parse_str(text).unwrap();
-    let sr = profile_sync::schema::registry::settings(&setup.registry.url, Duration::from_secs(5))
-        .unwrap();
+    let sr = profile_sync::schema::registry::settings(
+        &setup.registry.url,
+        Duration::from_secs(5),
+        false,
+    )
+    .unwrap();
     let id = profile_sync::schema::registry::register(
         &sr,
         &profile_sync::schema::registry::value_subject(&setup.topic),
@@ -990,11 +998,31 @@ async fn undecodable_messages_and_unknown_schema_ids_are_dead_lettered_and_repla
 async fn registry_outage_is_transient_and_unknown_ids_are_not() {
     use profile_sync::schema::registry::{settings, Lookup, WriterSchemas};
     // Nothing listens on port 9 (discard) here: an outage.
-    let down = WriterSchemas::new(settings("http://127.0.0.1:9", Duration::from_secs(1)).unwrap());
+    let down =
+        WriterSchemas::new(settings("http://127.0.0.1:9", Duration::from_secs(1), false).unwrap());
     assert!(matches!(down.get(1).await, Err(Lookup::Unavailable(_))));
     let reg = registry();
-    let up = WriterSchemas::new(settings(&reg.url, Duration::from_secs(5)).unwrap());
+    let sr = settings(&reg.url, Duration::from_secs(5), false).unwrap();
+    let up = WriterSchemas::new(sr.clone());
     assert!(matches!(up.get(987_654).await, Err(Lookup::Unknown(_))));
+
+    // A schema over the size limit is refused for its events, with the reason.
+    let padding = "x".repeat(profile_sync::schema::registry::MAX_SCHEMA_BYTES);
+    let text = format!(
+        r#"{{"type":"record","name":"Big","doc":"{padding}","fields":[{{"name":"a","type":"string"}}]}}"#
+    );
+    let schema = apache_avro::Schema::parse_str(&text).unwrap();
+    let subject = format!("oversized-{}", uuid::Uuid::new_v4().simple());
+    let id = profile_sync::schema::registry::register(&sr, &subject, &schema, &text)
+        .await
+        .unwrap();
+    match up.get(id).await {
+        Err(Lookup::Unknown(reason)) => assert!(reason.contains("over the 256 KiB"), "{reason}"),
+        other => panic!(
+            "an oversized schema was not refused: {:?}",
+            other.map(|_| ())
+        ),
+    }
 }
 
 /// The REST subset against the registry: the real one when `SCHEMA_REGISTRY_URL` is set,
@@ -1137,6 +1165,46 @@ fn a_kafka_pipeline_with_a_typo_is_a_usage_error() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("groupid"));
 }
 
+#[test]
+fn a_plain_http_registry_on_another_machine_or_credentials_in_its_url_are_usage_errors() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = repo().display().to_string();
+    let shipped = std::fs::read_to_string(repo().join("pipelines/kafka-local.yaml"))
+        .unwrap()
+        .replace("../", &format!("{root}/"));
+    for (url, says) in [
+        (
+            "http://registry.internal.example:8081",
+            "plain http to another machine",
+        ),
+        (
+            "https://sr-user:hunter2@registry.example.com",
+            "carries credentials",
+        ),
+    ] {
+        let path = dir.path().join("registry.yaml");
+        std::fs::write(
+            &path,
+            shipped.replace("url: http://127.0.0.1:8081", &format!("url: {url}")),
+        )
+        .unwrap();
+        let out = Command::new(binary())
+            .current_dir(repo())
+            .env_remove("SCHEMA_REGISTRY_URL")
+            .args(["run", "--pipeline"])
+            .arg(&path)
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{url}: {stderr}");
+        assert!(stderr.contains(says), "{url}: {stderr}");
+        assert!(
+            !stderr.contains("hunter2"),
+            "the password is never repeated: {stderr}"
+        );
+    }
+}
+
 /// `/readyz` of a worker started on `pipeline` with a metrics endpoint: (status, body).
 fn readyz(port: u16) -> Option<(u16, String)> {
     use std::io::{Read, Write};
@@ -1247,8 +1315,12 @@ async fn each_poison_message_is_dead_lettered_with_its_reason_and_the_worker_kee
     let setup = Setup::new(1).await;
     let text = include_str!("../schemas/profile_change.avsc");
     let schema = apache_avro::Schema::parse_str(text).unwrap();
-    let sr = profile_sync::schema::registry::settings(&setup.registry.url, Duration::from_secs(5))
-        .unwrap();
+    let sr = profile_sync::schema::registry::settings(
+        &setup.registry.url,
+        Duration::from_secs(5),
+        false,
+    )
+    .unwrap();
     let id = profile_sync::schema::registry::register(
         &sr,
         &profile_sync::schema::registry::value_subject(&setup.topic),

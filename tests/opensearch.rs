@@ -861,3 +861,62 @@ fn a_429_storm_loses_nothing() {
     let users: HashSet<&String> = expected.keys().collect();
     assert!(users.len() > 300);
 }
+
+/// An erasure reaches every version of the index, not only the one behind the write alias:
+/// after a reindex the older version still holds the user's document until it is deleted.
+#[test]
+fn an_erasure_deletes_the_document_from_every_version_of_the_index() {
+    let dir = tempfile::tempdir().unwrap();
+    let names = Names::new("erase");
+    let pipeline = pipeline(dir.path(), &names, &url(), &[]);
+    let (alice, bob) = (
+        uuid::Uuid::new_v4().to_string(),
+        uuid::Uuid::new_v4().to_string(),
+    );
+    let event = |user: &str| {
+        json!({"event_id": uuid::Uuid::new_v4().to_string(), "user_id": user, "operation": "UPSERT",
+               "version": 1, "occurred_at": "2026-01-01T00:00:00Z", "source": "test",
+               "profile": {"email": format!("{user}@example.org"), "status": "ACTIVE",
+                           "marketing": {"lifetime_value": 10.0, "order_count": 1, "plan": "pro"}}})
+        .to_string()
+    };
+    let input = dir.path().join("events.jsonl");
+    std::fs::write(&input, format!("{}\n{}\n", event(&alice), event(&bob))).unwrap();
+    let data = dir.path().join("data");
+    run_logged(&pipeline, &input, &data);
+    let output = reindex(&pipeline, &data, "100");
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let (v1, v2) = (format!("{}-v1", names.name), format!("{}-v2", names.name));
+    assert_eq!(aliases(&names), (vec![v2.clone()], vec![v2.clone()]));
+    let found = |index: &str, user: &str| {
+        let (status, body) = http(reqwest::Method::GET, &format!("/{index}/_doc/{user}"), None);
+        status == 200 && body["found"] == true
+    };
+    assert!(
+        found(&v1, &alice) && found(&v2, &alice),
+        "both versions hold the document"
+    );
+
+    let erase = bin()
+        .args(["erase", &alice, "--reason", "request #9", "--pipeline"])
+        .arg(&pipeline)
+        .arg("--data-dir")
+        .arg(&data)
+        .output()
+        .unwrap();
+    assert!(
+        erase.status.success(),
+        "{}",
+        String::from_utf8_lossy(&erase.stderr)
+    );
+    assert!(
+        !found(&v2, &alice),
+        "gone from the version behind the aliases"
+    );
+    assert!(!found(&v1, &alice), "gone from the older version too");
+    assert!(found(&v1, &bob) && found(&v2, &bob), "the other user stays");
+}

@@ -45,6 +45,7 @@ pub fn registry(
     crate::schema::registry::settings(
         &k.schema_registry.effective_url(),
         Duration::from_millis(k.schema_registry.timeout_ms),
+        k.schema_registry.allow_http,
     )
     .map_err(|e| usage(anyhow::anyhow!(e)))
 }

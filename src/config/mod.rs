@@ -104,6 +104,11 @@ pub struct SchemaRegistryConfig {
     pub url: String,
     #[serde(default = "default_registry_timeout_ms")]
     pub timeout_ms: u64,
+    /// Plain `http://` to a registry beyond this machine (loopback is always allowed). Off by
+    /// default: the writer schemas decide what every event's bytes mean, so a registry reached
+    /// in plaintext could be impersonated on the network.
+    #[serde(default)]
+    pub allow_http: bool,
 }
 
 impl SchemaRegistryConfig {

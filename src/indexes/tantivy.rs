@@ -3,6 +3,11 @@
 //! Keyword fields (ids, region, segments, strings) are indexed untokenised, so `country:DE`
 //! and `segments:high_value` are exact matches; numbers and timestamps support ranges
 //! (`lifetime_value:[1000 TO *]`).
+//!
+//! A delete only marks a document deleted: its stored fields and terms stay in the segment
+//! files until a merge. An erasure must not wait for one, so the commit that covers erasures
+//! merges every segment that still holds a term of an erased user (deleted documents are
+//! dropped by a merge) and then removes the files no longer used.
 
 use super::{Aggregation, Bucket, IndexError, IndexOutcome, SearchIndex, SearchResults};
 use crate::schema::{FieldKind, FieldSpec};
@@ -12,6 +17,7 @@ use serde_json::Value as Json;
 use std::path::Path;
 use std::sync::{Arc, Mutex};
 use tantivy::collector::{Count, DocSetCollector, TopDocs};
+use tantivy::index::SegmentId;
 use tantivy::query::QueryParser;
 use tantivy::schema::{Field, Schema, SchemaBuilder, Value, FAST, INDEXED, STORED, STRING};
 use tantivy::{DateTime, Index, IndexReader, IndexWriter, ReloadPolicy, TantivyDocument, Term};
@@ -28,6 +34,8 @@ pub struct TantivyIndex {
     writer: Arc<Mutex<IndexWriter>>,
     reader: IndexReader,
     fields: Arc<Vec<(FieldSpec, Field)>>,
+    /// The user-id terms of erasures applied and not yet purged from the files.
+    erased: Arc<Mutex<Vec<Term>>>,
     user_id: Field,
     version: Field,
     occurred_at: Field,
@@ -81,6 +89,7 @@ impl TantivyIndex {
             writer: Arc::new(Mutex::new(writer)),
             reader,
             fields: Arc::new(fields),
+            erased: Arc::default(),
             user_id,
             version,
             occurred_at,
@@ -205,10 +214,22 @@ impl SearchIndex for TantivyIndex {
                 let term = Term::from_field_text(self.user_id, &op.user_id().to_string());
                 match op {
                     IndexOp::Upsert(doc) => (term, Some(self.document(doc))),
-                    IndexOp::Delete { .. } => (term, None),
+                    IndexOp::Delete { .. } | IndexOp::Erase { .. } => (term, None),
                 }
             })
             .collect();
+        let erased: Vec<Term> = docs
+            .iter()
+            .zip(ops)
+            .filter(|(_, op)| matches!(op, IndexOp::Erase { .. }))
+            .map(|((term, _), _)| term.clone())
+            .collect();
+        if !erased.is_empty() {
+            self.erased
+                .lock()
+                .map_err(|_| failed("erasure list poisoned"))?
+                .extend(erased);
+        }
         let writer = self.writer.clone();
         let n = docs.len();
         tokio::task::spawn_blocking(move || {
@@ -228,9 +249,18 @@ impl SearchIndex for TantivyIndex {
 
     async fn commit(&self) -> Result<(), IndexError> {
         let writer = self.writer.clone();
+        let reader = self.reader.clone();
+        let erased = self.erased.clone();
+        let user_id = self.user_id;
         tokio::task::spawn_blocking(move || {
             let mut writer = writer.lock().map_err(|_| failed("index writer poisoned"))?;
             writer.commit().map_err(failed)?;
+            // Taken only once committed; kept for the next commit if the purge fails.
+            let mut erased = erased.lock().map_err(|_| failed("erasure list poisoned"))?;
+            if !erased.is_empty() {
+                purge(&mut writer, &reader, user_id, &erased)?;
+                erased.clear();
+            }
             Ok::<_, IndexError>(())
         })
         .await
@@ -330,6 +360,45 @@ impl TantivyIndex {
     }
 }
 
+/// Merges every segment that still holds one of `terms` (deleted or not: a segment's term
+/// dictionary keeps a deleted document's terms) until none does, then deletes the files no
+/// longer used. A segment already in a background merge cannot be merged again: wait for it.
+fn purge(
+    writer: &mut IndexWriter,
+    reader: &IndexReader,
+    user_id: Field,
+    terms: &[Term],
+) -> Result<(), IndexError> {
+    const ROUNDS: usize = 50;
+    for _ in 0..ROUNDS {
+        reader.reload().map_err(failed)?;
+        let searcher = reader.searcher();
+        let mut holding: Vec<SegmentId> = Vec::new();
+        for segment in searcher.segment_readers() {
+            let inverted = segment.inverted_index(user_id).map_err(failed)?;
+            for term in terms {
+                if inverted.get_term_info(term).map_err(failed)?.is_some() {
+                    holding.push(segment.segment_id());
+                    break;
+                }
+            }
+        }
+        drop(searcher);
+        if holding.is_empty() {
+            reader.reload().map_err(failed)?;
+            writer.garbage_collect_files().wait().map_err(failed)?;
+            return Ok(());
+        }
+        if writer.merge(&holding).wait().is_err() {
+            // One of them is in a merge of the merge policy's: it ends soon.
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        }
+    }
+    Err(IndexError::Unavailable(format!(
+        "erased documents are still in the index files after {ROUNDS} merges; retrying"
+    )))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -346,6 +415,94 @@ mod tests {
             occurred_at: chrono::DateTime::from_timestamp_millis(0).unwrap(),
             fields,
         })
+    }
+
+    /// Every user id the index folder holds, read with a tantivy of its own: the terms of every
+    /// segment and every stored document, deleted ones included.
+    fn user_ids_in_files(path: &std::path::Path) -> std::collections::BTreeSet<String> {
+        let index = Index::open_in_dir(path).unwrap();
+        let field = index.schema().get_field("user_id").unwrap();
+        let mut ids = std::collections::BTreeSet::new();
+        for segment in index.searchable_segments().unwrap() {
+            let reader = tantivy::SegmentReader::open(&segment).unwrap();
+            let inverted = reader.inverted_index(field).unwrap();
+            let mut terms = inverted.terms().stream().unwrap();
+            while terms.advance() {
+                ids.insert(String::from_utf8(terms.key().to_vec()).unwrap());
+            }
+            let store = reader.get_store_reader(0).unwrap();
+            for doc in 0..reader.max_doc() {
+                let doc: TantivyDocument = store.get(doc).unwrap();
+                if let Some(id) = doc.get_first(field).and_then(|v| v.as_str()) {
+                    ids.insert(id.to_string());
+                }
+            }
+        }
+        ids
+    }
+
+    #[tokio::test]
+    async fn an_erasure_leaves_nothing_of_the_user_in_the_files_and_a_delete_only_marks() {
+        let catalog =
+            crate::schema::ProfileSchemas::parse(include_str!("../../schemas/profile_change.avsc"))
+                .unwrap()
+                .catalog;
+        let projection = Projection::new(&catalog, &["plan".into()]).unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let index = TantivyIndex::open(dir.path(), &projection).unwrap();
+        let (erased, deleted, kept) = (
+            uuid::Uuid::from_u128(1),
+            uuid::Uuid::from_u128(2),
+            uuid::Uuid::from_u128(3),
+        );
+        // Several commits, so the users' documents (and older versions) sit in several segments.
+        for n in 1..=3 {
+            index
+                .apply(&[doc(1, "DE", &["a"]), doc(n + 2, "US", &[])])
+                .await
+                .unwrap();
+            index.commit().await.unwrap();
+        }
+        // A segment of their own (with another user, or tantivy drops it once empty), which
+        // the erasure's merge does not touch.
+        index
+            .apply(&[doc(2, "FR", &[]), doc(9, "FR", &[])])
+            .await
+            .unwrap();
+        index.commit().await.unwrap();
+        index
+            .apply(&[
+                IndexOp::Erase {
+                    user_id: erased,
+                    version: 1,
+                },
+                IndexOp::Delete {
+                    user_id: deleted,
+                    version: 1,
+                },
+            ])
+            .await
+            .unwrap();
+        index.commit().await.unwrap();
+        assert_eq!(
+            index
+                .search(&format!("user_id:\"{erased}\""), 5)
+                .await
+                .unwrap()
+                .total,
+            0
+        );
+        let ids = user_ids_in_files(dir.path());
+        assert!(
+            !ids.contains(&erased.to_string()),
+            "the erased user is in the files"
+        );
+        assert!(
+            ids.contains(&deleted.to_string()),
+            "a plain delete is only marked (so the scan can find what it looks for)"
+        );
+        assert!(ids.contains(&kept.to_string()));
+        assert_eq!(index.search("*", 10).await.unwrap().total, 4);
     }
 
     #[tokio::test]

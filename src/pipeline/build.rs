@@ -287,7 +287,7 @@ pub fn opensearch_settings(
     let parsed = opensearch::http::Url::parse(url).ok();
     if parsed
         .as_ref()
-        .is_some_and(|u| !u.username().is_empty() || u.password().is_some())
+        .is_some_and(crate::endpoint::carries_credentials)
     {
         // Not quoted: the URL holds a secret, and errors and logs name the URL.
         return Err(file.invalid(format!("index.url carries credentials: take them out of the URL and set {username_env} and {password_env} instead")).into());
@@ -301,7 +301,9 @@ pub fn opensearch_settings(
     };
     // A remote cluster reached without credentials is worth a warning, not an error: a proxy
     // in front of the cluster may authenticate.
-    if let Some(remote) = parsed.filter(|u| credentials.is_none() && beyond_this_machine(u)) {
+    if let Some(remote) =
+        parsed.filter(|u| credentials.is_none() && crate::endpoint::beyond_this_machine(u))
+    {
         tracing::warn!(
             host = remote.host_str().unwrap_or_default(),
             "OpenSearch requests will carry no credentials: set {username_env} and {password_env}, unless a proxy in front of the cluster authenticates"
@@ -319,18 +321,6 @@ pub fn opensearch_settings(
         gzip: bulk.gzip,
     };
     Ok((projection, settings))
-}
-
-/// Whether a URL's host is another machine than this one (not `localhost`, not loopback).
-fn beyond_this_machine(url: &opensearch::http::Url) -> bool {
-    !url.host_str().is_none_or(|host| {
-        host == "localhost"
-            || host
-                .trim_start_matches('[')
-                .trim_end_matches(']')
-                .parse::<std::net::IpAddr>()
-                .is_ok_and(|ip| ip.is_loopback())
-    })
 }
 
 fn open_dead_letters(
@@ -413,6 +403,7 @@ pub fn open_source(
             let registry = crate::schema::registry::settings(
                 &k.schema_registry.effective_url(),
                 std::time::Duration::from_millis(k.schema_registry.timeout_ms),
+                k.schema_registry.allow_http,
             )
             .map_err(|reason| file.invalid(format!("schema_registry: {reason}")))?;
             Box::new(crate::sources::KafkaSource::open(
@@ -533,16 +524,6 @@ mod tests {
         let said = e.to_string();
         assert!(said.contains("index.url carries credentials"), "{said}");
         assert!(!said.contains("hunter2"), "{said}");
-    }
-
-    #[test]
-    fn only_a_remote_cluster_without_credentials_is_warned_about() {
-        let warned = |u: &str| beyond_this_machine(&opensearch::http::Url::parse(u).unwrap());
-        assert!(warned("https://search.example.com:9200"));
-        assert!(warned("http://10.0.0.7:9200"));
-        assert!(!warned("http://127.0.0.1:9200"));
-        assert!(!warned("http://localhost:9200"));
-        assert!(!warned("http://[::1]:9200"));
     }
 
     #[test]

@@ -128,7 +128,7 @@ impl Profiles {
         self.keys.forget(&user);
         self.audit(actor, action, user, fields).await?;
         crate::telemetry::erasure();
-        Ok(IndexOp::Delete {
+        Ok(IndexOp::Erase {
             user_id: user,
             version: fence,
         })

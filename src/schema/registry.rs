@@ -59,17 +59,45 @@ pub enum Lookup {
     Unavailable(String),
 }
 
-/// Settings for talking to a registry: its URL(s) and an optional basic-auth user.
-pub fn settings(url: &str, timeout: Duration) -> Result<SrSettings, String> {
-    let mut urls = url.split(',').map(str::trim).filter(|u| !u.is_empty());
-    let first = urls
-        .next()
-        .ok_or("the schema registry URL is empty")?
-        .trim_end_matches('/')
-        .to_string();
-    let mut builder = SrSettings::new_builder(first);
-    for u in urls {
-        builder.add_url(u.trim_end_matches('/').to_string());
+/// Settings for talking to a registry: its URL(s) and an optional basic-auth user. A URL
+/// must not carry credentials, and must be https unless it is this machine's (or `allow_http`).
+pub fn settings(url: &str, timeout: Duration, allow_http: bool) -> Result<SrSettings, String> {
+    let urls: Vec<&str> = url
+        .split(',')
+        .map(|u| u.trim().trim_end_matches('/'))
+        .filter(|u| !u.is_empty())
+        .collect();
+    let Some(first) = urls.first() else {
+        return Err("the schema registry URL is empty".into());
+    };
+    for (n, u) in urls.iter().enumerate() {
+        // Not quoted: a URL may hold a secret.
+        let parsed = url::Url::parse(u)
+            .map_err(|e| format!("schema registry URL {} is not a URL ({e})", n + 1))?;
+        if crate::endpoint::carries_credentials(&parsed) {
+            return Err(format!("schema registry URL {} carries credentials: take them out and set SCHEMA_REGISTRY_USER and SCHEMA_REGISTRY_PASSWORD instead", n + 1));
+        }
+        match parsed.scheme() {
+            "https" => {}
+            "http" if allow_http || !crate::endpoint::beyond_this_machine(&parsed) => {}
+            "http" => {
+                return Err(format!(
+                    "schema registry URL {} is plain http to another machine ({}): use https (the writer schemas decide what every event's bytes mean), or set schema_registry.allow_http: true on a network you trust",
+                    n + 1,
+                    parsed.host_str().unwrap_or_default()
+                ))
+            }
+            other => {
+                return Err(format!(
+                    "schema registry URL {} has scheme `{other}`: use https (or http on this machine)",
+                    n + 1
+                ))
+            }
+        }
+    }
+    let mut builder = SrSettings::new_builder(first.to_string());
+    for u in &urls[1..] {
+        builder.add_url(u.to_string());
     }
     builder.set_timeout(timeout);
     if let (Ok(user), Ok(pass)) = (
@@ -82,6 +110,10 @@ pub fn settings(url: &str, timeout: Duration) -> Result<SrSettings, String> {
         .build()
         .map_err(|e| format!("cannot configure the schema registry client: {}", e.error))
 }
+
+/// The largest writer schema accepted (its JSON text). A profile change's is ~10 KiB; a
+/// registry answering with more is not describing these events.
+pub const MAX_SCHEMA_BYTES: usize = 256 << 10;
 
 /// Writer schemas by id, fetched once and cached for the life of the worker.
 pub struct WriterSchemas {
@@ -139,6 +171,11 @@ impl WriterSchemas {
             return Ok(s);
         }
         match self.decoder.get_schema(id).await {
+            Ok(s) if s.raw.len() > MAX_SCHEMA_BYTES => Err(Lookup::Unknown(format!(
+                "the writer schema of id {id} is {} bytes, over the {} KiB a schema may have",
+                s.raw.len(),
+                MAX_SCHEMA_BYTES >> 10
+            ))),
             Ok(s) => {
                 let schema = Arc::new(s.parsed.clone());
                 self.parsed.put(id, schema.clone());
@@ -347,6 +384,28 @@ fn type_name(schema: &Schema) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_registry_beyond_this_machine_needs_https_and_no_url_carries_credentials() {
+        let t = Duration::from_secs(1);
+        assert!(settings("https://registry.example.com", t, false).is_ok());
+        assert!(settings("http://127.0.0.1:8081", t, false).is_ok());
+        assert!(settings("http://localhost:8081,https://sr.example.com/", t, false).is_ok());
+        let e = settings("https://a.example.com,http://10.1.2.3:8081", t, false).unwrap_err();
+        assert!(
+            e.contains("URL 2 is plain http") && e.contains("allow_http"),
+            "{e}"
+        );
+        assert!(settings("http://10.1.2.3:8081", t, true).is_ok());
+        let e = settings("https://me:s3cret@registry.example.com", t, true).unwrap_err();
+        assert!(
+            e.contains("carries credentials") && !e.contains("s3cret"),
+            "{e}"
+        );
+        assert!(settings("ftp://registry.example.com", t, true).is_err());
+        assert!(settings("registry.example.com:8081", t, true).is_err());
+        assert!(settings(" , ", t, true).is_err());
+    }
 
     #[test]
     fn wire_format_header_round_trips_and_refuses_other_bytes() {

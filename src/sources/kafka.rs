@@ -600,7 +600,9 @@ mod tests {
                 stop_when_idle: None,
                 max_event_bytes: 1 << 20,
             },
-            WriterSchemas::new(settings("http://127.0.0.1:1", Duration::from_secs(1)).unwrap()),
+            WriterSchemas::new(
+                settings("http://127.0.0.1:1", Duration::from_secs(1), false).unwrap(),
+            ),
         )
     }
 

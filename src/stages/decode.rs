@@ -161,6 +161,22 @@ impl Decoder {
 
     /// One Avro binary datum, resolved from `writer` to the reader schema.
     fn avro(&self, bytes: &[u8], writer: &Arc<Schema>) -> Result<Value, Rejection> {
+        // The Avro specification resolves a record only from a record of the same name;
+        // apache-avro does not check it, and a writer schema of another record whose fields
+        // happen to share names would be read as a profile change.
+        if let (Some(w), Some(r)) = (writer.name(), self.reader.name()) {
+            if w != r {
+                return Err(Rejection::new(
+                    Stage::Decode,
+                    "schema",
+                    format!(
+                        "the writer schema is record `{}`, not `{}`: it describes other events",
+                        w.fullname(None),
+                        r.fullname(None)
+                    ),
+                ));
+            }
+        }
         let mut slice = bytes;
         let value = self
             .datum_reader(writer)
@@ -447,6 +463,39 @@ mod tests {
     }
 
     const HEAD: &str = r#""event_id":"6f1c1a4e-2d7b-4a53-9d55-0c1f3c2b9a10","user_id":"0b5d1f7a-3c1e-4f2a-8b9d-1e2f3a4b5c6d","occurred_at":1700000000000,"source":"test""#;
+
+    #[test]
+    fn a_writer_schema_of_another_record_is_refused_even_when_its_fields_resolve() {
+        let reader = r#"{"type":"record","name":"R","namespace":"io.profilesync","fields":[{"name":"a","type":"string"}]}"#;
+        let d = Decoder::new(Schema::parse_str(reader).unwrap());
+        let other = Arc::new(Schema::parse_str(&reader.replace("\"R\"", "\"Other\"")).unwrap());
+        let mut bytes = Vec::new();
+        apache_avro::writer::datum::GenericDatumWriter::builder(&other)
+            .build()
+            .unwrap()
+            .write_value(
+                &mut bytes,
+                Value::Record(vec![("a".into(), Value::String("x".into()))]),
+            )
+            .unwrap();
+        let e = d
+            .decode(&Payload::AvroDatum {
+                bytes: bytes.clone(),
+                writer: other,
+            })
+            .unwrap_err();
+        assert_eq!(e.class, "schema");
+        assert!(e.reason.contains("`io.profilesync.Other`"), "{}", e.reason);
+        // The same bytes under a writer schema of the reader's record do resolve.
+        let same = Arc::new(Schema::parse_str(reader).unwrap());
+        let e = d
+            .decode(&Payload::AvroDatum {
+                bytes,
+                writer: same,
+            })
+            .unwrap_err();
+        assert_ne!(e.class, "schema", "{}", e.reason);
+    }
 
     #[test]
     fn a_length_prefix_claiming_more_than_the_allocation_cap_is_rejected_before_allocating() {

@@ -38,21 +38,30 @@ pub struct IndexDocument {
 #[derive(Debug, Clone, PartialEq)]
 pub enum IndexOp {
     Upsert(IndexDocument),
-    Delete { user_id: Uuid, version: i64 },
+    Delete {
+        user_id: Uuid,
+        version: i64,
+    },
+    /// An erasure: the document deleted, and every copy of it purged from the index's files
+    /// and from every version of the index, not only marked deleted in the current one.
+    Erase {
+        user_id: Uuid,
+        version: i64,
+    },
 }
 
 impl IndexOp {
     pub fn user_id(&self) -> Uuid {
         match self {
             IndexOp::Upsert(d) => d.user_id,
-            IndexOp::Delete { user_id, .. } => *user_id,
+            IndexOp::Delete { user_id, .. } | IndexOp::Erase { user_id, .. } => *user_id,
         }
     }
 
     pub fn version(&self) -> i64 {
         match self {
             IndexOp::Upsert(d) => d.version,
-            IndexOp::Delete { version, .. } => *version,
+            IndexOp::Delete { version, .. } | IndexOp::Erase { version, .. } => *version,
         }
     }
 }
@@ -115,9 +124,16 @@ impl Projection {
         &self.fields
     }
 
-    /// The operation that brings the index to a stored profile (a delete for a delete fence),
-    /// through the same builder as [`Projection::op`]; used by reindexing.
+    /// The operation that brings the index to a stored profile (a delete for a delete fence,
+    /// an erase for an erasure's tombstone), through the same builder as [`Projection::op`];
+    /// used by reindexing.
     pub fn stored_op(&self, stored: &StoredProfile) -> IndexOp {
+        if stored.erased_at.is_some() {
+            return IndexOp::Erase {
+                user_id: stored.user_id,
+                version: stored.version,
+            };
+        }
         let change = ProtectedChange {
             user_id: stored.user_id,
             version: stored.version,

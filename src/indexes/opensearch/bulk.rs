@@ -20,7 +20,7 @@ pub fn encode(op: &IndexOp, mapping: &Mapping) -> Vec<u8> {
         ),
         // `external_gte`: an erasure fences at the stored version, which is the indexed
         // document's own; a strictly-greater rule would leave that document in place.
-        IndexOp::Delete { user_id, version } => (
+        IndexOp::Delete { user_id, version } | IndexOp::Erase { user_id, version } => (
             json!({ "delete": { "_id": user_id.to_string(), "version": version, "version_type": "external_gte" } }),
             None,
         ),

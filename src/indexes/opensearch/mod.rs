@@ -461,8 +461,31 @@ impl SearchIndex for OpenSearchIndex {
         ))
     }
 
+    /// An erasure is deleted from every version of the index, not only the one behind the
+    /// write alias: readers may still see an older version (during or after a reindex).
     async fn apply(&self, ops: &[IndexOp]) -> Result<Vec<IndexOutcome>, IndexError> {
-        self.write(&self.settings.write_alias, ops).await
+        let outcomes = self.write(&self.settings.write_alias, ops).await?;
+        let erasures: Vec<IndexOp> = ops
+            .iter()
+            .filter(|op| matches!(op, IndexOp::Erase { .. }))
+            .cloned()
+            .collect();
+        if !erasures.is_empty() {
+            let state = self.alias_state().await?;
+            for index in state.versions.keys() {
+                if state.write.as_ref() == Some(index) {
+                    continue;
+                }
+                for outcome in self.write(index, &erasures).await? {
+                    if let IndexOutcome::Rejected(reason) = outcome {
+                        return Err(IndexError::Failed(format!(
+                            "an erasure could not be deleted from {index}: {reason}"
+                        )));
+                    }
+                }
+            }
+        }
+        Ok(outcomes)
     }
 
     async fn search(&self, query: &str, limit: usize) -> Result<SearchResults, IndexError> {
