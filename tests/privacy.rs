@@ -1025,3 +1025,100 @@ fn an_erase_event_whose_audit_write_failed_is_completed_when_it_is_delivered_aga
         .count();
     assert_eq!(erasures, 1, "audited once");
 }
+
+/// Backups keep the wrapped keys an erasure deleted, and the KEK that wrapped them would still
+/// unwrap them. `keys rotate` moves every remaining key to a new KEK, `keys generations` shows
+/// the old one wraps nothing stored any more, and `keys retire` removes it: the erased user's
+/// key, taken from a copy of the store made before the erasure, no longer unwraps with
+/// anything in the keyring (tried on the raw files, as documented), while the other user's
+/// data still reads.
+#[test]
+fn rotating_then_retiring_the_local_kek_closes_what_a_backup_of_an_erased_user_still_holds() {
+    let stack = Stack::embedded();
+    stack.run(
+        "1.jsonl",
+        &[
+            upsert(ALICE, 1, ALICE_EMAIL, "2026-01-01T00:00:00Z"),
+            upsert(BOB, 1, "bob@example.org", "2026-01-01T00:00:00Z"),
+        ],
+    );
+    let backup: Vec<u8> = stack.sqlite_value(
+        "SELECT wrapped_key FROM user_keys WHERE user_id = ?1",
+        ALICE,
+    );
+    let unwraps_with_the_keyring = || {
+        let keyring: Json = serde_json::from_str(
+            &std::fs::read_to_string(stack.data.join("keyring.json")).unwrap(),
+        )
+        .unwrap();
+        let aad = [
+            b"profile-sync/user-key/v1".as_slice(),
+            b"\0",
+            ALICE.as_bytes(),
+            b"\01",
+        ]
+        .concat();
+        keyring["key_encryption_keys"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|kek| {
+                aes_open(&base64_decode(kek["key"].as_str().unwrap()), &aad, &backup).is_some()
+            })
+    };
+    assert!(
+        unwraps_with_the_keyring(),
+        "the check can find what it looks for"
+    );
+    let before = stack.ok(&["keys", "generations"]);
+    let old_kek = before["keyring"][0]["kek_id"].as_str().unwrap().to_string();
+    assert_eq!(before["keyring"][0]["stored_keys"], 2, "{before}");
+    assert_eq!(before["keyring"][0]["current"], true, "{before}");
+
+    let out = stack.operator(&["erase", ALICE, "--reason", "request #11"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let refused = stack.cli(&["keys", "retire", "--kek", &old_kek]);
+    assert_eq!(
+        refused.status.code(),
+        Some(2),
+        "a KEK in use is not retired"
+    );
+    assert!(String::from_utf8_lossy(&refused.stderr).contains("keys rotate"));
+
+    let rotated = stack.ok(&["keys", "rotate"]);
+    assert_eq!(rotated["rewrapped"], 1, "Bob's key: {rotated}");
+    let new_kek = rotated["new_kek"].as_str().unwrap().to_string();
+    let after = stack.ok(&["keys", "generations"]);
+    let keyring = after["keyring"].as_array().unwrap();
+    let entry = |id: &str| keyring.iter().find(|k| k["kek_id"] == id).unwrap().clone();
+    assert_eq!(entry(&old_kek)["retirable"], true, "{after}");
+    assert_eq!(entry(&new_kek)["stored_keys"], 1, "{after}");
+    assert_eq!(entry(&new_kek)["current"], true, "{after}");
+    let retired = stack.ok(&["keys", "retire", "--kek", &old_kek]);
+    assert_eq!(retired["retired"], old_kek.as_str());
+
+    assert!(
+        !unwraps_with_the_keyring(),
+        "the erased user's key from the backup still unwraps"
+    );
+    let bob = stack.operator(&["get", BOB, "--reveal", "--reason", "check"]);
+    assert!(
+        bob.status.success(),
+        "{}",
+        String::from_utf8_lossy(&bob.stderr)
+    );
+    let bob: Json = serde_json::from_slice(&bob.stdout).unwrap();
+    assert_eq!(bob["profile"]["email"], "bob@example.org");
+    assert_eq!(
+        stack
+            .cli(&["keys", "retire", "--kek", &new_kek])
+            .status
+            .code(),
+        Some(2),
+        "the current KEK is never retired"
+    );
+}

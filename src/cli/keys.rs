@@ -1,21 +1,36 @@
-//! `profile-sync keys rotate|rewrap`: re-wraps every stored user data key under a new KMS
-//! key-encryption key — a new KEK generation under the same KMS key (`rotate`) or under
-//! another KMS key (`rewrap --to-key`). The data keys themselves do not change, so no field
-//! ciphertext is touched; old KEKs stay decryptable for workers that still cache them.
+//! `profile-sync keys rotate|rewrap|generations|retire`: the key-encryption keys (KEKs) that
+//! wrap the stored user data keys.
+//!
+//! `rotate` re-wraps every stored key under a new KEK: a new generation under the same KMS key,
+//! or a new KEK added to the local keyring (and made current). `rewrap --to-key` (KMS) moves
+//! them to another KMS key. The data keys themselves do not change, so no field ciphertext is
+//! touched. `generations` lists which KEKs still wrap keys; `retire --kek` (local keyring)
+//! removes a KEK no stored key uses, so that what it wrapped (in backups too) can no longer be
+//! unwrapped. After erasures, `rotate` then `retire` closes the window backups keep open.
 
-use super::{pipeline_file, usage, Failure};
+use super::{data_dir, pipeline_file, usage, Failure};
 use crate::config::KeysConfig;
-use crate::keys::{KeyProvider, KmsKeyProvider};
-use crate::pipeline::{open_dynamodb, open_kms};
-use crate::stores::DynamoStore;
+use crate::keys::{KeyProvider, LocalKeyring};
+use crate::pipeline::{open_data_keys, open_kms, open_store};
+use crate::stores::ProfileStore;
+use std::collections::BTreeMap;
 use std::path::PathBuf;
+
+#[derive(clap::Args)]
+pub struct Target {
+    #[arg(long)]
+    pipeline: Option<PathBuf>,
+    #[arg(long)]
+    data_dir: Option<PathBuf>,
+}
 
 #[derive(clap::Subcommand)]
 pub enum Command {
-    /// Re-wrap every stored user key under a new key-encryption key from the configured KMS key.
+    /// Re-wrap every stored key under a new key-encryption key (KMS: a new generation of the
+    /// configured key; local keyring: a new KEK, made current).
     Rotate {
-        #[arg(long)]
-        pipeline: Option<PathBuf>,
+        #[command(flatten)]
+        target: Target,
     },
     /// Re-wrap every stored user key under key-encryption keys from another KMS key (id, ARN or
     /// alias); then set keys.key_id to it. The old KMS key must stay enabled until this is done.
@@ -23,44 +38,85 @@ pub enum Command {
         /// The new KMS key: id, ARN, alias/NAME or alias ARN.
         #[arg(long)]
         to_key: String,
+        #[command(flatten)]
+        target: Target,
+    },
+    /// List the key-encryption keys that wrap stored keys, and how many each wraps.
+    Generations {
+        #[command(flatten)]
+        target: Target,
+    },
+    /// Remove a key-encryption key no stored key uses from the local keyring.
+    Retire {
+        /// The KEK id, as `generations` lists it.
         #[arg(long)]
-        pipeline: Option<PathBuf>,
+        kek: String,
+        #[command(flatten)]
+        target: Target,
     },
 }
 
 pub async fn run(command: Command) -> Result<(), Failure> {
-    let (pipeline, to_key) = match &command {
-        Command::Rotate { pipeline } => (pipeline, None),
-        Command::Rewrap { pipeline, to_key } => (pipeline, Some(to_key.as_str())),
+    match command {
+        Command::Rotate { target } => rotate(&target, None).await,
+        Command::Rewrap { to_key, target } => {
+            if to_key.trim().is_empty() {
+                return Err(usage(anyhow::anyhow!("--to-key is empty: name a KMS key")));
+            }
+            rotate(&target, Some(&to_key)).await
+        }
+        Command::Generations { target } => generations(&target).await,
+        Command::Retire { kek, target } => retire(&target, &kek).await,
+    }
+}
+
+async fn rotate(target: &Target, to_key: Option<&str>) -> Result<(), Failure> {
+    let file = pipeline_file(target.pipeline.as_deref())?;
+    let dir = data_dir(&file, target.data_dir.as_deref());
+    let new_kek = match (&file.config.keys, to_key) {
+        (KeysConfig::LocalKeyring { .. }, Some(_)) => {
+            return Err(usage(anyhow::anyhow!(
+                "keys rewrap --to-key moves keys to another KMS key; this pipeline uses the local keyring: use `keys rotate`"
+            )))
+        }
+        (KeysConfig::LocalKeyring { path, .. }, None) => {
+            Some(LocalKeyring::add_kek(&file.data_path(&dir, path)).map_err(usage)?)
+        }
+        (KeysConfig::Kms { .. }, _) => None,
     };
-    let file = pipeline_file(pipeline.as_deref())?;
-    if !matches!(file.config.keys, KeysConfig::Kms { .. }) {
-        return Err(usage(anyhow::anyhow!(
-            "keys rotate and keys rewrap work with `keys: {{type: kms}}`; the local keyring has no rotation yet"
-        )));
-    }
-    if to_key.is_some_and(|k| k.trim().is_empty()) {
-        return Err(usage(anyhow::anyhow!("--to-key is empty: name a KMS key")));
-    }
-    let store = open_dynamodb(&file, true).map_err(usage)?;
-    let provider = open_kms(&file, to_key).map_err(usage)?;
-    let (rewrapped, skipped) = rewrap_all(&store, &provider).await?;
+    // Opened after the new KEK is in the keyring, so that it wraps with it.
+    let store = open_store(&file, &dir).map_err(usage)?;
+    let (rewrapped, skipped, calls) = match to_key {
+        Some(key) => {
+            let provider = open_kms(&file, Some(key)).map_err(usage)?;
+            let (r, s) = rewrap_all(store.as_ref(), &provider).await?;
+            (r, s, provider.calls())
+        }
+        None => {
+            let keys = open_data_keys(&file, &dir, store.clone()).map_err(usage)?;
+            let provider = keys.provider();
+            let (r, s) = rewrap_all(store.as_ref(), provider).await?;
+            (r, s, provider.calls())
+        }
+    };
     println!(
         "{}",
         serde_json::json!({
             "rewrapped": rewrapped,
             "skipped": skipped,
-            "kms_calls": provider.calls(),
+            "new_kek": new_kek,
+            "key_provider_calls": calls,
+            "kms_calls": calls,
         })
     );
     Ok(())
 }
 
-/// Re-wraps every stored user key with `provider` (which starts with no current KEK, so its
-/// first wrap makes a new one). A key erased or replaced meanwhile is skipped.
+/// Re-wraps every stored key with `provider` (a KMS provider starts with no current KEK, so
+/// its first wrap makes a new one). A key erased or replaced meanwhile is skipped.
 pub async fn rewrap_all(
-    store: &DynamoStore,
-    provider: &KmsKeyProvider,
+    store: &dyn ProfileStore,
+    provider: &dyn KeyProvider,
 ) -> Result<(u64, u64), Failure> {
     let (mut rewrapped, mut skipped) = (0, 0);
     let mut cursor = None;
@@ -81,4 +137,80 @@ pub async fn rewrap_all(
             None => return Ok((rewrapped, skipped)),
         }
     }
+}
+
+/// The stored keys per (provider, KEK id).
+async fn inventory(store: &dyn ProfileStore) -> Result<BTreeMap<(String, String), u64>, Failure> {
+    let mut counts = BTreeMap::new();
+    let mut cursor = None;
+    loop {
+        let (page, next) = store.scan_user_keys(cursor, 1000).await?;
+        for key in page {
+            *counts.entry((key.provider, key.kek_id)).or_insert(0) += 1;
+        }
+        match next {
+            Some(c) => cursor = Some(c),
+            None => return Ok(counts),
+        }
+    }
+}
+
+async fn generations(target: &Target) -> Result<(), Failure> {
+    let file = pipeline_file(target.pipeline.as_deref())?;
+    let dir = data_dir(&file, target.data_dir.as_deref());
+    let store = open_store(&file, &dir).map_err(usage)?;
+    let counts = inventory(store.as_ref()).await?;
+    let mut out: Vec<serde_json::Value> = counts
+        .iter()
+        .map(|((provider, kek_id), n)| {
+            serde_json::json!({"provider": provider, "kek_id": kek_id, "stored_keys": n})
+        })
+        .collect();
+    let mut keyring = None;
+    if let KeysConfig::LocalKeyring { path, .. } = &file.config.keys {
+        let keks = LocalKeyring::keks(&file.data_path(&dir, path)).map_err(usage)?;
+        keyring = Some(
+            keks.ids
+                .iter()
+                .map(|id| {
+                    let n = counts
+                        .get(&(crate::keys::LOCAL_PROVIDER.to_string(), id.clone()))
+                        .copied()
+                        .unwrap_or(0);
+                    let current = *id == keks.current;
+                    serde_json::json!({"kek_id": id, "current": current, "stored_keys": n, "retirable": n == 0 && !current})
+                })
+                .collect::<Vec<_>>(),
+        );
+    }
+    out.sort_by_key(|g| std::cmp::Reverse(g["stored_keys"].as_u64()));
+    println!(
+        "{}",
+        serde_json::json!({"generations": out, "keyring": keyring})
+    );
+    Ok(())
+}
+
+async fn retire(target: &Target, kek: &str) -> Result<(), Failure> {
+    let file = pipeline_file(target.pipeline.as_deref())?;
+    let dir = data_dir(&file, target.data_dir.as_deref());
+    let KeysConfig::LocalKeyring { path, .. } = &file.config.keys else {
+        return Err(usage(anyhow::anyhow!(
+            "keys retire removes a KEK from the local keyring; with KMS, a generation lives only in the stored keys: `keys rotate` (or `rewrap --to-key`), then disable or schedule the deletion of the old KMS key once `keys generations` no longer lists it and the backup window has passed"
+        )));
+    };
+    let store = open_store(&file, &dir).map_err(usage)?;
+    let in_use = inventory(store.as_ref())
+        .await?
+        .into_iter()
+        .find(|((_, id), _)| id == kek)
+        .map_or(0, |(_, n)| n);
+    if in_use > 0 {
+        return Err(usage(anyhow::anyhow!(
+            "{in_use} stored keys are still wrapped by `{kek}`: run `keys rotate` first"
+        )));
+    }
+    LocalKeyring::remove_kek(&file.data_path(&dir, path), kek).map_err(usage)?;
+    println!("{}", serde_json::json!({"retired": kek}));
+    Ok(())
 }

@@ -1,5 +1,7 @@
 //! A key provider for the embedded mode: key-encryption keys in a local JSON file, created
-//! on first run with mode 0600. A file others can read is refused.
+//! on first run with mode 0600. A file others can read, a symlink, or a file another user
+//! owns is refused. `keys rotate` adds a KEK and makes it current; `keys retire` removes one
+//! no stored key uses any more. The file is always replaced whole (written aside, renamed).
 
 use super::{KeyError, KeyProvider, WrappedUserKey};
 use crate::crypto::{unwrap_data_key, wrap_data_key, BlindIndexKey, DataKey};
@@ -9,7 +11,7 @@ use base64::Engine;
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
 use std::io::Write;
-use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use uuid::Uuid;
@@ -25,6 +27,10 @@ pub enum KeyringError {
     Permissions { path: PathBuf, mode: u32 },
     #[error("keyring {path} is not a {FORMAT} file: {reason}")]
     Format { path: PathBuf, reason: String },
+    #[error("keyring {path} {reason}")]
+    Untrusted { path: PathBuf, reason: String },
+    #[error("keyring {path}: {reason}")]
+    Refused { path: PathBuf, reason: String },
 }
 
 #[derive(Serialize, Deserialize)]
@@ -68,7 +74,7 @@ impl LocalKeyring {
                 path: path.into(),
                 reason: e.to_string(),
             })?;
-            let id = format!("local-{}", &Uuid::new_v4().simple().to_string()[..12]);
+            let id = new_kek_id();
             let file = KeyringFile {
                 format: FORMAT.into(),
                 current: id.clone(),
@@ -92,22 +98,39 @@ impl LocalKeyring {
             .and_then(|_| f.sync_all())
             .map_err(io)?;
         }
-        let mode = std::fs::metadata(path).map_err(io)?.permissions().mode() & 0o777;
+        let meta = std::fs::symlink_metadata(path).map_err(io)?;
+        let untrusted = |reason: &str| KeyringError::Untrusted {
+            path: path.to_path_buf(),
+            reason: reason.into(),
+        };
+        if meta.file_type().is_symlink() {
+            return Err(untrusted(
+                "is a symbolic link: point keys.path at the file itself",
+            ));
+        }
+        if !meta.is_file() {
+            return Err(untrusted("is not a regular file"));
+        }
+        // SAFETY: geteuid has no preconditions and cannot fail.
+        let me = unsafe { libc::geteuid() };
+        if meta.uid() != me {
+            return Err(untrusted(&format!(
+                "is owned by user {} and this process runs as user {me}: the keyring must belong to the user that runs profile-sync",
+                meta.uid()
+            )));
+        }
+        let mode = meta.permissions().mode() & 0o777;
         if mode & 0o077 != 0 {
             return Err(KeyringError::Permissions {
                 path: path.to_path_buf(),
                 mode,
             });
         }
-        let text = std::fs::read_to_string(path).map_err(io)?;
+        let file = read_file(path)?;
         let format = |reason: String| KeyringError::Format {
             path: path.to_path_buf(),
             reason,
         };
-        let file: KeyringFile = serde_json::from_str(&text).map_err(|e| format(e.to_string()))?;
-        if file.format != FORMAT {
-            return Err(format(format!("format is {:?}", file.format)));
-        }
         let decode = |b64: &str| -> Result<DataKey, KeyringError> {
             let bytes = STANDARD
                 .decode(b64)
@@ -132,6 +155,124 @@ impl LocalKeyring {
             calls: AtomicU64::new(0),
         })
     }
+}
+
+/// A keyring's key-encryption keys: the current one, and every id in the file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KeyringKeks {
+    pub current: String,
+    pub ids: Vec<String>,
+}
+
+impl LocalKeyring {
+    /// The key-encryption keys of the keyring at `path` (opened with every check of
+    /// [`LocalKeyring::open_or_create`], so never created here).
+    pub fn keks(path: &Path) -> Result<KeyringKeks, KeyringError> {
+        if !path.exists() {
+            return Err(KeyringError::Io {
+                path: path.into(),
+                reason: "no such file".into(),
+            });
+        }
+        Self::open_or_create(path)?;
+        let file = read_file(path)?;
+        Ok(KeyringKeks {
+            current: file.current,
+            ids: file.key_encryption_keys.into_iter().map(|k| k.id).collect(),
+        })
+    }
+
+    /// Adds a new key-encryption key and makes it the current one; its id. User keys wrapped
+    /// before stay readable (their KEK stays) until they are re-wrapped (`keys rotate`).
+    pub fn add_kek(path: &Path) -> Result<String, KeyringError> {
+        Self::keks(path)?;
+        let mut file = read_file(path)?;
+        let kek = DataKey::generate().map_err(|e| KeyringError::Io {
+            path: path.into(),
+            reason: e.to_string(),
+        })?;
+        let id = new_kek_id();
+        file.key_encryption_keys.push(StoredKey {
+            id: id.clone(),
+            key: STANDARD.encode(kek.expose()),
+        });
+        file.current = id.clone();
+        replace_file(path, &file)?;
+        Ok(id)
+    }
+
+    /// Removes a key-encryption key that is not the current one. The caller makes sure no
+    /// stored key is wrapped by it: with it gone, whatever it wrapped (in backups too) can no
+    /// longer be unwrapped.
+    pub fn remove_kek(path: &Path, id: &str) -> Result<(), KeyringError> {
+        let keks = Self::keks(path)?;
+        let refused = |reason: String| KeyringError::Refused {
+            path: path.into(),
+            reason,
+        };
+        if keks.current == id {
+            return Err(refused(format!(
+                "`{id}` is the current key-encryption key: run `keys rotate` first"
+            )));
+        }
+        if !keks.ids.iter().any(|k| k == id) {
+            return Err(refused(format!("has no key-encryption key `{id}`")));
+        }
+        let mut file = read_file(path)?;
+        file.key_encryption_keys.retain(|k| k.id != id);
+        replace_file(path, &file)
+    }
+}
+
+fn new_kek_id() -> String {
+    format!("local-{}", &Uuid::new_v4().simple().to_string()[..12])
+}
+
+fn read_file(path: &Path) -> Result<KeyringFile, KeyringError> {
+    let text = std::fs::read_to_string(path).map_err(|e| KeyringError::Io {
+        path: path.into(),
+        reason: e.to_string(),
+    })?;
+    let format = |reason: String| KeyringError::Format {
+        path: path.to_path_buf(),
+        reason,
+    };
+    let file: KeyringFile = serde_json::from_str(&text).map_err(|e| format(e.to_string()))?;
+    if file.format != FORMAT {
+        return Err(format(format!("format is {:?}", file.format)));
+    }
+    Ok(file)
+}
+
+/// Writes `file` beside `path` (mode 0600) and renames it over `path`, so a reader sees the
+/// old keyring or the new one, never a part.
+fn replace_file(path: &Path, file: &KeyringFile) -> Result<(), KeyringError> {
+    let io = |e: std::io::Error| KeyringError::Io {
+        path: path.into(),
+        reason: e.to_string(),
+    };
+    let aside = path.with_extension(format!("tmp-{}", std::process::id()));
+    let _ = std::fs::remove_file(&aside);
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(&aside)
+        .map_err(io)?;
+    f.write_all(
+        serde_json::to_string_pretty(file)
+            .expect("serialisable")
+            .as_bytes(),
+    )
+    .and_then(|_| f.sync_all())
+    .map_err(io)?;
+    std::fs::rename(&aside, path).map_err(io)?;
+    if let Some(dir) = path.parent() {
+        if let Ok(d) = std::fs::File::open(dir) {
+            let _ = d.sync_all();
+        }
+    }
+    Ok(())
 }
 
 #[async_trait]
@@ -203,5 +344,62 @@ mod tests {
             .unwrap()
             .to_string();
         assert!(err.contains("chmod 600"), "{err}");
+    }
+
+    #[test]
+    fn a_keyring_that_is_a_symlink_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let real = dir.path().join("real.json");
+        LocalKeyring::open_or_create(&real).unwrap();
+        let link = dir.path().join("keyring.json");
+        std::os::unix::fs::symlink(&real, &link).unwrap();
+        let err = LocalKeyring::open_or_create(&link)
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(err.contains("symbolic link"), "{err}");
+    }
+
+    #[tokio::test]
+    async fn a_new_kek_becomes_current_old_keys_still_unwrap_and_only_a_former_kek_is_removed() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("keyring.json");
+        let first = LocalKeyring::open_or_create(&path).unwrap();
+        let dek = DataKey::generate().unwrap();
+        let user = Uuid::new_v4();
+        let old = first.wrap(user, 1, &dek).await.unwrap();
+        let new_id = LocalKeyring::add_kek(&path).unwrap();
+        let keks = LocalKeyring::keks(&path).unwrap();
+        assert_eq!(
+            (keks.current.as_str(), keks.ids.len()),
+            (new_id.as_str(), 2)
+        );
+        assert_eq!(
+            std::fs::metadata(&path).unwrap().permissions().mode() & 0o777,
+            0o600
+        );
+        let second = LocalKeyring::open_or_create(&path).unwrap();
+        assert_eq!(second.unwrap(&old).await.unwrap().expose(), dek.expose());
+        let rewrapped = second.wrap(user, 1, &dek).await.unwrap();
+        assert_eq!(rewrapped.kek_id, new_id);
+        assert!(
+            LocalKeyring::remove_kek(&path, &new_id).is_err(),
+            "the current one stays"
+        );
+        LocalKeyring::remove_kek(&path, &old.kek_id).unwrap();
+        let third = LocalKeyring::open_or_create(&path).unwrap();
+        assert!(
+            third.unwrap(&old).await.is_err(),
+            "what the removed KEK wrapped is gone"
+        );
+        assert_eq!(
+            third.unwrap(&rewrapped).await.unwrap().expose(),
+            dek.expose()
+        );
+        assert_eq!(
+            second.blind_index().email("a@example.org"),
+            third.blind_index().email("a@example.org"),
+            "the blind index key does not change"
+        );
     }
 }

@@ -11,7 +11,7 @@ mod local_keyring;
 
 pub use data_keys::{DataKeys, KeyLookup, NewKeys, UserKey};
 pub use kms::KmsKeyProvider;
-pub use local_keyring::{KeyringError, LocalKeyring};
+pub use local_keyring::{KeyringError, KeyringKeks, LocalKeyring, PROVIDER as LOCAL_PROVIDER};
 
 use crate::crypto::{BlindIndexKey, DataKey};
 use async_trait::async_trait;

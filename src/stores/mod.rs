@@ -175,6 +175,22 @@ pub trait ProfileStore: Send + Sync {
     /// (no record, `erased_at` set) fenced at `max(stored version, version)`. Returns the fence.
     async fn erase(&self, user: Uuid, version: i64, at: DateTime<Utc>) -> Result<i64, StoreError>;
 
+    /// One page of stored keys (users' and dead-letter keys) in a stable order, and the cursor
+    /// of the next page, `None` after the last. For key rotation and the KEK inventory.
+    async fn scan_user_keys(
+        &self,
+        cursor: Option<String>,
+        limit: usize,
+    ) -> Result<(Vec<WrappedUserKey>, Option<String>), StoreError>;
+
+    /// Replaces a stored key with `new` only if it is still `old` (not erased or replaced
+    /// meanwhile); whether it was replaced.
+    async fn replace_user_key(
+        &self,
+        old: &WrappedUserKey,
+        new: &WrappedUserKey,
+    ) -> Result<bool, StoreError>;
+
     /// Deletes the stored keys of `owners` and nothing else (the dead-letter keys of expired
     /// days: crypto-shredding their letters), with the same care as `erase` that the bytes
     /// are gone. A user's key goes only with [`Self::erase`]. Returns how many were deleted.

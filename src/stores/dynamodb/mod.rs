@@ -463,45 +463,6 @@ impl DynamoStore {
     }
 
     /// One page of stored user keys (for `keys rotate` / `keys rewrap`).
-    pub async fn scan_user_keys(
-        &self,
-        cursor: Option<String>,
-        limit: usize,
-    ) -> Result<(Vec<WrappedUserKey>, Option<String>), StoreError> {
-        let (items, next) = self.scan_sk(KEY, cursor, limit).await?;
-        let keys = items.iter().map(parse_key).collect::<Result<_, _>>()?;
-        Ok((keys, next))
-    }
-
-    /// Replaces a stored user key if it is still `old` (not erased, not replaced meanwhile).
-    pub async fn replace_user_key(
-        &self,
-        old: &WrappedUserKey,
-        new: &WrappedUserKey,
-    ) -> Result<bool, StoreError> {
-        let call = self
-            .client
-            .put_item()
-            .table_name(&self.table)
-            .set_item(Some(key_item(new)))
-            .condition_expression("attribute_exists(pk) AND wrapped_key = :old")
-            .expression_attribute_values(
-                ":old",
-                AttributeValue::B(Blob::new(old.wrapped_key.clone())),
-            );
-        match retrying("PutItem", || call.clone().send(), transient).await {
-            Ok(_) => Ok(true),
-            Err(e)
-                if e.as_service_error()
-                    .is_some_and(|s| s.is_conditional_check_failed_exception()) =>
-            {
-                Ok(false)
-            }
-            Err(e) => Err(dynamo_err("PutItem", &e)),
-        }
-    }
-
-    /// Scans items whose sort key is exactly `sk`: at most `limit`, and the cursor after them.
     async fn scan_sk(
         &self,
         sk: &str,
@@ -951,6 +912,44 @@ impl ProfileStore for DynamoStore {
         Ok(fences)
     }
 
+    async fn scan_user_keys(
+        &self,
+        cursor: Option<String>,
+        limit: usize,
+    ) -> Result<(Vec<WrappedUserKey>, Option<String>), StoreError> {
+        let (items, next) = self.scan_sk(KEY, cursor, limit).await?;
+        let keys = items.iter().map(parse_key).collect::<Result<_, _>>()?;
+        Ok((keys, next))
+    }
+
+    async fn replace_user_key(
+        &self,
+        old: &WrappedUserKey,
+        new: &WrappedUserKey,
+    ) -> Result<bool, StoreError> {
+        let call = self
+            .client
+            .put_item()
+            .table_name(&self.table)
+            .set_item(Some(key_item(new)))
+            .condition_expression("attribute_exists(pk) AND wrapped_key = :old")
+            .expression_attribute_values(
+                ":old",
+                AttributeValue::B(Blob::new(old.wrapped_key.clone())),
+            );
+        match retrying("PutItem", || call.clone().send(), transient).await {
+            Ok(_) => Ok(true),
+            Err(e)
+                if e.as_service_error()
+                    .is_some_and(|s| s.is_conditional_check_failed_exception()) =>
+            {
+                Ok(false)
+            }
+            Err(e) => Err(dynamo_err("PutItem", &e)),
+        }
+    }
+
+    /// Scans items whose sort key is exactly `sk`: at most `limit`, and the cursor after them.
     async fn shred_keys(&self, owners: &[Uuid]) -> Result<u64, StoreError> {
         // Only the keys that are there are deleted, so that the count is true.
         let stored = self.user_keys(owners).await?;

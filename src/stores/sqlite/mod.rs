@@ -608,6 +608,56 @@ impl ProfileStore for SqliteStore {
         .await
     }
 
+    async fn scan_user_keys(
+        &self,
+        cursor: Option<String>,
+        limit: usize,
+    ) -> Result<(Vec<WrappedUserKey>, Option<String>), StoreError> {
+        self.with_reader(move |conn| {
+            let mut stmt = conn
+                .prepare_cached(
+                    "SELECT user_id, key_version, provider, kek_id, encrypted_kek, wrapped_key, created_at
+                     FROM user_keys WHERE user_id > ?1 ORDER BY user_id LIMIT ?2",
+                )
+                .map_err(failed)?;
+            let rows = stmt
+                .query_map(params![cursor.unwrap_or_default(), limit as i64], key_from_row)
+                .map_err(failed)?;
+            let mut keys = Vec::new();
+            for row in rows {
+                let (id, mut key) = row.map_err(failed)?;
+                key.user_id = parse_uuid(&id)?;
+                keys.push(key);
+            }
+            let next = (keys.len() == limit)
+                .then(|| keys.last().map(|k| k.user_id.to_string()))
+                .flatten();
+            Ok((keys, next))
+        })
+        .await
+    }
+
+    async fn replace_user_key(
+        &self,
+        old: &WrappedUserKey,
+        new: &WrappedUserKey,
+    ) -> Result<bool, StoreError> {
+        let (old, new) = (old.clone(), new.clone());
+        self.with_conn(move |conn| {
+            let n = conn
+                .execute(
+                    "UPDATE user_keys SET key_version = ?2, provider = ?3, kek_id = ?4, encrypted_kek = ?5,
+                       wrapped_key = ?6, created_at = ?7
+                     WHERE user_id = ?1 AND wrapped_key = ?8",
+                    params![new.user_id.to_string(), new.key_version, new.provider, new.kek_id,
+                            new.encrypted_kek, new.wrapped_key, ts(&new.created_at), old.wrapped_key],
+                )
+                .map_err(failed)?;
+            Ok(n == 1)
+        })
+        .await
+    }
+
     async fn shred_keys(&self, owners: &[Uuid]) -> Result<u64, StoreError> {
         let owners = owners.iter().map(Uuid::to_string).collect::<Vec<_>>();
         self.with_conn(move |conn| {
