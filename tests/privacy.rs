@@ -1055,7 +1055,8 @@ fn rotating_then_retiring_the_local_kek_closes_what_a_backup_of_an_erased_user_s
             b"profile-sync/user-key/v1".as_slice(),
             b"\0",
             ALICE.as_bytes(),
-            b"\01",
+            b"\0",
+            b"1",
         ]
         .concat();
         keyring["key_encryption_keys"]
