@@ -515,6 +515,12 @@ fn export_holds_exactly_what_was_written_and_is_audited(stack: &Stack) {
     let line = upsert(ALICE, 3, ALICE_EMAIL, "2026-01-01T00:00:00Z");
     stack.run("1.jsonl", &[consent(ALICE, 2, true), line.clone()]);
     let out_file: PathBuf = stack.dir.path().join("export.json");
+    // A file left there readable by others is made private, not written as it is.
+    std::fs::write(&out_file, "old").unwrap();
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&out_file, std::fs::Permissions::from_mode(0o644)).unwrap();
+    }
     let out = stack.operator(&[
         "export",
         ALICE,
@@ -1122,4 +1128,197 @@ fn rotating_then_retiring_the_local_kek_closes_what_a_backup_of_an_erased_user_s
         Some(2),
         "the current KEK is never retired"
     );
+}
+
+/// Everything the embedded worker wrote, after a run with several versions, a consent, a dead
+/// letter and an erasure: every file of the data folder (the SQLite database, WAL and shm, the
+/// index folder, the dead-letter file, the keyring) and every log line at trace level, scanned
+/// as raw bytes for the erased user's wrapped key, ciphertexts, blind index and plaintext
+/// values; the base64 payloads of the dead letters decoded and scanned too; the index read
+/// with a tantivy of the test's own; and every key left in the store tried on the user's
+/// ciphertexts and sealed dead letter. Nothing of the user is recoverable; the other user's
+/// secrets are found by the same scan (so it can fail).
+#[test]
+fn after_a_realistic_run_and_an_erasure_nothing_the_worker_wrote_gives_the_user_back() {
+    let stack = Stack::embedded();
+    let mut logs = Vec::new();
+    let mut run_logged = |name: &str, lines: &[String]| {
+        let path = stack.dir.path().join(name);
+        std::fs::write(&path, lines.join("\n") + "\n").unwrap();
+        let out = bin()
+            .args(["--log-format", "json", "run", "--pipeline"])
+            .arg(&stack.pipeline)
+            .arg("--input")
+            .arg(&path)
+            .arg("--data-dir")
+            .arg(&stack.data)
+            .args(["--output", "json"])
+            .env("PROFILE_SYNC_LOG", "trace")
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        logs.extend(out.stderr);
+        logs.extend(out.stdout);
+    };
+    let mut plaintexts: Vec<String> = vec![
+        ALICE_PHONE.into(),
+        "Alice Martin".into(),
+        "not-an-email-alice".into(),
+    ];
+    let mut secrets: Vec<(String, Vec<u8>)> = Vec::new();
+    for version in 1..=3 {
+        let email = format!("alice.realistic.v{version}@example.org");
+        plaintexts.push(email.clone());
+        let mut lines = vec![
+            upsert(ALICE, version * 2, &email, "2026-01-01T00:00:00Z"),
+            upsert(
+                BOB,
+                version,
+                "bob.realistic@example.org",
+                "2026-01-01T00:00:00Z",
+            ),
+        ];
+        if version == 2 {
+            lines.push(consent(ALICE, 3, true));
+            lines.push(upsert(
+                ALICE,
+                1,
+                "not-an-email-alice",
+                "2026-01-01T00:00:00Z",
+            ));
+        }
+        run_logged(&format!("{version}.jsonl"), &lines);
+        for (field, sealed) in stack.stored_ciphertexts(ALICE) {
+            secrets.push((
+                format!("{field} ciphertext v{version}"),
+                sealed.as_str().unwrap().as_bytes().to_vec(),
+            ));
+        }
+        let blind: String =
+            stack.sqlite_value("SELECT email_index FROM profiles WHERE user_id = ?1", ALICE);
+        secrets.push((format!("blind index v{version}"), blind.into_bytes()));
+    }
+    let wrapped: Vec<u8> = stack.sqlite_value(
+        "SELECT wrapped_key FROM user_keys WHERE user_id = ?1",
+        ALICE,
+    );
+    secrets.push(("wrapped data key".into(), wrapped));
+    let bob_wrapped: Vec<u8> =
+        stack.sqlite_value("SELECT wrapped_key FROM user_keys WHERE user_id = ?1", BOB);
+    let alice_letters: Vec<Vec<u8>> = stack
+        .dead_letters()
+        .lines()
+        .map(|l| serde_json::from_str::<Json>(l).unwrap())
+        .filter(|l| {
+            l["sealing"]
+                .as_str()
+                .unwrap()
+                .starts_with(&format!("user:{ALICE}:"))
+        })
+        .map(|l| base64_decode(l["sealed_payload_base64"].as_str().unwrap()))
+        .collect();
+    assert_eq!(
+        alice_letters.len(),
+        1,
+        "her invalid event is dead-lettered, sealed"
+    );
+    let ciphertexts: Vec<Vec<u8>> = secrets
+        .iter()
+        .filter(|(what, _)| what.contains("ciphertext"))
+        .map(|(_, c)| c.clone())
+        .collect();
+
+    let out = stack.operator(&["erase", ALICE, "--reason", "request #12"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    logs.extend(out.stderr);
+
+    // Raw bytes of every file the worker wrote, the logs, and the dead letters' payloads.
+    let mut scanned: Vec<(String, Vec<u8>)> = files_under(&stack.data)
+        .into_iter()
+        .map(|p| (p.display().to_string(), std::fs::read(&p).unwrap()))
+        .collect();
+    scanned.push(("the logs".into(), logs));
+    for line in stack.dead_letters().lines() {
+        let letter: Json = serde_json::from_str(line).unwrap();
+        let payload = base64_decode(letter["sealed_payload_base64"].as_str().unwrap());
+        scanned.push((format!("dead letter {}", letter["position"]), payload));
+    }
+    let bytes: usize = scanned.iter().map(|(_, b)| b.len()).sum();
+    let mut found = Vec::new();
+    let mut bob_found = false;
+    for (place, content) in &scanned {
+        let holds = |needle: &[u8]| content.windows(needle.len()).any(|w| w == needle);
+        for (what, secret) in &secrets {
+            if holds(secret) {
+                found.push(format!("{what} in {place}"));
+            }
+        }
+        for text in &plaintexts {
+            if holds(text.as_bytes()) {
+                found.push(format!("a plaintext value in {place}"));
+            }
+        }
+        bob_found |= holds(&bob_wrapped);
+    }
+    println!(
+        "scanned {bytes} bytes in {} places for {} secrets and {} plaintext values: {} found",
+        scanned.len(),
+        secrets.len(),
+        plaintexts.len(),
+        found.len()
+    );
+    assert!(found.is_empty(), "recoverable after the erasure: {found:?}");
+    assert!(bob_found, "the scan finds the other user's wrapped key");
+
+    // The index, read with a tantivy of the test's own: no term, no stored document of hers.
+    let index = tantivy::Index::open_in_dir(stack.data.join("index")).unwrap();
+    let field = index.schema().get_field("user_id").unwrap();
+    for segment in index.searchable_segments().unwrap() {
+        let reader = tantivy::SegmentReader::open(&segment).unwrap();
+        let term = tantivy::Term::from_field_text(field, ALICE);
+        assert!(
+            reader
+                .inverted_index(field)
+                .unwrap()
+                .get_term_info(&term)
+                .unwrap()
+                .is_none(),
+            "the index still holds the erased user's id"
+        );
+    }
+
+    // Every key left, tried on what an attacker may have copied before: nothing opens.
+    let keys = stack.remaining_user_keys();
+    assert!(keys.iter().any(|(owner, _)| owner == BOB));
+    for (owner, dek) in &keys {
+        for sealed in &ciphertexts {
+            let text = std::str::from_utf8(sealed).unwrap();
+            for field in [
+                "email",
+                "phone",
+                "display_name",
+                "postal_address",
+                "last_seen_ip",
+            ] {
+                assert!(
+                    open_field(dek, ALICE, field, text).is_none(),
+                    "a ciphertext of hers opens with {owner}'s key"
+                );
+            }
+        }
+        for letter in &alice_letters {
+            assert!(
+                open_letter(dek, ALICE, "1", letter).is_none(),
+                "her dead letter opens with {owner}'s key"
+            );
+        }
+    }
 }

@@ -142,13 +142,19 @@ pub async fn export(args: ExportArgs) -> Result<(), Failure> {
 fn write_private(path: &Path, text: &str) -> Result<(), Failure> {
     use std::io::Write;
     use std::os::unix::fs::OpenOptionsExt;
+    use std::os::unix::fs::PermissionsExt;
+    let cannot = |e: std::io::Error| usage(anyhow::anyhow!("cannot write {}: {e}", path.display()));
+    // Not through a symbolic link, and private even when the file was there already.
     let mut f = std::fs::OpenOptions::new()
         .write(true)
         .create(true)
         .truncate(true)
         .mode(0o600)
+        .custom_flags(libc::O_NOFOLLOW)
         .open(path)
-        .map_err(|e| usage(anyhow::anyhow!("cannot write {}: {e}", path.display())))?;
+        .map_err(cannot)?;
+    f.set_permissions(std::fs::Permissions::from_mode(0o600))
+        .map_err(cannot)?;
     f.write_all(text.as_bytes())?;
     Ok(())
 }

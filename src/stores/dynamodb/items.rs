@@ -18,6 +18,9 @@ pub const PROFILE: &str = "PROFILE";
 pub const KEY: &str = "KEY";
 pub const CONSENT_PREFIX: &str = "CONSENT#";
 pub const AUDIT_PREFIX: &str = "AUDIT#";
+/// `AUDIT_ID#<id>`: one per audit record, written with it, so that a record appended again
+/// (a retried erasure, a redelivered event) is found by its id although its `at` differs.
+pub const AUDIT_ID_PREFIX: &str = "AUDIT_ID#";
 pub const EMAIL_INDEX: &str = "email_index";
 /// The GSI on `email_index` (sparse: only live profiles with an email carry the attribute).
 pub const EMAIL_GSI: &str = "by_email_index";
@@ -273,6 +276,19 @@ pub fn audit_item(r: &AuditRecord, retention_days: u64) -> Item {
     let expires = r.at.timestamp() + (retention_days.min(100_000) as i64) * 86_400;
     item.insert(TTL.into(), n(expires));
     item
+}
+
+/// The marker that says audit record `r` is stored (same TTL as the record).
+pub fn audit_marker(r: &AuditRecord, retention_days: u64) -> Item {
+    let mut item = key_of(user_pk(r.user_id), &audit_marker_sk(r.id));
+    item.insert("at".into(), s(ts(&r.at)));
+    let expires = r.at.timestamp() + (retention_days.min(100_000) as i64) * 86_400;
+    item.insert(TTL.into(), n(expires));
+    item
+}
+
+pub fn audit_marker_sk(id: uuid::Uuid) -> String {
+    format!("{AUDIT_ID_PREFIX}{}", id.hyphenated())
 }
 
 pub fn parse_audit(item: &Item) -> Result<AuditRecord, StoreError> {

@@ -734,25 +734,34 @@ impl ProfileStore for DynamoStore {
             .await
     }
 
+    /// The record and its id marker in one transaction, both conditional on not existing: a
+    /// record appended again (its `at` differs, its id does not) is found by the marker.
     async fn append_audit(&self, record: &AuditRecord) -> Result<(), StoreError> {
-        let call = self
-            .client
-            .put_item()
-            .table_name(&self.table)
-            .set_item(Some(audit_item(record, self.audit_retention_days)))
-            .condition_expression("attribute_not_exists(pk)");
-        match retrying("PutItem", || call.clone().send(), transient).await {
-            Ok(_) => Ok(()),
-            Err(e)
-                if e.as_service_error()
-                    .is_some_and(|s| s.is_conditional_check_failed_exception()) =>
-            {
-                Err(StoreError::Failed(format!(
-                    "audit record {} exists already: audit records are append-only",
-                    record.id
-                )))
-            }
-            Err(e) => Err(dynamo_err("PutItem", &e)),
+        let written = self
+            .transact_puts(vec![
+                CondPut {
+                    item: audit_marker(record, self.audit_retention_days),
+                    condition: "attribute_not_exists(pk)",
+                    values: vec![],
+                },
+                CondPut {
+                    item: audit_item(record, self.audit_retention_days),
+                    condition: "attribute_not_exists(pk)",
+                    values: vec![],
+                },
+            ])
+            .await?;
+        if written.iter().all(|w| *w) {
+            return Ok(());
+        }
+        // Cancelled: by the marker (stored already), or by a concurrent transaction (retry).
+        let marker = key_of(user_pk(record.user_id), &audit_marker_sk(record.id));
+        match self.get_item(marker).await? {
+            Some(_) => Ok(()),
+            None => Err(StoreError::Unavailable(format!(
+                "the audit record {} was not written (a concurrent transaction); retry",
+                record.id
+            ))),
         }
     }
 
@@ -968,10 +977,13 @@ impl ProfileStore for DynamoStore {
                 .client
                 .scan()
                 .table_name(&self.table)
-                .filter_expression("begins_with(sk, :audit) AND #at < :before")
+                .filter_expression(
+                    "(begins_with(sk, :audit) OR begins_with(sk, :marker)) AND #at < :before",
+                )
                 .projection_expression("pk, sk")
                 .expression_attribute_names("#at", "at")
                 .expression_attribute_values(":audit", AttributeValue::S(AUDIT_PREFIX.into()))
+                .expression_attribute_values(":marker", AttributeValue::S(AUDIT_ID_PREFIX.into()))
                 .expression_attribute_values(":before", AttributeValue::S(ts(&before)))
                 .set_exclusive_start_key(start.take());
             let page = retrying("Scan", || call.clone().send(), transient)
@@ -988,7 +1000,13 @@ impl ProfileStore for DynamoStore {
                 _ => break,
             }
         }
-        self.batch_delete(expired).await
+        // The markers go with their records; the count is of records, as SQLite's.
+        let records = expired
+            .iter()
+            .filter(|i| matches!(i.get(SK), Some(AttributeValue::S(sk)) if sk.starts_with(AUDIT_PREFIX)))
+            .count() as u64;
+        self.batch_delete(expired).await?;
+        Ok(records)
     }
 }
 
