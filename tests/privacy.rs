@@ -1322,3 +1322,74 @@ fn after_a_realistic_run_and_an_erasure_nothing_the_worker_wrote_gives_the_user_
         }
     }
 }
+
+/// A CLI erase lands while a live worker is upserting the same user at ever higher versions
+/// (DynamoDB + KMS + OpenSearch, where both can run at once). The worker's later changes of
+/// the user are refused by the fence in the store's own condition, whatever its batches read
+/// before: the user ends erased, in no index document, with one erase audit record.
+#[test]
+fn a_cli_erase_racing_a_live_worker_that_upserts_the_user_ends_erased_indexed_nowhere_audited_once()
+{
+    let stack = Stack::services();
+    let mut lines = Vec::new();
+    for i in 0..15_000i64 {
+        let user = if i % 3 == 0 {
+            ALICE.to_string()
+        } else {
+            uuid::Uuid::from_u128(0x5eed_0000 + i as u128).to_string()
+        };
+        lines.push(upsert(
+            &user,
+            i + 1,
+            &format!("u{i}@example.org"),
+            "2026-01-01T00:00:00Z",
+        ));
+    }
+    let input = stack.dir.path().join("race.jsonl");
+    std::fs::write(&input, lines.join("\n") + "\n").unwrap();
+    let worker = {
+        let (pipeline, input, data) = (stack.pipeline.clone(), input.clone(), stack.data.clone());
+        std::thread::spawn(move || run_with(&pipeline, &input, &data))
+    };
+    // Erase once the worker has stored her a few times, while it is still going.
+    let started = std::time::Instant::now();
+    loop {
+        let got = stack.cli(&["get", ALICE]);
+        let version = serde_json::from_slice::<Json>(&got.stdout)
+            .ok()
+            .and_then(|g| g["version"].as_i64())
+            .unwrap_or(0);
+        if version >= 1_500 {
+            break;
+        }
+        assert!(
+            started.elapsed() < std::time::Duration::from_secs(120),
+            "the worker stored no version of the user in time"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    let out = stack.operator(&["erase", ALICE, "--reason", "request #13"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        !worker.is_finished(),
+        "the worker ended before the erasure: the race did not happen (give it more events)"
+    );
+    let summary = worker.join().unwrap();
+    assert!(
+        summary["dead_lettered"].as_u64().unwrap() > 0,
+        "her later events are refused: {summary}"
+    );
+    assert_eq!(stack.get(ALICE)["state"], "erased");
+    assert_eq!(stack.indexed(ALICE)["total"], 0);
+    let erasures = stack
+        .audit(ALICE)
+        .into_iter()
+        .filter(|r| r["action"] == "erase")
+        .count();
+    assert_eq!(erasures, 1);
+    assert!(!stack.remaining_user_keys().iter().any(|(o, _)| o == ALICE));
+}

@@ -15,7 +15,7 @@ use super::kafka_args::{client_config, kafka_source};
 use super::{data_dir, pipeline_file, usage, Failure};
 use crate::config::DeadLetterConfig;
 use crate::dead_letter::{read_letters, Sealing, HEADER_PREFIX, SEALING_HEADER, VALUE_OMITTED};
-use crate::pipeline::{open_profiles, schemas};
+use crate::pipeline::{open_profiles, schemas, IndexAccess};
 use crate::privacy::Profiles;
 use crate::stages::seal::{LetterSealer, OpenError};
 use base64::engine::general_purpose::STANDARD;
@@ -88,7 +88,7 @@ fn open_keys(
     let file = pipeline_file(Some(pipeline))?;
     let dir = data_dir(&file, given_dir);
     let schemas = schemas(&file).map_err(usage)?;
-    let profiles = open_profiles(&file, &dir, &schemas).map_err(usage)?;
+    let profiles = open_profiles(&file, &dir, &schemas, IndexAccess::Read).map_err(usage)?;
     let sealer = LetterSealer::new(profiles.keys.clone(), profiles.store.clone());
     Ok((file, profiles, sealer))
 }

@@ -3,7 +3,7 @@
 //! before anything is shown.
 
 use super::{data_dir, pipeline_file, usage, Failure};
-use crate::pipeline::{open_profiles, schemas};
+use crate::pipeline::{open_profiles, schemas, IndexAccess};
 use crate::privacy::{Actor, PrivacyError};
 use crate::schema::Classification;
 use serde_json::Value as Json;
@@ -67,7 +67,7 @@ pub async fn run(args: Args) -> Result<(), Failure> {
     let actor = args.reveal.actor()?;
     let schemas = schemas(&file).map_err(usage)?;
     let catalog = &schemas.catalog;
-    let profiles = open_profiles(&file, &data_dir, &schemas).map_err(usage)?;
+    let profiles = open_profiles(&file, &data_dir, &schemas, IndexAccess::Read).map_err(usage)?;
     let user = match Uuid::parse_str(&args.user) {
         Ok(u) => u,
         Err(_) if args.user.contains('@') => {

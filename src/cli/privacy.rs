@@ -3,7 +3,7 @@
 
 use super::get::actor;
 use super::{data_dir, pipeline_file, usage, Failure};
-use crate::pipeline::{open_profiles, schemas};
+use crate::pipeline::{open_profiles, schemas, IndexAccess};
 use crate::privacy::{self, Actor, PrivacyError, Profiles};
 use std::path::{Path, PathBuf};
 use uuid::Uuid;
@@ -66,11 +66,14 @@ pub enum RetentionCommand {
     },
 }
 
-fn open(target: &Target) -> Result<(crate::config::Pipeline, Profiles), Failure> {
+fn open(
+    target: &Target,
+    access: IndexAccess,
+) -> Result<(crate::config::Pipeline, Profiles), Failure> {
     let file = pipeline_file(target.pipeline.as_deref())?;
     let dir = data_dir(&file, target.data_dir.as_deref());
     let schemas = schemas(&file).map_err(usage)?;
-    let profiles = open_profiles(&file, &dir, &schemas).map_err(usage)?;
+    let profiles = open_profiles(&file, &dir, &schemas, access).map_err(usage)?;
     Ok((file, profiles))
 }
 
@@ -92,7 +95,7 @@ fn failure(e: PrivacyError) -> Failure {
 
 pub async fn erase(args: EraseArgs) -> Result<(), Failure> {
     let reason = reason(&args.reason)?;
-    let (file, profiles) = open(&args.target)?;
+    let (file, profiles) = open(&args.target, IndexAccess::Write)?;
     let catalog = schemas(&file).map_err(usage)?.catalog;
     // A user with no profile may still have a key: their events were all dead-lettered, sealed
     // under it. The erasure shreds it (and fences the user) all the same.
@@ -121,7 +124,7 @@ pub async fn erase(args: EraseArgs) -> Result<(), Failure> {
 
 pub async fn export(args: ExportArgs) -> Result<(), Failure> {
     let reason = reason(&args.reason)?;
-    let (file, profiles) = open(&args.target)?;
+    let (file, profiles) = open(&args.target, IndexAccess::Read)?;
     let catalog = schemas(&file).map_err(usage)?.catalog;
     let actor = Actor {
         name: actor(args.actor),
@@ -160,7 +163,7 @@ fn write_private(path: &Path, text: &str) -> Result<(), Failure> {
 }
 
 pub async fn audit(args: AuditArgs) -> Result<(), Failure> {
-    let (_, profiles) = open(&args.target)?;
+    let (_, profiles) = open(&args.target, IndexAccess::Read)?;
     for record in profiles.store.audit_trail(args.user).await? {
         println!("{}", serde_json::to_string(&record)?);
     }
@@ -174,7 +177,7 @@ pub async fn retention(command: RetentionCommand) -> Result<(), Failure> {
         actor: who,
         target,
     } = command;
-    let (file, profiles) = open(&target)?;
+    let (file, profiles) = open(&target, IndexAccess::Write)?;
     let rules = &file.config.privacy.retention;
     let actor = Actor {
         name: actor(who),

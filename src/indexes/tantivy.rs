@@ -31,7 +31,8 @@ const WRITER_HEAP_BYTES: usize = 20_000_000;
 
 pub struct TantivyIndex {
     index: Index,
-    writer: Arc<Mutex<IndexWriter>>,
+    /// `None` when opened for reading: a running worker may hold the folder's writer lock.
+    writer: Option<Arc<Mutex<IndexWriter>>>,
     reader: IndexReader,
     fields: Arc<Vec<(FieldSpec, Field)>>,
     /// The user-id terms of erasures applied and not yet purged from the files.
@@ -46,7 +47,25 @@ fn failed(e: impl std::fmt::Display) -> IndexError {
 }
 
 impl TantivyIndex {
+    fn writer(&self) -> Result<Arc<Mutex<IndexWriter>>, IndexError> {
+        self.writer
+            .clone()
+            .ok_or_else(|| failed("this command opened the embedded index for reading only"))
+    }
+}
+
+impl TantivyIndex {
+    /// Opens (or creates) the index for writing; one process at a time holds its writer.
     pub fn open(path: &Path, projection: &Projection) -> Result<Self, IndexError> {
+        Self::open_with(path, projection, true)
+    }
+
+    /// Opens the index for searching only, beside a worker that writes it.
+    pub fn open_for_reading(path: &Path, projection: &Projection) -> Result<Self, IndexError> {
+        Self::open_with(path, projection, false)
+    }
+
+    fn open_with(path: &Path, projection: &Projection, write: bool) -> Result<Self, IndexError> {
         let mut builder = SchemaBuilder::new();
         let user_id = builder.add_text_field("user_id", STRING | STORED);
         let version = builder.add_i64_field("version", INDEXED | STORED | FAST);
@@ -76,9 +95,18 @@ impl TantivyIndex {
                 path.display()
             ))
         })?;
-        let writer = index
-            .writer_with_num_threads(WRITER_THREADS, WRITER_HEAP_BYTES)
-            .map_err(failed)?;
+        let writer = write
+            .then(|| index.writer_with_num_threads(WRITER_THREADS, WRITER_HEAP_BYTES))
+            .transpose()
+            .map_err(|e| match e {
+                tantivy::TantivyError::LockFailure(tantivy::directory::error::LockError::LockBusy, _) => {
+                    IndexError::Failed(format!(
+                        "the embedded index at {} is in use by another profile-sync process (a running worker holds it): stop the worker first, or let the worker do it (an ERASE or CONSENT event in its input goes through the same steps)",
+                        path.display()
+                    ))
+                }
+                other => failed(other),
+            })?;
         let reader = index
             .reader_builder()
             .reload_policy(ReloadPolicy::Manual)
@@ -86,7 +114,7 @@ impl TantivyIndex {
             .map_err(failed)?;
         Ok(Self {
             index,
-            writer: Arc::new(Mutex::new(writer)),
+            writer: writer.map(|w| Arc::new(Mutex::new(w))),
             reader,
             fields: Arc::new(fields),
             erased: Arc::default(),
@@ -230,7 +258,7 @@ impl SearchIndex for TantivyIndex {
                 .map_err(|_| failed("erasure list poisoned"))?
                 .extend(erased);
         }
-        let writer = self.writer.clone();
+        let writer = self.writer()?;
         let n = docs.len();
         tokio::task::spawn_blocking(move || {
             let writer = writer.lock().map_err(|_| failed("index writer poisoned"))?;
@@ -248,7 +276,7 @@ impl SearchIndex for TantivyIndex {
     }
 
     async fn commit(&self) -> Result<(), IndexError> {
-        let writer = self.writer.clone();
+        let writer = self.writer()?;
         let reader = self.reader.clone();
         let erased = self.erased.clone();
         let user_id = self.user_id;

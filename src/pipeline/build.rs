@@ -83,12 +83,15 @@ pub fn runtime_settings(file: &config::Pipeline) -> crate::runtime::Settings {
 }
 
 /// The store, index and keys of a pipeline file, for operators' commands.
+/// The store, index and keys. Commands that change no index document open it with
+/// `IndexAccess::Read`, so that they can run beside a worker that holds the embedded index.
 pub fn open_profiles(
     file: &config::Pipeline,
     data_dir: &Path,
     schemas: &ProfileSchemas,
+    access: IndexAccess,
 ) -> Result<Profiles, BuildError> {
-    let (projection, index) = open_index(file, data_dir, schemas, IndexAccess::Write)?;
+    let (projection, index) = open_index(file, data_dir, schemas, access)?;
     let store = open_store(file, data_dir)?;
     let keys = open_data_keys(file, data_dir, store.clone())?;
     Ok(Profiles {
@@ -220,10 +223,13 @@ pub fn open_index(
 ) -> Result<(Projection, Arc<dyn SearchIndex>), BuildError> {
     let projection = Projection::new(&schemas.catalog, file.config.index.fields())?;
     let index: Arc<dyn SearchIndex> = match &file.config.index {
-        IndexConfig::Tantivy { path, .. } => Arc::new(TantivyIndex::open(
-            &file.data_path(data_dir, path),
-            &projection,
-        )?),
+        IndexConfig::Tantivy { path, .. } => {
+            let path = file.data_path(data_dir, path);
+            Arc::new(match access {
+                IndexAccess::Write => TantivyIndex::open(&path, &projection)?,
+                IndexAccess::Read => TantivyIndex::open_for_reading(&path, &projection)?,
+            })
+        }
         IndexConfig::Opensearch { .. } => {
             let (_, settings) = opensearch_settings(file, schemas)?;
             Arc::new(match access {
@@ -441,7 +447,7 @@ pub fn build(
         &file.config.privacy.purposes,
         &schemas.catalog,
     )?;
-    let profiles = open_profiles(file, data_dir, &schemas)?;
+    let profiles = open_profiles(file, data_dir, &schemas, IndexAccess::Write)?;
     let source = open_source(file, input)?;
     let dead_letters = open_dead_letters(file, data_dir)?;
     let pipeline = Pipeline {
