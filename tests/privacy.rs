@@ -1393,3 +1393,63 @@ fn a_cli_erase_racing_a_live_worker_that_upserts_the_user_ends_erased_indexed_no
     assert_eq!(erasures, 1);
     assert!(!stack.remaining_user_keys().iter().any(|(o, _)| o == ALICE));
 }
+
+/// On the embedded stack a running worker holds the tantivy index: the reading commands run
+/// beside it, and `erase` is refused with exit 2 and the reason, changing nothing.
+#[test]
+fn beside_an_embedded_worker_reads_work_and_an_erase_is_refused_with_the_reason() {
+    let stack = Stack::embedded();
+    let lines: Vec<String> = (0..90_000i64)
+        .map(|i| {
+            let user = if i % 3 == 0 {
+                ALICE.to_string()
+            } else {
+                uuid::Uuid::from_u128(0x5eed_0000 + i as u128).to_string()
+            };
+            upsert(
+                &user,
+                i + 1,
+                &format!("u{i}@example.org"),
+                "2026-01-01T00:00:00Z",
+            )
+        })
+        .collect();
+    let input = stack.dir.path().join("many.jsonl");
+    std::fs::write(&input, lines.join("\n") + "\n").unwrap();
+    let worker = {
+        let (pipeline, input, data) = (stack.pipeline.clone(), input.clone(), stack.data.clone());
+        std::thread::spawn(move || run_with(&pipeline, &input, &data))
+    };
+    let started = std::time::Instant::now();
+    while !stack.cli(&["get", ALICE]).status.success() {
+        assert!(
+            started.elapsed() < std::time::Duration::from_secs(60),
+            "nothing stored in time"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    let search = stack.cli(&["search", "*", "--output", "json"]);
+    let erase = stack.operator(&["erase", ALICE, "--reason", "request #14"]);
+    assert!(
+        !worker.is_finished(),
+        "the worker ended before the commands ran: give it more events"
+    );
+    assert!(
+        search.status.success(),
+        "{}",
+        String::from_utf8_lossy(&search.stderr)
+    );
+    assert_eq!(erase.status.code(), Some(2));
+    let why = String::from_utf8_lossy(&erase.stderr);
+    assert!(
+        why.contains("in use by another profile-sync process"),
+        "{why}"
+    );
+    worker.join().unwrap();
+    assert_ne!(
+        stack.get(ALICE)["state"],
+        "erased",
+        "the refused erase changed nothing"
+    );
+    assert!(stack.audit(ALICE).iter().all(|r| r["action"] != "erase"));
+}
