@@ -70,7 +70,8 @@ impl Setup {
         create_topics(&brokers, &[(&topic, partitions), (&dlq, 1)]).await;
         let dir = tempfile::tempdir().unwrap();
         // Created once, before the workers race to create it.
-        profile_sync::keys::LocalKeyring::open_or_create(&dir.path().join("keyring.json")).unwrap();
+        profile_sync::keys::LocalKeyring::open_or_create(&dir.path().join("keyring.json"), None)
+            .unwrap();
         Self {
             brokers,
             dlq,

@@ -1453,3 +1453,63 @@ fn beside_an_embedded_worker_reads_work_and_an_erase_is_refused_with_the_reason(
     );
     assert!(stack.audit(ALICE).iter().all(|r| r["action"] != "erase"));
 }
+
+/// With `keys.master_key_env`, the keyring file in the data folder holds its keys sealed under
+/// a master key from the environment: the worker runs with the variable and refuses to start,
+/// naming it, without; the file holds no key in plaintext.
+#[test]
+fn a_keyring_sealed_under_a_master_key_from_the_environment_is_useless_without_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let text = std::fs::read_to_string(local_pipeline())
+        .unwrap()
+        .replace("../", &format!("{}/", repo().display()))
+        .replace(
+            "  path: keyring.json ",
+            "  master_key_env: PS_TEST_KEYRING_MASTER\n  path: keyring.json ",
+        );
+    let pipeline = dir.path().join("sealed.yaml");
+    std::fs::write(&pipeline, text).unwrap();
+    let input = dir.path().join("1.jsonl");
+    std::fs::write(
+        &input,
+        upsert(ALICE, 1, ALICE_EMAIL, "2026-01-01T00:00:00Z") + "\n",
+    )
+    .unwrap();
+    let data = dir.path().join("data");
+    let master = "q83vEjRWeJq8f7p9YmFzZTY0LWtleS0zMi1ieXRlcyE=";
+    let run = |env: Option<&str>| {
+        let mut cmd = bin();
+        cmd.args(["run", "--pipeline"])
+            .arg(&pipeline)
+            .arg("--input")
+            .arg(&input)
+            .arg("--data-dir")
+            .arg(&data)
+            .env_remove("PS_TEST_KEYRING_MASTER");
+        if let Some(v) = env {
+            cmd.env("PS_TEST_KEYRING_MASTER", v);
+        }
+        cmd.output().unwrap()
+    };
+    let out = run(Some(master));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let keyring = std::fs::read_to_string(data.join("keyring.json")).unwrap();
+    assert!(
+        keyring.contains("sealed_key") && !keyring.contains("\"key\""),
+        "{keyring}"
+    );
+    let out = run(None);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("PS_TEST_KEYRING_MASTER"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let wrong = run(Some("AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA="));
+    assert_eq!(wrong.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&wrong.stderr).contains("does not open with the master key"));
+}

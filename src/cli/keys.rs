@@ -7,11 +7,12 @@
 //! touched. `generations` lists which KEKs still wrap keys; `retire --kek` (local keyring)
 //! removes a KEK no stored key uses, so that what it wrapped (in backups too) can no longer be
 //! unwrapped. After erasures, `rotate` then `retire` closes the window backups keep open.
+//! `seal` seals a plaintext local keyring under the master key of `keys.master_key_env`.
 
 use super::{data_dir, pipeline_file, usage, Failure};
 use crate::config::KeysConfig;
 use crate::keys::{KeyProvider, LocalKeyring};
-use crate::pipeline::{open_data_keys, open_kms, open_store};
+use crate::pipeline::{local_keyring, open_data_keys, open_kms, open_store};
 use crate::stores::ProfileStore;
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -46,6 +47,11 @@ pub enum Command {
         #[command(flatten)]
         target: Target,
     },
+    /// Seal a plaintext local keyring under the master key of `keys.master_key_env` (once).
+    Seal {
+        #[command(flatten)]
+        target: Target,
+    },
     /// Remove a key-encryption key no stored key uses from the local keyring.
     Retire {
         /// The KEK id, as `generations` lists it.
@@ -67,6 +73,7 @@ pub async fn run(command: Command) -> Result<(), Failure> {
         }
         Command::Generations { target } => generations(&target).await,
         Command::Retire { kek, target } => retire(&target, &kek).await,
+        Command::Seal { target } => seal(&target),
     }
 }
 
@@ -79,8 +86,9 @@ async fn rotate(target: &Target, to_key: Option<&str>) -> Result<(), Failure> {
                 "keys rewrap --to-key moves keys to another KMS key; this pipeline uses the local keyring: use `keys rotate`"
             )))
         }
-        (KeysConfig::LocalKeyring { path, .. }, None) => {
-            Some(LocalKeyring::add_kek(&file.data_path(&dir, path)).map_err(usage)?)
+        (KeysConfig::LocalKeyring { .. }, None) => {
+            let (path, master) = local_keyring(&file, &dir).map_err(usage)?.expect("a local keyring");
+            Some(LocalKeyring::add_kek(&path, master.as_ref()).map_err(usage)?)
         }
         (KeysConfig::Kms { .. }, _) => None,
     };
@@ -167,8 +175,8 @@ async fn generations(target: &Target) -> Result<(), Failure> {
         })
         .collect();
     let mut keyring = None;
-    if let KeysConfig::LocalKeyring { path, .. } = &file.config.keys {
-        let keks = LocalKeyring::keks(&file.data_path(&dir, path)).map_err(usage)?;
+    if let Some((path, master)) = local_keyring(&file, &dir).map_err(usage)? {
+        let keks = LocalKeyring::keks(&path, master.as_ref()).map_err(usage)?;
         keyring = Some(
             keks.ids
                 .iter()
@@ -194,7 +202,7 @@ async fn generations(target: &Target) -> Result<(), Failure> {
 async fn retire(target: &Target, kek: &str) -> Result<(), Failure> {
     let file = pipeline_file(target.pipeline.as_deref())?;
     let dir = data_dir(&file, target.data_dir.as_deref());
-    let KeysConfig::LocalKeyring { path, .. } = &file.config.keys else {
+    let Some((path, master)) = local_keyring(&file, &dir).map_err(usage)? else {
         return Err(usage(anyhow::anyhow!(
             "keys retire removes a KEK from the local keyring; with KMS, a generation lives only in the stored keys: `keys rotate` (or `rewrap --to-key`), then disable or schedule the deletion of the old KMS key once `keys generations` no longer lists it and the backup window has passed"
         )));
@@ -210,7 +218,23 @@ async fn retire(target: &Target, kek: &str) -> Result<(), Failure> {
             "{in_use} stored keys are still wrapped by `{kek}`: run `keys rotate` first"
         )));
     }
-    LocalKeyring::remove_kek(&file.data_path(&dir, path), kek).map_err(usage)?;
+    LocalKeyring::remove_kek(&path, kek, master.as_ref()).map_err(usage)?;
     println!("{}", serde_json::json!({"retired": kek}));
+    Ok(())
+}
+
+fn seal(target: &Target) -> Result<(), Failure> {
+    let file = pipeline_file(target.pipeline.as_deref())?;
+    let dir = data_dir(&file, target.data_dir.as_deref());
+    let Some((path, Some(master))) = local_keyring(&file, &dir).map_err(usage)? else {
+        return Err(usage(anyhow::anyhow!(
+            "keys seal needs `keys: {{type: local_keyring, master_key_env: NAME}}` and that variable set to a 32-byte key in base64 (e.g. `openssl rand -base64 32`)"
+        )));
+    };
+    let sealed = LocalKeyring::seal(&path, &master).map_err(usage)?;
+    println!(
+        "{}",
+        serde_json::json!({"keyring": path.display().to_string(), "sealed_keys": sealed})
+    );
     Ok(())
 }

@@ -197,6 +197,10 @@ pub enum KeysConfig {
     LocalKeyring {
         #[serde(default = "default_keyring")]
         path: PathBuf,
+        /// An environment variable holding a 32-byte master key (base64) that seals the keys
+        /// in the keyring file, so that the file alone decrypts nothing. Default: none.
+        #[serde(default)]
+        master_key_env: Option<String>,
         #[serde(default)]
         cache: KeyCacheConfig,
     },

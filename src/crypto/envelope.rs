@@ -7,6 +7,8 @@
 //! Dead-letter payload: `nonce ‖ ciphertext ‖ tag` under a data key (the user's, or a
 //! dead-letter key), with AAD = `profile-sync/dead-letter/v1` 0x00 `<key owner uuid>` 0x00
 //! `<key_version>`.
+//! Keyring key sealed under a master key: `nonce ‖ ciphertext ‖ tag`, with AAD =
+//! `profile-sync/keyring-key/v1` 0x00 `<key id>`.
 
 use aws_lc_rs::aead::{Aad, LessSafeKey, Nonce, UnboundKey, AES_256_GCM, NONCE_LEN};
 use aws_lc_rs::rand::{SecureRandom, SystemRandom};
@@ -22,6 +24,7 @@ pub const FIELD_FORMAT: &str = "v1";
 const FIELD_AAD: &[u8] = b"profile-sync/field/v1";
 const KEY_AAD: &[u8] = b"profile-sync/user-key/v1";
 const LETTER_AAD: &[u8] = b"profile-sync/dead-letter/v1";
+const KEYRING_AAD: &[u8] = b"profile-sync/keyring-key/v1";
 const TAG_LEN: usize = 16;
 /// What sealing adds to a plaintext: the nonce and the tag.
 pub const SEALED_OVERHEAD: usize = NONCE_LEN + TAG_LEN;
@@ -218,6 +221,23 @@ pub fn open_letter(
         &owner_aad(LETTER_AAD, owner, key_version),
         sealed,
     )
+}
+
+/// Seals a key of the local keyring (a KEK, the blind-index key) under the master key.
+pub fn seal_keyring_key(master: &DataKey, id: &str, key: &DataKey) -> Result<Vec<u8>, CryptoError> {
+    seal(&master.aead, &keyring_aad(id), key.expose())
+}
+
+pub fn open_keyring_key(master: &DataKey, id: &str, sealed: &[u8]) -> Result<DataKey, CryptoError> {
+    let plain = Zeroizing::new(open(&master.aead, &keyring_aad(id), sealed)?);
+    DataKey::from_slice(&plain)
+}
+
+fn keyring_aad(id: &str) -> Vec<u8> {
+    let mut aad = KEYRING_AAD.to_vec();
+    aad.push(0);
+    aad.extend_from_slice(id.as_bytes());
+    aad
 }
 
 /// Wraps a user's data key under a key-encryption key.

@@ -8,6 +8,6 @@ mod envelope;
 
 pub use blind_index::{normalise_email, BlindIndexKey};
 pub use envelope::{
-    open_field, open_letter, seal_field, seal_letter, unwrap_data_key, wrap_data_key, CryptoError,
-    DataKey, FIELD_FORMAT, SEALED_OVERHEAD,
+    open_field, open_keyring_key, open_letter, seal_field, seal_keyring_key, seal_letter,
+    unwrap_data_key, wrap_data_key, CryptoError, DataKey, FIELD_FORMAT, SEALED_OVERHEAD,
 };

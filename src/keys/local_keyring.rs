@@ -2,9 +2,15 @@
 //! on first run with mode 0600. A file others can read, a symlink, or a file another user
 //! owns is refused. `keys rotate` adds a KEK and makes it current; `keys retire` removes one
 //! no stored key uses any more. The file is always replaced whole (written aside, renamed).
+//!
+//! With a master key (`keys.master_key_env`: 32 bytes, base64, in an environment variable),
+//! the keys in the file are sealed under it, so the file alone, or a copy of the data folder,
+//! decrypts nothing: the KEK then comes from outside the data folder.
 
 use super::{KeyError, KeyProvider, WrappedUserKey};
-use crate::crypto::{unwrap_data_key, wrap_data_key, BlindIndexKey, DataKey};
+use crate::crypto::{
+    open_keyring_key, seal_keyring_key, unwrap_data_key, wrap_data_key, BlindIndexKey, DataKey,
+};
 use async_trait::async_trait;
 use base64::engine::general_purpose::STANDARD;
 use base64::Engine;
@@ -39,13 +45,84 @@ struct KeyringFile {
     /// The id of the key-encryption key new user keys are wrapped with.
     current: String,
     key_encryption_keys: Vec<StoredKey>,
-    blind_index_key: String,
+    /// The blind-index key, as a [`StoredKey`] of id [`BLIND_INDEX_ID`] would hold it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    blind_index_key: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    sealed_blind_index_key: Option<String>,
 }
 
+/// One key: `key` (base64, plaintext) without a master key, `sealed_key` (base64 of
+/// `nonce ‖ ciphertext ‖ tag` under the master key) with one.
 #[derive(Serialize, Deserialize)]
 struct StoredKey {
     id: String,
-    key: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    key: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    sealed_key: Option<String>,
+}
+
+/// The id the blind-index key is sealed under (its AAD).
+const BLIND_INDEX_ID: &str = "blind-index";
+
+impl StoredKey {
+    fn new(id: &str, key: &DataKey, master: Option<&DataKey>) -> Result<Self, String> {
+        Ok(match master {
+            None => Self {
+                id: id.into(),
+                key: Some(STANDARD.encode(key.expose())),
+                sealed_key: None,
+            },
+            Some(m) => Self {
+                id: id.into(),
+                key: None,
+                sealed_key: Some(
+                    STANDARD.encode(seal_keyring_key(m, id, key).map_err(|e| e.to_string())?),
+                ),
+            },
+        })
+    }
+
+    /// The key, or why it cannot be had (a wrong or missing master key, a damaged file).
+    fn open(&self, master: Option<&DataKey>) -> Result<DataKey, String> {
+        let b64 = |v: &str| {
+            STANDARD
+                .decode(v)
+                .map_err(|_| format!("key `{}` is not base64", self.id))
+        };
+        match (&self.key, &self.sealed_key, master) {
+            (Some(k), None, None) => DataKey::from_slice(&b64(k)?)
+                .map_err(|_| format!("key `{}` is not 32 bytes", self.id)),
+            (None, Some(sealed), Some(m)) => open_keyring_key(m, &self.id, &b64(sealed)?).map_err(|_| {
+                format!("key `{}` does not open with the master key: is keys.master_key_env's variable the key this keyring was sealed with?", self.id)
+            }),
+            (Some(_), None, Some(_)) => Err(format!(
+                "key `{}` is in plaintext although keys.master_key_env is set: run `profile-sync keys seal` once to seal the keyring",
+                self.id
+            )),
+            (None, Some(_), None) => Err(format!(
+                "key `{}` is sealed under a master key: set keys.master_key_env to the variable that holds it",
+                self.id
+            )),
+            _ => Err(format!("key `{}` has neither `key` nor `sealed_key`", self.id)),
+        }
+    }
+}
+
+impl KeyringFile {
+    fn blind_index(&self) -> StoredKey {
+        StoredKey {
+            id: BLIND_INDEX_ID.into(),
+            key: self.blind_index_key.clone(),
+            sealed_key: self.sealed_blind_index_key.clone(),
+        }
+    }
+
+    fn set_blind_index(&mut self, stored: StoredKey) {
+        self.blind_index_key = stored.key;
+        self.sealed_blind_index_key = stored.sealed_key;
+    }
 }
 
 pub struct LocalKeyring {
@@ -56,8 +133,9 @@ pub struct LocalKeyring {
 }
 
 impl LocalKeyring {
-    /// Opens the keyring at `path`, creating it (mode 0600) if it does not exist.
-    pub fn open_or_create(path: &Path) -> Result<Self, KeyringError> {
+    /// Opens the keyring at `path`, creating it (mode 0600) if it does not exist; its keys are
+    /// sealed under `master` when one is given.
+    pub fn open_or_create(path: &Path, master: Option<&DataKey>) -> Result<Self, KeyringError> {
         let io = |e: std::io::Error| KeyringError::Io {
             path: path.to_path_buf(),
             reason: e.to_string(),
@@ -75,15 +153,18 @@ impl LocalKeyring {
                 reason: e.to_string(),
             })?;
             let id = new_kek_id();
-            let file = KeyringFile {
+            let format = |reason: String| KeyringError::Format {
+                path: path.to_path_buf(),
+                reason,
+            };
+            let mut file = KeyringFile {
                 format: FORMAT.into(),
                 current: id.clone(),
-                key_encryption_keys: vec![StoredKey {
-                    id,
-                    key: STANDARD.encode(kek.expose()),
-                }],
-                blind_index_key: STANDARD.encode(blind.expose()),
+                key_encryption_keys: vec![StoredKey::new(&id, &kek, master).map_err(format)?],
+                blind_index_key: None,
+                sealed_blind_index_key: None,
             };
+            file.set_blind_index(StoredKey::new(BLIND_INDEX_ID, &blind, master).map_err(format)?);
             let mut f = std::fs::OpenOptions::new()
                 .write(true)
                 .create_new(true)
@@ -131,15 +212,9 @@ impl LocalKeyring {
             path: path.to_path_buf(),
             reason,
         };
-        let decode = |b64: &str| -> Result<DataKey, KeyringError> {
-            let bytes = STANDARD
-                .decode(b64)
-                .map_err(|_| format("a key is not base64".into()))?;
-            DataKey::from_slice(&bytes).map_err(|_| format("a key is not 32 bytes".into()))
-        };
         let mut keks = HashMap::new();
         for k in &file.key_encryption_keys {
-            keks.insert(k.id.clone(), decode(&k.key)?);
+            keks.insert(k.id.clone(), k.open(master).map_err(format)?);
         }
         if !keks.contains_key(&file.current) {
             return Err(format(format!(
@@ -147,7 +222,7 @@ impl LocalKeyring {
                 file.current
             )));
         }
-        let blind = decode(&file.blind_index_key)?;
+        let blind = file.blind_index().open(master).map_err(format)?;
         Ok(Self {
             current: file.current,
             keks,
@@ -167,14 +242,14 @@ pub struct KeyringKeks {
 impl LocalKeyring {
     /// The key-encryption keys of the keyring at `path` (opened with every check of
     /// [`LocalKeyring::open_or_create`], so never created here).
-    pub fn keks(path: &Path) -> Result<KeyringKeks, KeyringError> {
+    pub fn keks(path: &Path, master: Option<&DataKey>) -> Result<KeyringKeks, KeyringError> {
         if !path.exists() {
             return Err(KeyringError::Io {
                 path: path.into(),
                 reason: "no such file".into(),
             });
         }
-        Self::open_or_create(path)?;
+        Self::open_or_create(path, master)?;
         let file = read_file(path)?;
         Ok(KeyringKeks {
             current: file.current,
@@ -184,18 +259,21 @@ impl LocalKeyring {
 
     /// Adds a new key-encryption key and makes it the current one; its id. User keys wrapped
     /// before stay readable (their KEK stays) until they are re-wrapped (`keys rotate`).
-    pub fn add_kek(path: &Path) -> Result<String, KeyringError> {
-        Self::keks(path)?;
+    pub fn add_kek(path: &Path, master: Option<&DataKey>) -> Result<String, KeyringError> {
+        Self::keks(path, master)?;
         let mut file = read_file(path)?;
         let kek = DataKey::generate().map_err(|e| KeyringError::Io {
             path: path.into(),
             reason: e.to_string(),
         })?;
         let id = new_kek_id();
-        file.key_encryption_keys.push(StoredKey {
-            id: id.clone(),
-            key: STANDARD.encode(kek.expose()),
-        });
+        file.key_encryption_keys
+            .push(
+                StoredKey::new(&id, &kek, master).map_err(|reason| KeyringError::Io {
+                    path: path.into(),
+                    reason,
+                })?,
+            );
         file.current = id.clone();
         replace_file(path, &file)?;
         Ok(id)
@@ -204,8 +282,8 @@ impl LocalKeyring {
     /// Removes a key-encryption key that is not the current one. The caller makes sure no
     /// stored key is wrapped by it: with it gone, whatever it wrapped (in backups too) can no
     /// longer be unwrapped.
-    pub fn remove_kek(path: &Path, id: &str) -> Result<(), KeyringError> {
-        let keks = Self::keks(path)?;
+    pub fn remove_kek(path: &Path, id: &str, master: Option<&DataKey>) -> Result<(), KeyringError> {
+        let keks = Self::keks(path, master)?;
         let refused = |reason: String| KeyringError::Refused {
             path: path.into(),
             reason,
@@ -221,6 +299,31 @@ impl LocalKeyring {
         let mut file = read_file(path)?;
         file.key_encryption_keys.retain(|k| k.id != id);
         replace_file(path, &file)
+    }
+}
+
+impl LocalKeyring {
+    /// Seals a plaintext keyring under `master` in place (`keys seal`); refuses one that is
+    /// sealed already. The sealed file is opened again before this returns.
+    pub fn seal(path: &Path, master: &DataKey) -> Result<usize, KeyringError> {
+        Self::keks(path, None)?;
+        let mut file = read_file(path)?;
+        let format = |reason: String| KeyringError::Format {
+            path: path.to_path_buf(),
+            reason,
+        };
+        let mut sealed = Vec::with_capacity(file.key_encryption_keys.len());
+        for k in &file.key_encryption_keys {
+            let key = k.open(None).map_err(format)?;
+            sealed.push(StoredKey::new(&k.id, &key, Some(master)).map_err(format)?);
+        }
+        let blind = file.blind_index().open(None).map_err(format)?;
+        file.set_blind_index(StoredKey::new(BLIND_INDEX_ID, &blind, Some(master)).map_err(format)?);
+        let n = sealed.len() + 1;
+        file.key_encryption_keys = sealed;
+        replace_file(path, &file)?;
+        Self::open_or_create(path, Some(master))?;
+        Ok(n)
     }
 }
 
@@ -333,27 +436,93 @@ mod tests {
     fn keyring_is_created_private_and_a_readable_one_is_refused() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("keyring.json");
-        LocalKeyring::open_or_create(&path).unwrap();
+        LocalKeyring::open_or_create(&path, None).unwrap();
         assert_eq!(
             std::fs::metadata(&path).unwrap().permissions().mode() & 0o777,
             0o600
         );
         std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
-        let err = LocalKeyring::open_or_create(&path)
+        let err = LocalKeyring::open_or_create(&path, None)
             .err()
             .unwrap()
             .to_string();
         assert!(err.contains("chmod 600"), "{err}");
     }
 
+    #[tokio::test]
+    async fn a_sealed_keyring_holds_no_key_in_plaintext_and_opens_only_with_its_master_key() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("keyring.json");
+        // A plaintext keyring with a wrapped key, then sealed in place.
+        let plain = LocalKeyring::open_or_create(&path, None).unwrap();
+        let dek = DataKey::generate().unwrap();
+        let wrapped = plain.wrap(Uuid::new_v4(), 1, &dek).await.unwrap();
+        let before: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+        let master = DataKey::generate().unwrap();
+        assert_eq!(LocalKeyring::seal(&path, &master).unwrap(), 2);
+        let text = std::fs::read_to_string(&path).unwrap();
+        let kek_b64 = before["key_encryption_keys"][0]["key"].as_str().unwrap();
+        let blind_b64 = before["blind_index_key"].as_str().unwrap();
+        assert!(
+            !text.contains(kek_b64) && !text.contains(blind_b64),
+            "{text}"
+        );
+        assert!(!text.contains("\"key\""), "{text}");
+
+        let sealed = LocalKeyring::open_or_create(&path, Some(&master)).unwrap();
+        assert_eq!(
+            sealed.unwrap(&wrapped).await.unwrap().expose(),
+            dek.expose()
+        );
+        assert_eq!(
+            sealed.blind_index().email("a@example.org"),
+            plain.blind_index().email("a@example.org")
+        );
+        let without = LocalKeyring::open_or_create(&path, None)
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(without.contains("master_key_env"), "{without}");
+        let wrong = DataKey::generate().unwrap();
+        let with_wrong = LocalKeyring::open_or_create(&path, Some(&wrong))
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(
+            with_wrong.contains("does not open with the master key"),
+            "{with_wrong}"
+        );
+        assert!(
+            LocalKeyring::seal(&path, &master).is_err(),
+            "sealed once only"
+        );
+
+        // A new KEK in a sealed keyring is sealed too.
+        LocalKeyring::add_kek(&path, Some(&master)).unwrap();
+        assert!(!std::fs::read_to_string(&path).unwrap().contains("\"key\""));
+        // A keyring made with a master key is sealed from the start.
+        let other = dir.path().join("other.json");
+        LocalKeyring::open_or_create(&other, Some(&master)).unwrap();
+        assert!(!std::fs::read_to_string(&other).unwrap().contains("\"key\""));
+        let plain_open = LocalKeyring::open_or_create(&other, None)
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(
+            plain_open.contains("sealed under a master key"),
+            "{plain_open}"
+        );
+    }
+
     #[test]
     fn a_keyring_that_is_a_symlink_is_refused() {
         let dir = tempfile::tempdir().unwrap();
         let real = dir.path().join("real.json");
-        LocalKeyring::open_or_create(&real).unwrap();
+        LocalKeyring::open_or_create(&real, None).unwrap();
         let link = dir.path().join("keyring.json");
         std::os::unix::fs::symlink(&real, &link).unwrap();
-        let err = LocalKeyring::open_or_create(&link)
+        let err = LocalKeyring::open_or_create(&link, None)
             .err()
             .unwrap()
             .to_string();
@@ -364,12 +533,12 @@ mod tests {
     async fn a_new_kek_becomes_current_old_keys_still_unwrap_and_only_a_former_kek_is_removed() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("keyring.json");
-        let first = LocalKeyring::open_or_create(&path).unwrap();
+        let first = LocalKeyring::open_or_create(&path, None).unwrap();
         let dek = DataKey::generate().unwrap();
         let user = Uuid::new_v4();
         let old = first.wrap(user, 1, &dek).await.unwrap();
-        let new_id = LocalKeyring::add_kek(&path).unwrap();
-        let keks = LocalKeyring::keks(&path).unwrap();
+        let new_id = LocalKeyring::add_kek(&path, None).unwrap();
+        let keks = LocalKeyring::keks(&path, None).unwrap();
         assert_eq!(
             (keks.current.as_str(), keks.ids.len()),
             (new_id.as_str(), 2)
@@ -378,16 +547,16 @@ mod tests {
             std::fs::metadata(&path).unwrap().permissions().mode() & 0o777,
             0o600
         );
-        let second = LocalKeyring::open_or_create(&path).unwrap();
+        let second = LocalKeyring::open_or_create(&path, None).unwrap();
         assert_eq!(second.unwrap(&old).await.unwrap().expose(), dek.expose());
         let rewrapped = second.wrap(user, 1, &dek).await.unwrap();
         assert_eq!(rewrapped.kek_id, new_id);
         assert!(
-            LocalKeyring::remove_kek(&path, &new_id).is_err(),
+            LocalKeyring::remove_kek(&path, &new_id, None).is_err(),
             "the current one stays"
         );
-        LocalKeyring::remove_kek(&path, &old.kek_id).unwrap();
-        let third = LocalKeyring::open_or_create(&path).unwrap();
+        LocalKeyring::remove_kek(&path, &old.kek_id, None).unwrap();
+        let third = LocalKeyring::open_or_create(&path, None).unwrap();
         assert!(
             third.unwrap(&old).await.is_err(),
             "what the removed KEK wrapped is gone"

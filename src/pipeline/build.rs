@@ -3,6 +3,7 @@
 
 use super::Pipeline;
 use crate::config::{self, DeadLetterConfig, IndexConfig, KeysConfig, SourceConfig, StoreConfig};
+use crate::crypto::DataKey;
 use crate::dead_letter::{DeadLetterError, DeadLetterFile, DeadLetterSink};
 use crate::indexes::{IndexError, OpenSearchIndex, OpenSearchSettings, SearchIndex, TantivyIndex};
 use crate::keys::{DataKeys, KeyError, KeyProvider, KmsKeyProvider, LocalKeyring};
@@ -15,8 +16,9 @@ use crate::stages::project::{Projection, ProjectionError};
 use crate::stages::protect::Protector;
 use crate::stages::seal::LetterSealer;
 use crate::stores::{DynamoStore, ProfileStore, SqliteStore, StoreError};
+use base64::Engine as _;
 use std::collections::BTreeMap;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 /// Anything that stops a pipeline from starting: all of them are the user's to fix.
@@ -189,18 +191,50 @@ pub fn open_kms(
     }
 }
 
+/// The local keyring's file and master key (`keys.master_key_env`), when the keys are a
+/// local keyring.
+pub fn local_keyring(
+    file: &config::Pipeline,
+    data_dir: &Path,
+) -> Result<Option<(PathBuf, Option<DataKey>)>, BuildError> {
+    let KeysConfig::LocalKeyring {
+        path,
+        master_key_env,
+        ..
+    } = &file.config.keys
+    else {
+        return Ok(None);
+    };
+    let master = match master_key_env {
+        None => None,
+        Some(name) => {
+            let value = std::env::var(name).map_err(|_| {
+                file.invalid(format!("keys.master_key_env names {name}, which is not set: set it to the keyring's master key (32 bytes, base64; e.g. `openssl rand -base64 32` for a new keyring)"))
+            })?;
+            let bytes = base64::engine::general_purpose::STANDARD
+                .decode(value.trim())
+                .ok()
+                .filter(|b| b.len() == 32)
+                .ok_or_else(|| file.invalid(format!("{name} is not 32 bytes in base64")))?;
+            Some(DataKey::from_slice(&bytes).expect("32 bytes"))
+        }
+    };
+    Ok(Some((file.data_path(data_dir, path), master)))
+}
+
 pub fn open_data_keys(
     file: &config::Pipeline,
     data_dir: &Path,
     store: Arc<dyn ProfileStore>,
 ) -> Result<Arc<DataKeys>, BuildError> {
     let (provider, cache): (Arc<dyn KeyProvider>, _) = match &file.config.keys {
-        KeysConfig::LocalKeyring { path, cache } => (
-            Arc::new(LocalKeyring::open_or_create(
-                &file.data_path(data_dir, path),
-            )?),
-            cache,
-        ),
+        KeysConfig::LocalKeyring { cache, .. } => {
+            let (path, master) = local_keyring(file, data_dir)?.expect("a local keyring");
+            (
+                Arc::new(LocalKeyring::open_or_create(&path, master.as_ref())?),
+                cache,
+            )
+        }
         KeysConfig::Kms { cache, .. } => (Arc::new(open_kms(file, None)?), cache),
     };
     Ok(Arc::new(DataKeys::new(provider, store, cache)))
