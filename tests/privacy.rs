@@ -1513,3 +1513,52 @@ fn a_keyring_sealed_under_a_master_key_from_the_environment_is_useless_without_i
     assert_eq!(wrong.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&wrong.stderr).contains("does not open with the master key"));
 }
+
+/// The index fails (OpenSearch answers 500 to every write) while an erase event goes through
+/// a worker on DynamoDB + KMS + OpenSearch. The worker waits and retries; when the index is back
+/// it finishes: erased, indexed nowhere, audited once.
+#[test]
+fn an_erase_event_while_the_index_fails_ends_erased_indexed_nowhere_audited_once() {
+    use common::fault_proxy::{FaultProxy, PASS, WRITES_FAIL};
+    let stack = Stack::services();
+    let proxy = FaultProxy::start(&opensearch_url());
+    let text = std::fs::read_to_string(&stack.pipeline).unwrap().replace(
+        &format!("url: {}", opensearch_url()),
+        &format!("url: {}", proxy.endpoint),
+    );
+    std::fs::write(&stack.pipeline, text).unwrap();
+    stack.run(
+        "1.jsonl",
+        &[upsert(ALICE, 1, ALICE_EMAIL, "2026-01-01T00:00:00Z")],
+    );
+    assert_eq!(stack.indexed(ALICE)["total"], 1);
+
+    let erase = stack.dir.path().join("erase.jsonl");
+    std::fs::write(&erase, erase_event(ALICE, 2) + "\n").unwrap();
+    proxy.set(WRITES_FAIL);
+    let worker = {
+        let (pipeline, erase, data) = (stack.pipeline.clone(), erase.clone(), stack.data.clone());
+        std::thread::spawn(move || run_with(&pipeline, &erase, &data))
+    };
+    let started = std::time::Instant::now();
+    while proxy.faults() < 3 {
+        assert!(
+            started.elapsed() < std::time::Duration::from_secs(60),
+            "the index was never asked"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    std::thread::sleep(std::time::Duration::from_secs(2));
+    assert!(!worker.is_finished(), "the worker waits for the index");
+    proxy.set(PASS);
+    let summary = worker.join().unwrap();
+    assert_eq!(summary["read"], 1, "{summary}");
+    assert_eq!(stack.get(ALICE)["state"], "erased");
+    assert_eq!(stack.indexed(ALICE)["total"], 0);
+    let erasures = stack
+        .audit(ALICE)
+        .into_iter()
+        .filter(|r| r["action"] == "erase")
+        .count();
+    assert_eq!(erasures, 1, "audited once");
+}

@@ -124,10 +124,18 @@ impl Profiles {
         fields: Vec<String>,
         actor: &Actor,
     ) -> Result<IndexOp, PrivacyError> {
+        // An erasure delivered again completes what is missing, but counts once.
+        let again = self
+            .store
+            .erasure_fences(&[user])
+            .await?
+            .contains_key(&user);
         let fence = self.store.erase(user, version, Utc::now()).await?;
         self.keys.forget(&user);
         self.audit(actor, action, user, fields).await?;
-        crate::telemetry::erasure();
+        if !again {
+            crate::telemetry::erasure();
+        }
         Ok(IndexOp::Erase {
             user_id: user,
             version: fence,

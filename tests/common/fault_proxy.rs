@@ -26,6 +26,8 @@ pub const THROTTLE: u8 = 1;
 pub const SERVER_ERROR: u8 = 2;
 /// Connections are closed without an answer.
 pub const DROP: u8 = 3;
+/// Writes (POST, PUT, DELETE) are answered `500`; reads go through, so a worker starts.
+pub const WRITES_FAIL: u8 = 4;
 
 pub struct FaultProxy {
     /// `http://127.0.0.1:<port>`: give it to the worker instead of the service's address.
@@ -124,7 +126,14 @@ fn serve(
             body.len()
         )
     };
+    let is_write = ["POST ", "PUT ", "DELETE "]
+        .iter()
+        .any(|m| head.starts_with(m.as_bytes()));
     match mode.load(Ordering::SeqCst) {
+        WRITES_FAIL if is_write => {
+            faults.fetch_add(1, Ordering::SeqCst);
+            conn.write_all(error("500 Internal Server Error", "InternalServerError").as_bytes())
+        }
         THROTTLE => {
             faults.fetch_add(1, Ordering::SeqCst);
             conn.write_all(
