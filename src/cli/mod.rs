@@ -223,14 +223,31 @@ fn paragraph(e: &anyhow::Error) -> String {
     parts.join(": ")
 }
 
+/// Crates that log whole request and response bodies at trace level (KMS answers hold
+/// plaintext keys; DynamoDB answers hold stored records and blind indices): their trace
+/// events are never written, whatever `PROFILE_SYNC_LOG` asks.
+const WIRE_LOGGERS: &[&str] = &[
+    "aws_smithy_runtime",
+    "aws_smithy_http",
+    "hyper",
+    "h2",
+    "reqwest",
+];
+
 fn init_logging(format: LogFormat) {
+    use tracing_subscriber::prelude::*;
     let filter = tracing_subscriber::EnvFilter::try_from_env("PROFILE_SYNC_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn,tantivy=error"));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
+    let no_wire_bodies = tracing_subscriber::filter::filter_fn(|meta| {
+        *meta.level() != tracing::Level::TRACE
+            || !WIRE_LOGGERS.iter().any(|t| meta.target().starts_with(t))
+    });
+    let registry = tracing_subscriber::registry().with(filter);
+    let layer = tracing_subscriber::fmt::layer().with_writer(std::io::stderr);
     match format {
-        LogFormat::Text => builder.init(),
-        LogFormat::Json => builder.json().init(),
+        LogFormat::Text => registry.with(layer.with_filter(no_wire_bodies)).init(),
+        LogFormat::Json => registry
+            .with(layer.json().with_filter(no_wire_bodies))
+            .init(),
     }
 }
