@@ -201,6 +201,21 @@ index:
         self.cli(&args)
     }
 
+    /// How many erase records `user`'s audit trail holds.
+    fn erase_audits(&self, user: &str) -> usize {
+        self.audit(user)
+            .iter()
+            .filter(|r| r["action"] == "erase")
+            .count()
+    }
+
+    /// The end every erasure scenario must reach, whatever failed on the way.
+    fn assert_erased_indexed_nowhere_audited_once(&self, user: &str) {
+        assert_eq!(self.get(user)["state"], "erased");
+        assert_eq!(self.indexed(user)["total"], 0);
+        assert_eq!(self.erase_audits(user), 1, "audited once");
+    }
+
     fn dead_letters(&self) -> String {
         std::fs::read_to_string(self.data.join("dead-letter.jsonl")).unwrap()
     }
@@ -1092,23 +1107,11 @@ fn an_erase_event_whose_audit_write_failed_is_completed_when_it_is_delivered_aga
         .unwrap();
     let summary = run_with(&stack.pipeline, &erase, &stack.data);
     assert_eq!(summary["read"], 1, "{summary}");
-    assert_eq!(stack.get(ALICE)["state"], "erased");
-    assert_eq!(stack.indexed(ALICE)["total"], 0);
-    let erasures = stack
-        .audit(ALICE)
-        .into_iter()
-        .filter(|r| r["action"] == "erase")
-        .count();
-    assert_eq!(erasures, 1, "audited once");
+    stack.assert_erased_indexed_nowhere_audited_once(ALICE);
 
     // Delivered a third time, it changes nothing and writes no second audit record.
     run_with(&stack.pipeline, &erase, &stack.data);
-    let erasures = stack
-        .audit(ALICE)
-        .into_iter()
-        .filter(|r| r["action"] == "erase")
-        .count();
-    assert_eq!(erasures, 1, "audited once");
+    assert_eq!(stack.erase_audits(ALICE), 1, "audited once");
 }
 
 /// Backups keep the wrapped keys an erasure deleted, and the KEK that wrapped them would still
@@ -1445,14 +1448,7 @@ fn a_cli_erase_racing_a_live_worker_that_upserts_the_user_ends_erased_indexed_no
         summary["dead_lettered"].as_u64().unwrap() > 0,
         "her later events are refused: {summary}"
     );
-    assert_eq!(stack.get(ALICE)["state"], "erased");
-    assert_eq!(stack.indexed(ALICE)["total"], 0);
-    let erasures = stack
-        .audit(ALICE)
-        .into_iter()
-        .filter(|r| r["action"] == "erase")
-        .count();
-    assert_eq!(erasures, 1);
+    stack.assert_erased_indexed_nowhere_audited_once(ALICE);
     assert!(!stack.remaining_user_keys().iter().any(|(o, _)| o == ALICE));
 }
 
@@ -1615,12 +1611,5 @@ fn an_erase_event_while_the_index_fails_ends_erased_indexed_nowhere_audited_once
     proxy.set(PASS);
     let summary = worker.join().unwrap();
     assert_eq!(summary["read"], 1, "{summary}");
-    assert_eq!(stack.get(ALICE)["state"], "erased");
-    assert_eq!(stack.indexed(ALICE)["total"], 0);
-    let erasures = stack
-        .audit(ALICE)
-        .into_iter()
-        .filter(|r| r["action"] == "erase")
-        .count();
-    assert_eq!(erasures, 1, "audited once");
+    stack.assert_erased_indexed_nowhere_audited_once(ALICE);
 }

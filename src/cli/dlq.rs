@@ -12,6 +12,7 @@
 
 use super::get::Reveal;
 use super::kafka_args::{client_config, kafka_source};
+use super::privacy::Target;
 use super::{data_dir, pipeline_file, usage, Failure};
 use crate::config::DeadLetterConfig;
 use crate::dead_letter::{read_letters, Sealing, HEADER_PREFIX, SEALING_HEADER, VALUE_OMITTED};
@@ -46,11 +47,9 @@ struct Show {
     /// `--reveal` opens each payload (PII), audited for each user.
     #[command(flatten)]
     reveal: Reveal,
-    /// Pipeline file (default: pipelines/local.yaml).
-    #[arg(long)]
-    pipeline: Option<PathBuf>,
-    #[arg(long)]
-    data_dir: Option<PathBuf>,
+    /// The pipeline file (default: pipelines/local.yaml) and data folder.
+    #[command(flatten)]
+    target: Target,
 }
 
 #[derive(clap::Args)]
@@ -82,10 +81,10 @@ pub async fn run(args: Args) -> Result<(), Failure> {
 
 /// The store and keys of a pipeline file, and the sealer that opens its dead letters.
 fn open_keys(
-    pipeline: &std::path::Path,
+    pipeline: Option<&std::path::Path>,
     given_dir: Option<&std::path::Path>,
 ) -> Result<(crate::config::Pipeline, Profiles, LetterSealer), Failure> {
-    let file = pipeline_file(Some(pipeline))?;
+    let file = pipeline_file(pipeline)?;
     let dir = data_dir(&file, given_dir);
     let schemas = schemas(&file).map_err(usage)?;
     let profiles = open_profiles(&file, &dir, &schemas, IndexAccess::Read).map_err(usage)?;
@@ -95,14 +94,13 @@ fn open_keys(
 
 async fn show(args: Show) -> Result<(), Failure> {
     let actor = args.reveal.actor()?;
-    let path = args
-        .pipeline
-        .clone()
-        .unwrap_or_else(|| PathBuf::from("pipelines/local.yaml"));
-    let (file, profiles, sealer) = open_keys(&path, args.data_dir.as_deref())?;
+    let (file, profiles, sealer) = open_keys(
+        args.target.pipeline.as_deref(),
+        args.target.data_dir.as_deref(),
+    )?;
     let letters = match &file.config.dead_letter {
         DeadLetterConfig::File { path, .. } => {
-            let dir = data_dir(&file, args.data_dir.as_deref());
+            let dir = data_dir(&file, args.target.data_dir.as_deref());
             let path = file.data_path(&dir, path);
             if !path.exists() {
                 return Err(usage(anyhow::anyhow!(
@@ -170,7 +168,7 @@ async fn replay(args: Replay) -> Result<(), Failure> {
         .pipeline
         .clone()
         .unwrap_or_else(|| PathBuf::from(super::kafka_args::KAFKA_PIPELINE));
-    let (_, _, sealer) = open_keys(&path, args.data_dir.as_deref())?;
+    let (_, _, sealer) = open_keys(Some(&path), args.data_dir.as_deref())?;
     let base = client_config(&k);
     let mut consumer_config = base.clone();
     consumer_config

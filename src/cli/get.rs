@@ -7,7 +7,6 @@ use crate::pipeline::{open_profiles, schemas, IndexAccess};
 use crate::privacy::{Actor, PrivacyError};
 use crate::schema::Classification;
 use serde_json::Value as Json;
-use std::path::PathBuf;
 use uuid::Uuid;
 
 pub const MASK: &str = "***";
@@ -18,10 +17,8 @@ pub struct Args {
     user: String,
     #[command(flatten)]
     reveal: Reveal,
-    #[arg(long)]
-    pipeline: Option<PathBuf>,
-    #[arg(long)]
-    data_dir: Option<PathBuf>,
+    #[command(flatten)]
+    target: super::privacy::Target,
 }
 
 /// What the commands that can show PII ask: whether to, why, and who asks.
@@ -62,8 +59,8 @@ pub fn actor(given: Option<String>) -> String {
 }
 
 pub async fn run(args: Args) -> Result<(), Failure> {
-    let file = pipeline_file(args.pipeline.as_deref())?;
-    let data_dir = data_dir(&file, args.data_dir.as_deref());
+    let file = pipeline_file(args.target.pipeline.as_deref())?;
+    let data_dir = data_dir(&file, args.target.data_dir.as_deref());
     let actor = args.reveal.actor()?;
     let schemas = schemas(&file).map_err(usage)?;
     let catalog = &schemas.catalog;

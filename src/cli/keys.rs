@@ -9,21 +9,13 @@
 //! unwrapped. After erasures, `rotate` then `retire` closes the window backups keep open.
 //! `seal` seals a plaintext local keyring under the master key of `keys.master_key_env`.
 
+use super::privacy::Target;
 use super::{data_dir, pipeline_file, usage, Failure};
 use crate::config::KeysConfig;
 use crate::keys::{KeyProvider, LocalKeyring};
 use crate::pipeline::{local_keyring, open_data_keys, open_kms, open_store};
 use crate::stores::ProfileStore;
 use std::collections::BTreeMap;
-use std::path::PathBuf;
-
-#[derive(clap::Args)]
-pub struct Target {
-    #[arg(long)]
-    pipeline: Option<PathBuf>,
-    #[arg(long)]
-    data_dir: Option<PathBuf>,
-}
 
 #[derive(clap::Subcommand)]
 pub enum Command {

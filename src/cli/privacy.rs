@@ -8,12 +8,13 @@ use crate::privacy::{self, Actor, PrivacyError, Profiles};
 use std::path::{Path, PathBuf};
 use uuid::Uuid;
 
+/// The pipeline file and data folder a command works on (`--pipeline`, `--data-dir`).
 #[derive(clap::Args)]
 pub struct Target {
     #[arg(long)]
-    pipeline: Option<PathBuf>,
+    pub pipeline: Option<PathBuf>,
     #[arg(long)]
-    data_dir: Option<PathBuf>,
+    pub data_dir: Option<PathBuf>,
 }
 
 #[derive(clap::Args)]

@@ -445,6 +445,18 @@ mod tests {
         })
     }
 
+    /// A fresh index of the sample schema's projection with `plan`, in a folder of its own.
+    fn index_of_plans() -> (tempfile::TempDir, TantivyIndex) {
+        let catalog =
+            crate::schema::ProfileSchemas::parse(include_str!("../../schemas/profile_change.avsc"))
+                .unwrap()
+                .catalog;
+        let projection = Projection::new(&catalog, &["plan".into()]).unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let index = TantivyIndex::open(dir.path(), &projection).unwrap();
+        (dir, index)
+    }
+
     /// Every user id the index folder holds, read with a tantivy of its own: the terms of every
     /// segment and every stored document, deleted ones included.
     fn user_ids_in_files(path: &std::path::Path) -> std::collections::BTreeSet<String> {
@@ -471,13 +483,7 @@ mod tests {
 
     #[tokio::test]
     async fn an_erasure_leaves_nothing_of_the_user_in_the_files_and_a_delete_only_marks() {
-        let catalog =
-            crate::schema::ProfileSchemas::parse(include_str!("../../schemas/profile_change.avsc"))
-                .unwrap()
-                .catalog;
-        let projection = Projection::new(&catalog, &["plan".into()]).unwrap();
-        let dir = tempfile::tempdir().unwrap();
-        let index = TantivyIndex::open(dir.path(), &projection).unwrap();
+        let (dir, index) = index_of_plans();
         let (erased, deleted, kept) = (
             uuid::Uuid::from_u128(1),
             uuid::Uuid::from_u128(2),
@@ -535,13 +541,7 @@ mod tests {
 
     #[tokio::test]
     async fn aggregations_count_matching_documents_by_value_most_frequent_first() {
-        let catalog =
-            crate::schema::ProfileSchemas::parse(include_str!("../../schemas/profile_change.avsc"))
-                .unwrap()
-                .catalog;
-        let projection = Projection::new(&catalog, &["plan".into()]).unwrap();
-        let dir = tempfile::tempdir().unwrap();
-        let index = TantivyIndex::open(dir.path(), &projection).unwrap();
+        let (_dir, index) = index_of_plans();
         index
             .apply(&[
                 doc(1, "DE", &["a", "b"]),
