@@ -201,6 +201,33 @@ index:
         self.cli(&args)
     }
 
+    /// A worker, in a thread, on `count` upserts: Alice at every third event, at ever higher
+    /// versions, and other users between. Joining it gives the run's summary.
+    fn worker_upserting_alice_every_third_event(
+        &self,
+        count: i64,
+    ) -> std::thread::JoinHandle<Json> {
+        let lines: Vec<String> = (0..count)
+            .map(|i| {
+                let user = if i % 3 == 0 {
+                    ALICE.to_string()
+                } else {
+                    uuid::Uuid::from_u128(0x5eed_0000 + i as u128).to_string()
+                };
+                upsert(
+                    &user,
+                    i + 1,
+                    &format!("u{i}@example.org"),
+                    "2026-01-01T00:00:00Z",
+                )
+            })
+            .collect();
+        let input = self.dir.path().join("alice-every-third.jsonl");
+        std::fs::write(&input, lines.join("\n") + "\n").unwrap();
+        let (pipeline, data) = (self.pipeline.clone(), self.data.clone());
+        std::thread::spawn(move || run_with(&pipeline, &input, &data))
+    }
+
     /// How many erase records `user`'s audit trail holds.
     fn erase_audits(&self, user: &str) -> usize {
         self.audit(user)
@@ -1396,26 +1423,7 @@ fn after_a_realistic_run_and_an_erasure_nothing_the_worker_wrote_gives_the_user_
 fn a_cli_erase_racing_a_live_worker_that_upserts_the_user_ends_erased_indexed_nowhere_audited_once()
 {
     let stack = Stack::services();
-    let mut lines = Vec::new();
-    for i in 0..15_000i64 {
-        let user = if i % 3 == 0 {
-            ALICE.to_string()
-        } else {
-            uuid::Uuid::from_u128(0x5eed_0000 + i as u128).to_string()
-        };
-        lines.push(upsert(
-            &user,
-            i + 1,
-            &format!("u{i}@example.org"),
-            "2026-01-01T00:00:00Z",
-        ));
-    }
-    let input = stack.dir.path().join("race.jsonl");
-    std::fs::write(&input, lines.join("\n") + "\n").unwrap();
-    let worker = {
-        let (pipeline, input, data) = (stack.pipeline.clone(), input.clone(), stack.data.clone());
-        std::thread::spawn(move || run_with(&pipeline, &input, &data))
-    };
+    let worker = stack.worker_upserting_alice_every_third_event(15_000);
     // Erase once the worker has stored her a few times, while it is still going.
     let started = std::time::Instant::now();
     loop {
@@ -1457,27 +1465,7 @@ fn a_cli_erase_racing_a_live_worker_that_upserts_the_user_ends_erased_indexed_no
 #[test]
 fn beside_an_embedded_worker_reads_work_and_an_erase_is_refused_with_the_reason() {
     let stack = Stack::embedded();
-    let lines: Vec<String> = (0..90_000i64)
-        .map(|i| {
-            let user = if i % 3 == 0 {
-                ALICE.to_string()
-            } else {
-                uuid::Uuid::from_u128(0x5eed_0000 + i as u128).to_string()
-            };
-            upsert(
-                &user,
-                i + 1,
-                &format!("u{i}@example.org"),
-                "2026-01-01T00:00:00Z",
-            )
-        })
-        .collect();
-    let input = stack.dir.path().join("many.jsonl");
-    std::fs::write(&input, lines.join("\n") + "\n").unwrap();
-    let worker = {
-        let (pipeline, input, data) = (stack.pipeline.clone(), input.clone(), stack.data.clone());
-        std::thread::spawn(move || run_with(&pipeline, &input, &data))
-    };
+    let worker = stack.worker_upserting_alice_every_third_event(90_000);
     let started = std::time::Instant::now();
     while !stack.cli(&["get", ALICE]).status.success() {
         assert!(

@@ -86,15 +86,23 @@ impl TantivyIndex {
             fields.push((spec.clone(), field));
         }
         let schema: Schema = builder.build();
-        std::fs::create_dir_all(path)
-            .map_err(|e| failed(format!("cannot create {}: {e}", path.display())))?;
-        let dir = tantivy::directory::MmapDirectory::open(path).map_err(failed)?;
-        let index = Index::open_or_create(dir, schema).map_err(|e| {
+        let cannot_open = |e: tantivy::TantivyError| {
             IndexError::Failed(format!(
                 "cannot open the index at {} ({e}); if index.fields changed, remove that folder: the index is derived data and is rebuilt as events are processed",
                 path.display()
             ))
-        })?;
+        };
+        // A reader never creates the index on disk: a worker starting on the same folder
+        // may be creating it. Before the first run there is nothing to find: an empty index.
+        let exists = path.join("meta.json").exists();
+        if !write && !exists {
+            let index = Index::create_in_ram(schema);
+            return Self::with(index, None, fields, user_id, version, occurred_at);
+        }
+        std::fs::create_dir_all(path)
+            .map_err(|e| failed(format!("cannot create {}: {e}", path.display())))?;
+        let dir = tantivy::directory::MmapDirectory::open(path).map_err(failed)?;
+        let index = Index::open_or_create(dir, schema).map_err(cannot_open)?;
         let writer = write
             .then(|| index.writer_with_num_threads(WRITER_THREADS, WRITER_HEAP_BYTES))
             .transpose()
@@ -107,6 +115,17 @@ impl TantivyIndex {
                 }
                 other => failed(other),
             })?;
+        Self::with(index, writer, fields, user_id, version, occurred_at)
+    }
+
+    fn with(
+        index: Index,
+        writer: Option<IndexWriter>,
+        fields: Vec<(FieldSpec, Field)>,
+        user_id: Field,
+        version: Field,
+        occurred_at: Field,
+    ) -> Result<Self, IndexError> {
         let reader = index
             .reader_builder()
             .reload_policy(ReloadPolicy::Manual)

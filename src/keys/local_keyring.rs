@@ -165,19 +165,7 @@ impl LocalKeyring {
                 sealed_blind_index_key: None,
             };
             file.set_blind_index(StoredKey::new(BLIND_INDEX_ID, &blind, master).map_err(format)?);
-            let mut f = std::fs::OpenOptions::new()
-                .write(true)
-                .create_new(true)
-                .mode(0o600)
-                .open(path)
-                .map_err(io)?;
-            f.write_all(
-                serde_json::to_string_pretty(&file)
-                    .expect("serialisable")
-                    .as_bytes(),
-            )
-            .and_then(|_| f.sync_all())
-            .map_err(io)?;
+            write_file(path, &file, Placing::IfAbsent)?;
         }
         let meta = std::fs::symlink_metadata(path).map_err(io)?;
         let untrusted = |reason: &str| KeyringError::Untrusted {
@@ -347,15 +335,32 @@ fn read_file(path: &Path) -> Result<KeyringFile, KeyringError> {
     Ok(file)
 }
 
-/// Writes `file` beside `path` (mode 0600) and renames it over `path`, so a reader sees the
-/// old keyring or the new one, never a part.
+/// How a written keyring takes its place.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Placing {
+    /// Over the keyring that is there.
+    Replace,
+    /// Only where there is none: another process that created one first wins, and its file is
+    /// the keyring (two processes starting on an empty data folder, say).
+    IfAbsent,
+}
+
 fn replace_file(path: &Path, file: &KeyringFile) -> Result<(), KeyringError> {
+    write_file(path, file, Placing::Replace)
+}
+
+/// Writes `file` whole beside `path` (mode 0600), then puts it in place: a reader sees no
+/// keyring, the old one or the new one, never a part.
+fn write_file(path: &Path, file: &KeyringFile, placing: Placing) -> Result<(), KeyringError> {
     let io = |e: std::io::Error| KeyringError::Io {
         path: path.into(),
         reason: e.to_string(),
     };
-    let aside = path.with_extension(format!("tmp-{}", std::process::id()));
-    let _ = std::fs::remove_file(&aside);
+    let aside = path.with_extension(format!(
+        "tmp-{}-{}",
+        std::process::id(),
+        Uuid::new_v4().simple()
+    ));
     let mut f = std::fs::OpenOptions::new()
         .write(true)
         .create_new(true)
@@ -369,7 +374,19 @@ fn replace_file(path: &Path, file: &KeyringFile) -> Result<(), KeyringError> {
     )
     .and_then(|_| f.sync_all())
     .map_err(io)?;
-    std::fs::rename(&aside, path).map_err(io)?;
+    let placed = match placing {
+        Placing::Replace => std::fs::rename(&aside, path),
+        // A hard link fails if the name exists: no-replace, atomically.
+        Placing::IfAbsent => match std::fs::hard_link(&aside, path) {
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(()),
+            other => other,
+        }
+        .and_then(|()| std::fs::remove_file(&aside)),
+    };
+    if placed.is_err() {
+        let _ = std::fs::remove_file(&aside);
+    }
+    placed.map_err(io)?;
     if let Some(dir) = path.parent() {
         if let Ok(d) = std::fs::File::open(dir) {
             let _ = d.sync_all();
@@ -513,6 +530,28 @@ mod tests {
             plain_open.contains("sealed under a master key"),
             "{plain_open}"
         );
+    }
+
+    #[test]
+    fn processes_creating_the_keyring_at_once_all_get_the_one_that_won() {
+        for _ in 0..20 {
+            let dir = tempfile::tempdir().unwrap();
+            let path = dir.path().join("keyring.json");
+            let opened: Vec<String> = std::thread::scope(|scope| {
+                let handles: Vec<_> = (0..4)
+                    .map(|_| {
+                        scope.spawn(|| LocalKeyring::open_or_create(&path, None).map(|k| k.current))
+                    })
+                    .collect();
+                handles
+                    .into_iter()
+                    .map(|h| h.join().unwrap().unwrap())
+                    .collect()
+            });
+            assert!(opened.windows(2).all(|w| w[0] == w[1]), "{opened:?}");
+            let leftovers = std::fs::read_dir(dir.path()).unwrap().count();
+            assert_eq!(leftovers, 1, "only the keyring is left");
+        }
     }
 
     #[test]
