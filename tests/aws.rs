@@ -1112,3 +1112,75 @@ fn kms_provider_caches_keks_within_limits_and_refuses_tampered_ones() {
         );
     })
 }
+
+/// The recipe ARCHITECTURE.md gives personalization engines, run by a client that shares no
+/// code with profile-sync (boto3, from the test services' Python): for live users it reads
+/// what `get` says their segments, zone and version are, and no `record`.
+#[test]
+fn the_documented_segments_recipe_works_from_boto3() {
+    let _services = shared();
+    let python = std::env::var("PROFILE_SYNC_CACHE")
+        .map(PathBuf::from)
+        .unwrap_or_else(|_| {
+            PathBuf::from(std::env::var("HOME").unwrap()).join(".cache/profile-sync")
+        })
+        .join("venv-moto/bin/python");
+    assert!(
+        python.exists(),
+        "{} is missing: `scripts/services start kms` installs boto3 with moto",
+        python.display()
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let (table, alias) = (unique("recipe"), format!("alias/{}", unique("recipe")));
+    let p = pipeline(dir.path(), &table, &alias, &dynamodb_endpoint(), &[]);
+    bootstrap(&p);
+    let (input, _) = generate(dir.path(), 400, 0.0, "jsonl", 31);
+    run_with(&p, &input, &dir.path().join("data"));
+    let live: Vec<String> = expected_state(&input)
+        .into_iter()
+        .filter(|(_, e)| !e.deleted)
+        .map(|(u, _)| u)
+        .take(5)
+        .collect();
+    assert!(!live.is_empty());
+    for user in live {
+        let out = std::process::Command::new(&python)
+            .arg(repo().join("tests/outside/read_segments.py"))
+            .args([&dynamodb_endpoint(), &table, &user])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let read: Json = serde_json::from_slice(&out.stdout).unwrap();
+        let got = bin()
+            .args(["get", &user, "--pipeline"])
+            .arg(&p)
+            .output()
+            .unwrap();
+        let got: Json = serde_json::from_slice(&got.stdout).unwrap();
+        let mut segments: Vec<String> = got["segments"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|s| s.as_str().unwrap().to_string())
+            .collect();
+        segments.sort();
+        assert_eq!(read["segments"], Json::from(segments), "{read}");
+        assert_eq!(read["version"], got["version"], "{read}");
+        assert_eq!(
+            read["residency_zone"], got["region"]["residency_zone"],
+            "{read}"
+        );
+        assert!(
+            !read["attributes"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|a| a == "record"),
+            "{read}"
+        );
+    }
+}
