@@ -1497,3 +1497,49 @@ async fn each_poison_message_is_dead_lettered_with_its_reason_and_the_worker_kee
         "the replayed values are the original events"
     );
 }
+
+/// A dead-letter topic that does not exist would stall a worker at its first dead letter (a
+/// produce to it is retried forever): `run` refuses to start, with exit 2 and the topic's name,
+/// and `check` reports it.
+#[tokio::test]
+async fn a_missing_dead_letter_topic_is_refused_at_startup_and_reported_by_check() {
+    let _serial = serial();
+    let setup = Setup::new(1).await;
+    let pipeline = setup.pipeline("worker", &setup.group, 10, "  stop_when_idle_ms: 3000\n");
+    let missing = unique("no-such-dlq");
+    let text = std::fs::read_to_string(&pipeline).unwrap().replace(
+        &format!("topic: {}", setup.dlq),
+        &format!("topic: {missing}"),
+    );
+    std::fs::write(&pipeline, text).unwrap();
+    let started = Instant::now();
+    let out = Command::new(binary())
+        .current_dir(repo())
+        .args(["run", "--pipeline"])
+        .arg(&pipeline)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains(&missing) && stderr.contains("does not exist"),
+        "{stderr}"
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(30),
+        "it did not stall"
+    );
+    let check = Command::new(binary())
+        .current_dir(repo())
+        .args(["check", "--pipeline"])
+        .arg(&pipeline)
+        .output()
+        .unwrap();
+    let report = String::from_utf8_lossy(&check.stdout).to_string()
+        + &String::from_utf8_lossy(&check.stderr);
+    assert_eq!(check.status.code(), Some(1), "{report}");
+    assert!(
+        report.contains("dead-letter") && report.contains(&missing),
+        "{report}"
+    );
+}

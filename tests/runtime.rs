@@ -115,6 +115,10 @@ struct GatedLetters {
 
 #[async_trait]
 impl DeadLetterSink for GatedLetters {
+    async fn check(&self) -> Result<String, profile_sync::dead_letter::SinkProblem> {
+        self.inner.check().await
+    }
+
     async fn send(&self, letters: Vec<DeadLetter>) -> Result<(), DeadLetterError> {
         let first = letters.iter().map(index_of).min().unwrap();
         if letters.iter().any(|l| self.held.contains(&index_of(l))) {

@@ -120,6 +120,14 @@ pub async fn run(args: Args) -> Result<(), Failure> {
             t.record("key provider works", result, |d| d.clone());
         }
     }
+    if let Some(sink) = t.record(
+        "dead-letter sink",
+        crate::pipeline::open_dead_letters(&file, &data_dir).map_err(|e| e.to_string()),
+        |_| "opened".into(),
+    ) {
+        let result = sink.check().await.map_err(|e| e.to_string());
+        t.record("dead-letter writes", result, |d| d.clone());
+    }
     if let Some(schemas) = &schemas {
         if let Some((_, index)) = t.record(
             "index",

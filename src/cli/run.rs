@@ -84,6 +84,16 @@ pub async fn run(args: Args) -> Result<(), Failure> {
         eprintln!("profile-sync: metrics, health and readiness on http://{bound}");
     }
     let mut components = build(&file, &data_dir, args.input.as_deref()).map_err(usage)?;
+    // A dead-letter sink that refuses letters would stall the worker at the first one.
+    match components.pipeline.dead_letters.check().await {
+        Err(crate::dead_letter::SinkProblem::Refused(problem)) => {
+            return Err(usage(anyhow::anyhow!(problem)))
+        }
+        Err(crate::dead_letter::SinkProblem::Unreachable(problem)) => {
+            tracing::warn!(%problem, "dead-letter sink not reachable at startup; dead letters will wait for it")
+        }
+        Ok(_) => {}
+    }
     components.pipeline.health = health.clone();
     let pipeline = std::sync::Arc::new(components.pipeline);
     if let Some(assigned) = components.source.assigned_partitions() {

@@ -3,7 +3,7 @@
 //! under which key; ARCHITECTURE.md has the format), so the file holds no plaintext PII; it is
 //! still created with mode 0600.
 
-use super::{DeadLetter, DeadLetterError, DeadLetterSink, Sealing};
+use super::{DeadLetter, DeadLetterError, DeadLetterSink, Sealing, SinkProblem};
 use async_trait::async_trait;
 use base64::engine::general_purpose::STANDARD;
 use base64::Engine;
@@ -107,6 +107,11 @@ pub fn read_letters(path: &Path) -> Result<Vec<LetterLine>, DeadLetterError> {
 
 #[async_trait]
 impl DeadLetterSink for DeadLetterFile {
+    /// The file was opened for appending when the sink was made.
+    async fn check(&self) -> Result<String, SinkProblem> {
+        Ok(format!("{} is open for appending", self.path.display()))
+    }
+
     async fn send(&self, letters: Vec<DeadLetter>) -> Result<(), DeadLetterError> {
         if letters.is_empty() {
             return Ok(());

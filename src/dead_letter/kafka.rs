@@ -11,12 +11,13 @@
 //! `.class.name` (the rejection class), `.exception.message` (the reason: names fields and
 //! rules, never values), `.timestamp` (epoch millis), `.position`. Reasons never carry PII.
 
-use super::{DeadLetter, DeadLetterError, DeadLetterSink};
+use super::{DeadLetter, DeadLetterError, DeadLetterSink, SinkProblem};
 use crate::crypto::SEALED_OVERHEAD;
 use async_trait::async_trait;
 use rdkafka::config::ClientConfig;
 use rdkafka::message::{Header, OwnedHeaders};
-use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
+use rdkafka::types::RDKafkaErrorCode;
 use std::collections::BTreeMap;
 use std::time::Duration;
 
@@ -112,18 +113,61 @@ pub fn headers_of(letter: &DeadLetter, omitted: Option<usize>) -> OwnedHeaders {
     })
 }
 
+/// Produce errors no retry can fix: the topic is not there, or the producer may not write it.
+fn permanent(code: RDKafkaErrorCode) -> bool {
+    matches!(
+        code,
+        RDKafkaErrorCode::UnknownTopicOrPartition
+            | RDKafkaErrorCode::UnknownTopic
+            | RDKafkaErrorCode::TopicAuthorizationFailed
+            | RDKafkaErrorCode::ClusterAuthorizationFailed
+            | RDKafkaErrorCode::InvalidTopic
+    )
+}
+
 #[async_trait]
 impl DeadLetterSink for DeadLetterTopic {
+    /// Asks the brokers for the topic's metadata.
+    async fn check(&self) -> Result<String, SinkProblem> {
+        let producer = self.producer.clone();
+        let topic = self.topic.clone();
+        let metadata = tokio::task::spawn_blocking(move || {
+            producer
+                .client()
+                .fetch_metadata(Some(&topic), Duration::from_secs(10))
+        })
+        .await
+        .map_err(|e| SinkProblem::Unreachable(e.to_string()))?
+        .map_err(|e| {
+            SinkProblem::Unreachable(format!(
+                "no metadata from the dead-letter brokers ({e}): check dead_letter.brokers (or the source's) and that the brokers are up"
+            ))
+        })?;
+        match metadata.topics().iter().find(|t| t.name() == self.topic) {
+            Some(t) if t.error().is_none() && !t.partitions().is_empty() => Ok(format!(
+                "topic `{}`, {} partitions",
+                self.topic,
+                t.partitions().len()
+            )),
+            _ => Err(SinkProblem::Refused(format!(
+                "dead-letter topic `{}` does not exist: create it (as the source topics), or fix dead_letter.topic",
+                self.topic
+            ))),
+        }
+    }
+
     /// Retries a broker outage with backoff until every letter is acknowledged (the worker
     /// neither exits nor commits past it; a shutdown deadline still ends it). A partly failed
-    /// attempt is sent again whole: the dead-letter topic is at-least-once too.
+    /// attempt is sent again whole: the dead-letter topic is at-least-once too. A permanent
+    /// refusal (no such topic, not authorised) stops the worker with the reason instead.
     async fn send(&self, letters: Vec<DeadLetter>) -> Result<(), DeadLetterError> {
         let backoff = crate::retry::Backoff::default();
         let mut attempt = 0;
         loop {
             match self.send_once(&letters).await {
                 Ok(()) => return Ok(()),
-                Err(e) => {
+                Err(Failed::Permanent(e)) => return Err(e),
+                Err(Failed::Transient(e)) => {
                     attempt += 1;
                     let delay = backoff.delay(attempt);
                     tracing::warn!(error = %e, attempt, delay_ms = delay.as_millis() as u64, "dead-letter produce failed; retrying");
@@ -135,8 +179,14 @@ impl DeadLetterSink for DeadLetterTopic {
     }
 }
 
+/// How one attempt to send failed.
+enum Failed {
+    Transient(DeadLetterError),
+    Permanent(DeadLetterError),
+}
+
 impl DeadLetterTopic {
-    async fn send_once(&self, letters: &[DeadLetter]) -> Result<(), DeadLetterError> {
+    async fn send_once(&self, letters: &[DeadLetter]) -> Result<(), Failed> {
         let sends = letters.iter().map(|letter| {
             let size = letter.key.as_ref().map_or(0, Vec::len) + letter.payload.len();
             // The header tells the event's own size, not the sealed one.
@@ -157,10 +207,16 @@ impl DeadLetterTopic {
         });
         for result in futures::future::join_all(sends).await {
             if let Err((e, _)) = result {
-                return Err(DeadLetterError(format!(
+                if e.rdkafka_error_code().is_some_and(permanent) {
+                    return Err(Failed::Permanent(DeadLetterError(format!(
+                        "dead-letter topic `{}` refuses dead letters ({e}): create it or grant the worker the right to write it, then start the worker again; the source offset is not committed",
+                        self.topic
+                    ))));
+                }
+                return Err(Failed::Transient(DeadLetterError(format!(
                     "cannot write to dead-letter topic {} ({e}); the source offset is not committed",
                     self.topic
-                )));
+                ))));
             }
         }
         Ok(())

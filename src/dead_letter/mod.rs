@@ -90,9 +90,31 @@ impl std::str::FromStr for Sealing {
 #[error("dead-letter sink failed: {0}")]
 pub struct DeadLetterError(pub String);
 
+/// What a preflight of the sink found wrong.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SinkProblem {
+    /// Not reachable now (a broker down): worth waiting for.
+    Unreachable(String),
+    /// It answered, and it cannot take dead letters (no such topic, no right to write): a
+    /// worker would never get past its first dead letter.
+    Refused(String),
+}
+
+impl std::fmt::Display for SinkProblem {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            SinkProblem::Unreachable(m) | SinkProblem::Refused(m) => f.write_str(m),
+        }
+    }
+}
+
 #[async_trait]
 pub trait DeadLetterSink: Send + Sync {
+    /// Preflight: can dead letters be written? Never includes secrets.
+    async fn check(&self) -> Result<String, SinkProblem>;
+
     /// Stores the letters durably before returning: only then may their events be acknowledged.
+    /// A permanent failure (the sink refuses them) is returned at once, not retried.
     async fn send(&self, letters: Vec<DeadLetter>) -> Result<(), DeadLetterError>;
 }
 

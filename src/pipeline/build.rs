@@ -363,7 +363,7 @@ pub fn opensearch_settings(
     Ok((projection, settings))
 }
 
-fn open_dead_letters(
+pub fn open_dead_letters(
     file: &config::Pipeline,
     data_dir: &Path,
 ) -> Result<Arc<dyn DeadLetterSink>, BuildError> {

@@ -11,9 +11,9 @@
 mod build;
 
 pub use build::{
-    build, local_keyring, open_data_keys, open_dynamodb, open_index, open_kms, open_profiles,
-    open_source, open_store, opensearch_settings, runtime_settings, schemas, BuildError,
-    Components, IndexAccess,
+    build, local_keyring, open_data_keys, open_dead_letters, open_dynamodb, open_index, open_kms,
+    open_profiles, open_source, open_store, opensearch_settings, runtime_settings, schemas,
+    BuildError, Components, IndexAccess,
 };
 
 use crate::config::{ErasedUserEvents, PrivacyConfig};
