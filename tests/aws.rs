@@ -1184,3 +1184,19 @@ fn the_documented_segments_recipe_works_from_boto3() {
         );
     }
 }
+
+/// `pipelines/aws-local.yaml` gives the samples the outcome `pipelines/local.yaml` gives them.
+#[test]
+fn the_samples_give_the_same_counts_as_with_local_yaml() {
+    let _services = shared();
+    let dir = tempfile::tempdir().unwrap();
+    let (table, alias) = (unique("samples"), format!("alias/{}", unique("samples")));
+    let p = pipeline(dir.path(), &table, &alias, &dynamodb_endpoint(), &[]);
+    bootstrap(&p);
+    let samples = repo().join("samples/profile-events.jsonl");
+    let here = run_with(&p, &samples, &dir.path().join("data"));
+    let local = run(&samples, &dir.path().join("local"));
+    for key in ["read", "written", "stale", "dead_lettered"] {
+        assert_eq!(here[key], local[key], "{key}: {here} vs {local}");
+    }
+}

@@ -571,3 +571,39 @@ fn the_production_template_documents_every_option() {
         missing.into_iter().collect::<Vec<_>>().join("\n  ")
     );
 }
+
+/// The shipped pipeline files differ in their adapters only: what they derive (regions,
+/// segments), the privacy rules and the indexed fields are those of `pipelines/local.yaml`, so
+/// the samples give the same outcome whichever file runs them. (They had drifted: without
+/// `privacy.purposes`, `opensearch-local.yaml` dead-lettered every consent event.)
+#[test]
+fn every_shipped_pipeline_derives_and_protects_like_local_yaml() {
+    let section = |file: &str, key: &str| -> Value {
+        let text = std::fs::read_to_string(repo().join("pipelines").join(file)).unwrap();
+        let doc: Value = serde_yaml::from_str(&text).unwrap();
+        let mut value = doc[key].clone();
+        if key == "enrich" {
+            // The GeoIP database path differs in production (a real GeoIP2 City database).
+            value["geoip"]["database"] = Value::Null;
+        }
+        if key == "index" {
+            value = value["fields"].clone();
+        }
+        value
+    };
+    for file in [
+        "aws-local.yaml",
+        "kafka-local.yaml",
+        "opensearch-local.yaml",
+        "docker.yaml",
+        "production.yaml",
+    ] {
+        for key in ["enrich", "privacy", "index"] {
+            assert_eq!(
+                section(file, key),
+                section("local.yaml", key),
+                "pipelines/{file}: `{key}` differs from pipelines/local.yaml's"
+            );
+        }
+    }
+}

@@ -920,3 +920,18 @@ fn an_erasure_deletes_the_document_from_every_version_of_the_index() {
     assert!(!found(&v1, &alice), "gone from the older version too");
     assert!(found(&v1, &bob) && found(&v2, &bob), "the other user stays");
 }
+
+/// `pipelines/opensearch-local.yaml` gives the samples the outcome `pipelines/local.yaml`
+/// gives them (its consent events were all dead-lettered when it lacked `privacy.purposes`).
+#[test]
+fn the_samples_give_the_same_counts_as_with_local_yaml() {
+    let dir = tempfile::tempdir().unwrap();
+    let names = Names::new("samples");
+    let pipeline = pipeline(dir.path(), &names, &url(), &[]);
+    let samples = repo().join("samples/profile-events.jsonl");
+    let (here, _) = run_logged(&pipeline, &samples, &dir.path().join("data"));
+    let local = run(&samples, &dir.path().join("local"));
+    for key in ["read", "written", "stale", "dead_lettered"] {
+        assert_eq!(here[key], local[key], "{key}: {here} vs {local}");
+    }
+}
