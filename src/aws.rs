@@ -7,6 +7,7 @@ use aws_config::retry::RetryConfig;
 use aws_config::timeout::TimeoutConfig;
 use aws_config::{BehaviorVersion, Region, SdkConfig};
 use aws_sdk_dynamodb::config::http::HttpResponse;
+use aws_sdk_dynamodb::config::ProvideCredentials;
 use aws_sdk_dynamodb::error::{ProvideErrorMetadata, SdkError};
 use std::future::Future;
 use std::time::Duration;
@@ -24,7 +25,9 @@ pub struct Endpoint {
 }
 
 /// Loads the SDK configuration: credentials from the default chain, never a retry of its own.
-pub async fn sdk_config(at: &Endpoint) -> SdkConfig {
+/// Fails, saying so, when the chain finds no credentials: the SDK would otherwise fall through
+/// to the instance metadata service and every call would look like an unreachable endpoint.
+pub async fn sdk_config(at: &Endpoint) -> Result<SdkConfig, String> {
     let mut loader = aws_config::defaults(BehaviorVersion::latest())
         .retry_config(RetryConfig::disabled())
         .timeout_config(
@@ -39,7 +42,35 @@ pub async fn sdk_config(at: &Endpoint) -> SdkConfig {
     if let Some(endpoint) = &at.endpoint {
         loader = loader.endpoint_url(endpoint.clone());
     }
-    loader.load().await
+    let config = loader.load().await;
+    let found = match config.credentials_provider() {
+        Some(provider) => provider.provide_credentials().await.map(|_| ()),
+        None => {
+            Err(aws_credential_types::provider::error::CredentialsError::not_loaded_no_source())
+        }
+    };
+    found.map_err(|e| {
+        format!(
+            "no AWS credentials found ({}): set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, or AWS_PROFILE, or run where a role provides them (ECS task role, EC2 instance profile, EKS web identity)",
+            credentials_error_kind(&e)
+        )
+    })?;
+    Ok(config)
+}
+
+/// The kind of a credentials error, without its message (it could name a profile's path).
+fn credentials_error_kind(
+    e: &aws_credential_types::provider::error::CredentialsError,
+) -> &'static str {
+    use aws_credential_types::provider::error::CredentialsError as E;
+    match e {
+        E::CredentialsNotLoaded(_) => "no provider of the default chain had any",
+        E::ProviderTimedOut(_) => "the credentials provider timed out",
+        E::InvalidConfiguration(_) => "the credentials configuration is invalid",
+        E::ProviderError(_) => "a credentials provider failed",
+        E::Unhandled(_) => "unexpected credentials error",
+        _ => "credentials error",
+    }
 }
 
 /// Runs `fut` to completion from synchronous code inside the multi-threaded runtime the CLI

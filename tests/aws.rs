@@ -1200,3 +1200,34 @@ fn the_samples_give_the_same_counts_as_with_local_yaml() {
         assert_eq!(here[key], local[key], "{key}: {here} vs {local}");
     }
 }
+
+/// Without credentials the SDK falls through its chain to the instance metadata service, and
+/// every call looked like an unreachable endpoint. `bootstrap` and `run` now say what is
+/// missing, with exit 2.
+#[test]
+fn without_aws_credentials_the_commands_say_so_and_exit_2() {
+    let _services = shared();
+    let dir = tempfile::tempdir().unwrap();
+    let (table, alias) = (unique("nocreds"), format!("alias/{}", unique("nocreds")));
+    let p = pipeline(dir.path(), &table, &alias, &dynamodb_endpoint(), &[]);
+    for command in ["bootstrap", "run"] {
+        let out = bin()
+            .arg(command)
+            .arg("--pipeline")
+            .arg(&p)
+            .env_remove("AWS_ACCESS_KEY_ID")
+            .env_remove("AWS_SECRET_ACCESS_KEY")
+            .env_remove("AWS_SESSION_TOKEN")
+            .env_remove("AWS_PROFILE")
+            .env("AWS_EC2_METADATA_DISABLED", "true")
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{command}: {stderr}");
+        assert!(
+            stderr.contains("no AWS credentials found"),
+            "{command}: {stderr}"
+        );
+        assert!(!stderr.contains("unreachable"), "{command}: {stderr}");
+    }
+}

@@ -74,7 +74,7 @@ async fn ensure_dev_key(key_id: &str, at: &Endpoint) -> Result<bool, DevKeyError
             "keys.create_for_development needs keys.key_id to be an alias (alias/NAME), not {key_id:?}"
         )));
     }
-    let client = aws_sdk_kms::Client::new(&aws::sdk_config(at).await);
+    let client = aws_sdk_kms::Client::new(&aws::sdk_config(at).await.map_err(DevKeyError::Usage)?);
     let fail = |what: &str, e: aws::Failure| {
         DevKeyError::Kms(match e {
             aws::Failure::Transient(why) => format!(

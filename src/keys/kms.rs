@@ -206,7 +206,7 @@ impl KmsKeyProvider {
                 "keys.key_id is empty: name the KMS key (id, ARN or alias/NAME)".into(),
             ));
         }
-        let client = Client::new(&aws::sdk_config(at).await);
+        let client = Client::new(&aws::sdk_config(at).await.map_err(KeyError::Refused)?);
         let calls = Arc::new(AtomicU64::new(0));
         let blind = match settings.setting(BLIND_INDEX_SETTING).await? {
             Some(encrypted) => encrypted,

@@ -132,7 +132,7 @@ impl DynamoStore {
                 "store.table is empty: name the DynamoDB table".into(),
             ));
         }
-        let client = Client::new(&aws::sdk_config(at).await);
+        let client = Client::new(&aws::sdk_config(at).await.map_err(StoreError::Failed)?);
         let store = Self {
             client,
             table: table.to_string(),
