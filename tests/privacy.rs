@@ -1239,8 +1239,8 @@ fn rotating_then_retiring_the_local_kek_closes_what_a_backup_of_an_erased_user_s
     );
 }
 
-/// Everything the worker wrote, after a run with several versions, a consent, a dead letter
-/// and an erasure. Embedded: every file of the data folder (the SQLite database, WAL and shm,
+/// Everything the worker wrote, after a run with several versions, a consent, a dead letter,
+/// a reindex (on OpenSearch) and an erasure; the worker's metrics output too. Embedded: every file of the data folder (the SQLite database, WAL and shm,
 /// the index folder, the dead-letter file, the keyring). DynamoDB + KMS + OpenSearch: every
 /// item of the table, every document of every index version, and the data folder (the
 /// dead-letter file). On both, every log line at trace level, scanned as raw bytes for the
@@ -1313,8 +1313,83 @@ fn after_a_realistic_run_and_an_erasure_nothing_the_worker_wrote_gives_the_user_
             stack.blind_index(ALICE).into_bytes(),
         ));
     }
+    // One more version through a worker that serves its metrics, read before it is stopped.
+    let metrics = {
+        let path = stack.dir.path().join("4.jsonl");
+        let email = "alice.realistic.v4@example.org";
+        plaintexts.push(email.into());
+        std::fs::write(
+            &path,
+            upsert(ALICE, 8, email, "2026-01-01T00:00:00Z") + "\n",
+        )
+        .unwrap();
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let mut worker = std::process::Command::new(binary())
+            .args([
+                "run",
+                "--hold",
+                "--metrics-addr",
+                &format!("127.0.0.1:{port}"),
+                "--pipeline",
+            ])
+            .arg(&stack.pipeline)
+            .arg("--input")
+            .arg(&path)
+            .arg("--data-dir")
+            .arg(&stack.data)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        let started = std::time::Instant::now();
+        let body = loop {
+            let scraped = block_on(async {
+                reqwest::get(format!("http://127.0.0.1:{port}/metrics"))
+                    .await
+                    .ok()?
+                    .text()
+                    .await
+                    .ok()
+            });
+            if let Some(body) = scraped.filter(|b| {
+                b.lines().any(|l| {
+                    l.starts_with("profile_sync_events_written_total ") && !l.ends_with(" 0")
+                })
+            }) {
+                break body;
+            }
+            assert!(
+                started.elapsed() < std::time::Duration::from_secs(60),
+                "no metrics in time"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        };
+        let _ = worker.kill();
+        let _ = worker.wait();
+        body
+    };
+    for (field, sealed) in stack.stored_ciphertexts(ALICE) {
+        secrets.push((
+            format!("{field} ciphertext v4"),
+            sealed.as_str().unwrap().as_bytes().to_vec(),
+        ));
+    }
     secrets.push(("wrapped data key".into(), stack.wrapped_key(ALICE)));
     let bob_wrapped = stack.wrapped_key(BOB);
+    if stack.services.is_some() {
+        // A reindex: the older index version keeps her document unless the erasure reaches it.
+        let out = stack.cli(&["reindex", "--page-size", "100", "--output", "json"]);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(stack.index_holds(ALICE));
+    }
     let alice_letters: Vec<Vec<u8>> = stack
         .dead_letters()
         .lines()
@@ -1349,6 +1424,7 @@ fn after_a_realistic_run_and_an_erasure_nothing_the_worker_wrote_gives_the_user_
     // Raw bytes of everything written, the logs, and the dead letters' payloads.
     let mut scanned = stack.everything_written();
     scanned.push(("the logs".into(), logs));
+    scanned.push(("the metrics".into(), metrics.into_bytes()));
     for line in stack.dead_letters().lines() {
         let letter: Json = serde_json::from_str(line).unwrap();
         let payload = base64_decode(letter["sealed_payload_base64"].as_str().unwrap());
