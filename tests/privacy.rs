@@ -262,11 +262,7 @@ index:
                 serde_json::from_str(&text).unwrap()
             }
             Some(s) => {
-                let item = dynamodb_items(&s.table)
-                    .into_iter()
-                    .find(|i| attr(i, "pk") == format!("USER#{user}") && attr(i, "sk") == "PROFILE")
-                    .expect("a stored profile");
-                serde_json::from_str(&attr(&item, "record")).unwrap()
+                serde_json::from_str(&attr(&dynamodb_item(s, user, "PROFILE"), "record")).unwrap()
             }
         };
         record["encrypted"].as_object().unwrap().clone()
@@ -276,11 +272,7 @@ index:
     fn wrapped_key(&self, user: &str) -> Vec<u8> {
         match &self.services {
             None => self.sqlite_value("SELECT wrapped_key FROM user_keys WHERE user_id = ?1", user),
-            Some(s) => dynamodb_items(&s.table)
-                .into_iter()
-                .find(|i| attr(i, "pk") == format!("USER#{user}") && attr(i, "sk") == "KEY")
-                .map(|i| binary_attr(&i, "wrapped_key"))
-                .expect("a stored key"),
+            Some(s) => binary_attr(&dynamodb_item(s, user, "KEY"), "wrapped_key"),
         }
     }
 
@@ -288,11 +280,7 @@ index:
     fn blind_index(&self, user: &str) -> String {
         match &self.services {
             None => self.sqlite_value("SELECT email_index FROM profiles WHERE user_id = ?1", user),
-            Some(s) => dynamodb_items(&s.table)
-                .into_iter()
-                .find(|i| attr(i, "pk") == format!("USER#{user}") && attr(i, "sk") == "PROFILE")
-                .map(|i| attr(&i, "email_index"))
-                .expect("a stored profile"),
+            Some(s) => attr(&dynamodb_item(s, user, "PROFILE"), "email_index"),
         }
     }
 
@@ -414,6 +402,14 @@ impl Drop for Stack {
 
 fn dynamodb_items(table: &str) -> Vec<Item> {
     block_on(scan_all(table))
+}
+
+/// `user`'s item of sort key `sk` in the services stack's table.
+fn dynamodb_item(services: &Services, user: &str, sk: &str) -> Item {
+    dynamodb_items(&services.table)
+        .into_iter()
+        .find(|i| attr(i, "pk") == format!("USER#{user}") && attr(i, "sk") == sk)
+        .unwrap_or_else(|| panic!("no {sk} item of {user}"))
 }
 
 fn attr(item: &Item, name: &str) -> String {

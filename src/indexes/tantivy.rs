@@ -52,9 +52,7 @@ impl TantivyIndex {
             .clone()
             .ok_or_else(|| failed("this command opened the embedded index for reading only"))
     }
-}
 
-impl TantivyIndex {
     /// Opens (or creates) the index for writing; one process at a time holds its writer.
     pub fn open(path: &Path, projection: &Projection) -> Result<Self, IndexError> {
         Self::open_with(path, projection, true)
@@ -94,8 +92,7 @@ impl TantivyIndex {
         };
         // A reader never creates the index on disk: a worker starting on the same folder
         // may be creating it. Before the first run there is nothing to find: an empty index.
-        let exists = path.join("meta.json").exists();
-        if !write && !exists {
+        if !write && !path.join("meta.json").exists() {
             let index = Index::create_in_ram(schema);
             return Self::with(index, None, fields, user_id, version, occurred_at);
         }
@@ -265,19 +262,17 @@ impl SearchIndex for TantivyIndex {
                 }
             })
             .collect();
-        let erased: Vec<Term> = docs
-            .iter()
-            .zip(ops)
-            .filter(|(_, op)| matches!(op, IndexOp::Erase { .. }))
-            .map(|((term, _), _)| term.clone())
-            .collect();
-        if !erased.is_empty() {
-            self.erased
-                .lock()
-                .map_err(|_| failed("erasure list poisoned"))?
-                .extend(erased);
-        }
         let writer = self.writer()?;
+        let erased = ops.iter().filter_map(|op| match op {
+            IndexOp::Erase { user_id, .. } => {
+                Some(Term::from_field_text(self.user_id, &user_id.to_string()))
+            }
+            _ => None,
+        });
+        self.erased
+            .lock()
+            .map_err(|_| failed("erasure list poisoned"))?
+            .extend(erased);
         let n = docs.len();
         tokio::task::spawn_blocking(move || {
             let writer = writer.lock().map_err(|_| failed("index writer poisoned"))?;

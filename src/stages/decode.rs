@@ -219,33 +219,39 @@ fn invalid(reason: impl Into<String>) -> Rejection {
 /// Turns a record of the reader schema into a change, checking what a schema cannot say. A
 /// rejection names the event's user when its `user_id` was readable.
 fn to_change(value: Value) -> Result<ProfileChange, Rejection> {
-    let user = match &value {
-        Value::Record(fields) => fields
-            .iter()
-            .find(|(name, _)| name == "user_id")
-            .and_then(|(_, v)| uuid_of(v, "user_id").ok())
-            .filter(|u| !u.is_nil()),
-        _ => None,
-    };
-    record_to_change(value).map_err(|r| r.of_user(user))
-}
-
-fn record_to_change(value: Value) -> Result<ProfileChange, Rejection> {
     let Value::Record(fields) = value else {
         return Err(invalid("event is not a record"));
     };
+    let mut fields = fields.into_iter();
+    let mut user = None;
+    record_to_change(&mut fields, &mut user).map_err(|r| {
+        // The user read already, or else further on in the record: looked for only when the
+        // event is rejected, so a valid event's user id is parsed once.
+        let user = user.or_else(|| {
+            fields
+                .find(|(name, _)| name == "user_id")
+                .and_then(|(_, v)| uuid_of(&v, "user_id").ok())
+        });
+        r.of_user(user.filter(|u| !u.is_nil()))
+    })
+}
+
+/// The fields of a record, in order, into a change; `user_id` is set as soon as it is read.
+fn record_to_change(
+    fields: &mut std::vec::IntoIter<(String, Value)>,
+    user_id: &mut Option<Uuid>,
+) -> Result<ProfileChange, Rejection> {
     let mut event_id = None;
-    let mut user_id = None;
     let mut operation = None;
     let mut version = None;
     let mut occurred_at = None;
     let mut source = None;
     let mut profile = None;
     let mut consent = None;
-    for (name, value) in fields {
+    for (name, value) in fields.by_ref() {
         match name.as_str() {
             "event_id" => event_id = Some(uuid_of(&value, "event_id")?),
-            "user_id" => user_id = Some(uuid_of(&value, "user_id")?),
+            "user_id" => *user_id = Some(uuid_of(&value, "user_id")?),
             "operation" => operation = Some(match value {
                 Value::Enum(_, s) if s == "UPSERT" => Operation::Upsert,
                 Value::Enum(_, s) if s == "DELETE" => Operation::Delete,

@@ -273,17 +273,20 @@ pub fn audit_item(r: &AuditRecord, retention_days: u64) -> Item {
         "request_id".into(),
         s(r.request_id.hyphenated().to_string()),
     );
-    let expires = r.at.timestamp() + (retention_days.min(100_000) as i64) * 86_400;
-    item.insert(TTL.into(), n(expires));
+    item.insert(TTL.into(), n(audit_expiry(r, retention_days)));
     item
+}
+
+/// When an audit record (and its marker) expires: the TTL attribute, epoch seconds.
+fn audit_expiry(r: &AuditRecord, retention_days: u64) -> i64 {
+    r.at.timestamp() + (retention_days.min(100_000) as i64) * 86_400
 }
 
 /// The marker that says audit record `r` is stored (same TTL as the record).
 pub fn audit_marker(r: &AuditRecord, retention_days: u64) -> Item {
     let mut item = key_of(user_pk(r.user_id), &audit_marker_sk(r.id));
     item.insert("at".into(), s(ts(&r.at)));
-    let expires = r.at.timestamp() + (retention_days.min(100_000) as i64) * 86_400;
-    item.insert(TTL.into(), n(expires));
+    item.insert(TTL.into(), n(audit_expiry(r, retention_days)));
     item
 }
 

@@ -246,6 +246,9 @@ fn consents_of(conn: &Connection, user: Uuid) -> Result<Vec<ConsentRecord>, Stor
     Ok(out)
 }
 
+/// The columns [`key_from_row`] reads, in its order.
+const SELECT_KEYS: &str = "SELECT user_id, key_version, provider, kek_id, encrypted_kek, wrapped_key, created_at FROM user_keys";
+
 fn key_from_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<(String, WrappedUserKey)> {
     let user: String = row.get(0)?;
     let created: String = row.get(6)?;
@@ -382,14 +385,15 @@ impl ProfileStore for SqliteStore {
         let users: Vec<String> = users.iter().map(Uuid::to_string).collect();
         self.with_reader(move |conn| {
             let mut stmt = conn
-                .prepare_cached(
-                    "SELECT user_id, key_version, provider, kek_id, encrypted_kek, wrapped_key, created_at
-                     FROM user_keys WHERE user_id = ?1",
-                )
+                .prepare_cached(&format!("{SELECT_KEYS} WHERE user_id = ?1"))
                 .map_err(failed)?;
             let mut found = HashMap::new();
             for user in &users {
-                if let Some((id, mut key)) = stmt.query_row([user], key_from_row).optional().map_err(failed)? {
+                if let Some((id, mut key)) = stmt
+                    .query_row([user], key_from_row)
+                    .optional()
+                    .map_err(failed)?
+                {
                     key.user_id = parse_uuid(&id)?;
                     found.insert(key.user_id, key);
                 }
@@ -415,8 +419,7 @@ impl ProfileStore for SqliteStore {
                     .map_err(failed)?;
                 let mut select = tx
                     .prepare_cached(
-                        "SELECT user_id, key_version, provider, kek_id, encrypted_kek, wrapped_key, created_at
-                         FROM user_keys WHERE user_id = ?1",
+                        &format!("{SELECT_KEYS} WHERE user_id = ?1"),
                     )
                     .map_err(failed)?;
                 for key in keys {
@@ -615,13 +618,15 @@ impl ProfileStore for SqliteStore {
     ) -> Result<(Vec<WrappedUserKey>, Option<String>), StoreError> {
         self.with_reader(move |conn| {
             let mut stmt = conn
-                .prepare_cached(
-                    "SELECT user_id, key_version, provider, kek_id, encrypted_kek, wrapped_key, created_at
-                     FROM user_keys WHERE user_id > ?1 ORDER BY user_id LIMIT ?2",
-                )
+                .prepare_cached(&format!(
+                    "{SELECT_KEYS} WHERE user_id > ?1 ORDER BY user_id LIMIT ?2"
+                ))
                 .map_err(failed)?;
             let rows = stmt
-                .query_map(params![cursor.unwrap_or_default(), limit as i64], key_from_row)
+                .query_map(
+                    params![cursor.unwrap_or_default(), limit as i64],
+                    key_from_row,
+                )
                 .map_err(failed)?;
             let mut keys = Vec::new();
             for row in rows {
