@@ -70,6 +70,23 @@ fn stages(c: &mut Criterion) {
             }
         })
     });
+    // The same rules with every one run by the CEL interpreter: the reference the plans
+    // replace (and are property-tested against).
+    g.bench_function("segments_interpreted", |b| {
+        b.iter(|| {
+            for e in &enriched {
+                if let Some(region) = &e.region {
+                    black_box(
+                        pipeline
+                            .enricher
+                            .segments
+                            .interpreted(&e.change, region, None)
+                            .expect("rules evaluate"),
+                    );
+                }
+            }
+        })
+    });
     g.bench_function("protect_warm_keys", |b| {
         b.iter_batched(
             || enriched.clone(),

@@ -9,7 +9,7 @@ mod common;
 use async_trait::async_trait;
 use profile_sync::config::Pipeline as PipelineFile;
 use profile_sync::dead_letter::{DeadLetter, DeadLetterError, DeadLetterSink};
-use profile_sync::pipeline::{build, Counts};
+use profile_sync::pipeline::{build, Counts, StoredTogether};
 use profile_sync::runtime::{self, Settings};
 use profile_sync::sources::{Acknowledger, EventSource, SourceError, SourceRecord};
 use proptest::prelude::*;
@@ -303,6 +303,54 @@ async fn a_slow_batch_holds_the_committed_position_and_a_crash_then_loses_nothin
         expected.len(),
         invalid.len()
     );
+}
+
+/// Plain batches the store takes in one write give what storing them one by one gives: per
+/// batch the same counts, index operations and rejections, and the same stored state.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn plain_batches_stored_together_decide_as_stored_one_by_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let (input, _) = common::generate(dir.path(), 1_500, 0.05, "jsonl", 13);
+    let file = local();
+    let records = read_log(&file, &input, &dir.path().join("scratch")).await;
+    let mut runs = Vec::new();
+    for together in [false, true] {
+        let data = dir.path().join(if together { "together" } else { "alone" });
+        let pipeline = build(&file, &data, Some(&input)).unwrap().pipeline;
+        let mut derived = Vec::new();
+        for batch in records.chunks(300) {
+            let decoded = pipeline.decode(batch);
+            derived.push(pipeline.derive(decoded.changes).await.unwrap());
+        }
+        assert!(derived.iter().all(|d| d.is_plain()));
+        let applied = if together {
+            pipeline
+                .store_together(&StoredTogether::new(derived))
+                .await
+                .unwrap()
+        } else {
+            let mut applied = Vec::new();
+            for d in &derived {
+                applied.push(pipeline.store(d).await.unwrap());
+            }
+            applied
+        };
+        let per_batch: Vec<_> = applied
+            .into_iter()
+            .map(|a| (a.counts, a.index_ops, a.rejected))
+            .collect();
+        runs.push((
+            per_batch,
+            common::scenarios::sqlite_state(&data.join("profiles.sqlite")),
+        ));
+    }
+    let stale: u64 = runs[1].0.iter().map(|(c, _, _)| c.stale).sum();
+    let written: u64 = runs[1].0.iter().map(|(c, _, _)| c.written).sum();
+    assert!(
+        stale > 0 && written > 1_000,
+        "written {written}, stale {stale}"
+    );
+    assert_eq!(runs[0], runs[1]);
 }
 
 /// Generated valid upserts rewritten to the plan's users and versions (a delete where it

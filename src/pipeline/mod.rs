@@ -143,6 +143,41 @@ pub struct Derived {
     out: Applied,
 }
 
+impl Derived {
+    /// Whether the store's part of this batch is one write: no user of it has a consent or
+    /// erase event in it.
+    pub fn is_plain(&self) -> bool {
+        self.ordered.is_empty()
+    }
+}
+
+/// Plain batches ([`Derived::is_plain`]) stored as one write, in one transaction where the
+/// store has them: the store's pages a batch of random users touches are written once for
+/// the group instead of once per batch. The decisions are those of storing them one by one.
+#[derive(Debug)]
+pub struct StoredTogether {
+    changes: Vec<ProtectedChange>,
+    /// Per batch, in order: the record each of its changes comes from, and what derive left.
+    batches: Vec<(Vec<usize>, Applied)>,
+}
+
+impl StoredTogether {
+    /// Panics (in debug builds) on a batch that is not plain: its privacy events must be
+    /// applied in order with its other changes.
+    pub fn new(batches: Vec<Derived>) -> Self {
+        let mut changes = Vec::with_capacity(batches.iter().map(|d| d.plain.changes.len()).sum());
+        let batches = batches
+            .into_iter()
+            .map(|d| {
+                debug_assert!(d.is_plain(), "only plain batches are stored together");
+                changes.extend(d.plain.changes);
+                (d.plain.origin, d.out)
+            })
+            .collect();
+        Self { changes, batches }
+    }
+}
+
 /// Protected changes and, beside them, the record each comes from.
 #[derive(Debug, Default)]
 struct Protected {
@@ -258,6 +293,30 @@ impl Pipeline {
         Ok(out)
     }
 
+    /// The store's part of several plain batches in one write; what each batch's own
+    /// [`Self::store`] would have given, in order. May be stored again after a transient failure.
+    pub async fn store_together(
+        &self,
+        together: &StoredTogether,
+    ) -> Result<Vec<Applied>, PipelineError> {
+        let outcomes = self.write(&together.changes).await?;
+        let mut offset = 0;
+        let mut applied = Vec::with_capacity(together.batches.len());
+        for (origin, out) in &together.batches {
+            let mut out = out.clone();
+            let end = offset + origin.len();
+            self.account(
+                origin,
+                &together.changes[offset..end],
+                &outcomes[offset..end],
+                &mut out,
+            );
+            offset = end;
+            applied.push(out);
+        }
+        Ok(applied)
+    }
+
     /// Whether a change goes on past the user's erasure fence. A change at or below the fence
     /// is stale, except an erasure: erasing is idempotent, so a replayed one is applied again
     /// and completes whatever its first delivery left undone (the index deletion, the audit
@@ -357,15 +416,32 @@ impl Pipeline {
         protected: &Protected,
         out: &mut Applied,
     ) -> Result<(), PipelineError> {
-        let changes = &protected.changes;
+        let outcomes = self.write(&protected.changes).await?;
+        self.account(&protected.origin, &protected.changes, &outcomes, out);
+        Ok(())
+    }
+
+    /// One versioned store write.
+    async fn write(&self, changes: &[ProtectedChange]) -> Result<Vec<WriteOutcome>, PipelineError> {
         if changes.is_empty() {
-            return Ok(());
+            return Ok(Vec::new());
         }
         let started = Instant::now();
         let outcomes = self.profiles.store.apply(changes).await?;
         telemetry::sink_request("store", changes.len(), started.elapsed().as_secs_f64());
+        Ok(outcomes)
+    }
+
+    /// Counts a write's outcomes and adds the index operations that follow them.
+    fn account(
+        &self,
+        origin: &[usize],
+        changes: &[ProtectedChange],
+        outcomes: &[WriteOutcome],
+        out: &mut Applied,
+    ) {
         let now = chrono::Utc::now();
-        for ((i, change), outcome) in protected.origin.iter().zip(changes).zip(&outcomes) {
+        for ((i, change), outcome) in origin.iter().zip(changes).zip(outcomes) {
             match outcome {
                 WriteOutcome::Applied => {
                     out.counts.written += 1;
@@ -379,7 +455,6 @@ impl Pipeline {
                     .push((*i, self.profiles.projection.op(change)));
             }
         }
-        Ok(())
     }
 
     /// A consent or erase event, and the index operation that follows it. The outer error is

@@ -11,6 +11,9 @@
 //!    └───────────────────── Acknowledger::acknowledge(through) ◀───────────────────┘
 //! ```
 //!
+//! The store writes plain batches (no consent or erase event) that wait for it together, in
+//! one write: when the store is behind, its transactions grow instead of its queue.
+//!
 //! Derive works on batch N+1 while the store writes batch N, unless batch N (or another batch
 //! not stored yet) has a consent or erase event of a user in N+1: then derive waits for it,
 //! so every user's changes are still decided in order, under the consent state and erasure
@@ -29,7 +32,7 @@ mod index;
 pub use index::Cadence;
 
 use crate::event::Rejection;
-use crate::pipeline::{Counts, Decoded, Derived, Pipeline, PipelineError};
+use crate::pipeline::{Counts, Decoded, Derived, Pipeline, PipelineError, StoredTogether};
 use crate::retry::Backoff;
 use crate::sources::{EventSource, SourceRecord};
 use crate::stages::project::IndexOp;
@@ -125,11 +128,28 @@ pub async fn run(
     let store = {
         let pipeline = pipeline.clone();
         tokio::spawn(async move {
-            while let Some(d) = derived_rx.recv().await {
-                let stored = store(&pipeline, d).await?;
-                stored_through_tx.send_replace(stored.batch);
-                if stored_tx.send(stored).await.is_err() {
-                    break;
+            let mut next = derived_rx.recv().await;
+            while let Some(first) = next.take() {
+                // Plain batches already waiting behind a plain one join its write.
+                let mut group = vec![first];
+                while group.len() < lanes && group[0].derived.is_plain() {
+                    match derived_rx.try_recv() {
+                        Ok(d) if d.derived.is_plain() => group.push(d),
+                        Ok(d) => {
+                            next = Some(d);
+                            break;
+                        }
+                        Err(_) => break,
+                    }
+                }
+                for stored in store(&pipeline, group).await? {
+                    stored_through_tx.send_replace(stored.batch);
+                    if stored_tx.send(stored).await.is_err() {
+                        return Ok(());
+                    }
+                }
+                if next.is_none() {
+                    next = derived_rx.recv().await;
                 }
             }
             Ok::<_, PipelineError>(())
@@ -378,31 +398,47 @@ async fn derive(
     Ok(())
 }
 
-/// The store stage for one batch, retried while its failure is transient.
-async fn store(pipeline: &Pipeline, d: DerivedBatch) -> Result<Stored, PipelineError> {
-    let DerivedBatch {
-        fetched,
-        mut rejected,
-        users,
-        derived,
-    } = d;
+/// The store stage for a batch, or for several plain ones in one write, retried while its
+/// failure is transient.
+async fn store(
+    pipeline: &Pipeline,
+    group: Vec<DerivedBatch>,
+) -> Result<Vec<Stored>, PipelineError> {
     let started = Instant::now();
-    let applied = retrying(&pipeline.health, || pipeline.store(&derived)).await?;
+    let mut rest = Vec::with_capacity(group.len());
+    let mut derived = Vec::with_capacity(group.len());
+    for d in group {
+        derived.push(d.derived);
+        rest.push((d.fetched, d.rejected, d.users));
+    }
+    let applied = if derived.len() == 1 {
+        let one = derived.pop().expect("one batch");
+        vec![retrying(&pipeline.health, || pipeline.store(&one)).await?]
+    } else {
+        let together = StoredTogether::new(derived);
+        retrying(&pipeline.health, || pipeline.store_together(&together)).await?
+    };
     telemetry::stage("store", started.elapsed().as_secs_f64());
-    rejected.extend(applied.rejected);
-    Ok(Stored {
-        batch: fetched.batch,
-        fetched_at: fetched.fetched_at,
-        counts: Counts {
-            read: fetched.records.len() as u64,
-            ..applied.counts
-        },
-        records: fetched.records,
-        index_ops: applied.index_ops,
-        rejected,
-        users,
-        permit: fetched.permit,
-    })
+    Ok(rest
+        .into_iter()
+        .zip(applied)
+        .map(|((fetched, mut rejected, users), applied)| {
+            rejected.extend(applied.rejected);
+            Stored {
+                batch: fetched.batch,
+                fetched_at: fetched.fetched_at,
+                counts: Counts {
+                    read: fetched.records.len() as u64,
+                    ..applied.counts
+                },
+                records: fetched.records,
+                index_ops: applied.index_ops,
+                rejected,
+                users,
+                permit: fetched.permit,
+            }
+        })
+        .collect())
 }
 
 /// Seals a batch's dead letters (retried while the key provider is unavailable) and sends them.

@@ -1,5 +1,6 @@
 //! Enrich: derive the region from the last-seen IP, then evaluate the segment rules.
 
+mod plan;
 mod region;
 mod segments;
 

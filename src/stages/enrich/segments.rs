@@ -4,7 +4,11 @@
 //! records also as maps (`marketing.plan`), the derived region fields likewise, and `now` is
 //! the event's `occurred_at` so that a replay derives exactly what the first run did.
 //! PII fields are not bound: a segment is indexed, so it must not be derived from PII.
+//!
+//! Each rule is also compiled into a [`Plan`] over the fields (`plan.rs`); the CEL interpreter
+//! runs only for rules or events the plan leaves undecided, so results are the interpreter's.
 
+use super::plan::{Fields, Plan, Source};
 use crate::config::SegmentConfig;
 use crate::event::{ProfileChange, Region, Rejection, Stage};
 use crate::schema::{Catalog, Classification, FieldKind, FieldSpec};
@@ -40,12 +44,20 @@ pub enum SegmentError {
 
 pub struct SegmentRules {
     env: Arc<Env>,
-    /// (segment name, consent purpose it needs, compiled rule)
-    rules: Vec<(String, Option<String>, Program)>,
+    rules: Vec<Rule>,
     /// The fields some rule reads, each with how it is bound: under its flat name, inside
     /// its record's map, or both. Fields no rule reads are not converted at all (binding
     /// every field per event cost more than evaluating the rules).
     bound: Vec<Binding>,
+}
+
+struct Rule {
+    name: String,
+    /// The consent purpose the segment needs.
+    purpose: Option<String>,
+    program: Program,
+    /// `None` when the rule uses what the plan does not cover: the interpreter decides.
+    plan: Option<Plan>,
 }
 
 struct Binding {
@@ -134,7 +146,7 @@ impl SegmentRules {
             })
             .collect();
         let reads = |name: &str| read.iter().any(|r| r == name);
-        let bound = bound
+        let bound: Vec<Binding> = bound
             .into_iter()
             .filter_map(|spec| {
                 let flat = reads(&spec.flat_name);
@@ -146,11 +158,25 @@ impl SegmentRules {
                 })
             })
             .collect();
-        Ok(Self {
-            env,
-            rules: compiled,
-            bound,
-        })
+        let names = |name: &str| source(name, &bound);
+        let rules = compiled
+            .into_iter()
+            .map(|(name, purpose, program)| {
+                let plan = Plan::compile(program.expression(), &names, &env);
+                Rule {
+                    name,
+                    purpose,
+                    program,
+                    plan,
+                }
+            })
+            .collect();
+        Ok(Self { env, rules, bound })
+    }
+
+    /// How many rules have a plan (the others always run in the interpreter).
+    pub fn planned(&self) -> usize {
+        self.rules.iter().filter(|r| r.plan.is_some()).count()
     }
 
     /// The sorted names of the segments the profile is in. A segment that needs consent to a
@@ -161,58 +187,60 @@ impl SegmentRules {
         region: &Region,
         consents: Option<&ConsentState>,
     ) -> Result<Vec<String>, Rejection> {
+        self.evaluate_with(change, region, consents, true)
+    }
+
+    /// [`Self::evaluate`] with every rule run by the CEL interpreter: the reference the plans
+    /// are tested and measured against.
+    pub fn interpreted(
+        &self,
+        change: &ProfileChange,
+        region: &Region,
+        consents: Option<&ConsentState>,
+    ) -> Result<Vec<String>, Rejection> {
+        self.evaluate_with(change, region, consents, false)
+    }
+
+    fn evaluate_with(
+        &self,
+        change: &ProfileChange,
+        region: &Region,
+        consents: Option<&ConsentState>,
+        plans: bool,
+    ) -> Result<Vec<String>, Rejection> {
         if self.rules.is_empty() {
             return Ok(Vec::new());
         }
         let empty = serde_json::Map::new();
         let profile = change.profile.as_ref().unwrap_or(&empty);
-        let mut context = Context::with_env(self.env.clone());
-        context.add_variable_from_value("now", Value::Timestamp(change.occurred_at.fixed_offset()));
-        let mut records: HashMap<&str, HashMap<String, Value>> = HashMap::new();
-        for Binding {
-            spec,
-            flat,
-            in_record,
-        } in &self.bound
-        {
-            let value = if spec.classification == Classification::Derived {
-                derived(region, &spec.flat_name)
-            } else {
-                let json = match spec.path.as_slice() {
-                    [top] => profile.get(top),
-                    [record, leaf] => profile.get(record).and_then(|r| r.get(leaf)),
-                    _ => None,
-                };
-                json.map_or(Value::Null, |j| to_cel(j, spec.kind))
-            };
-            if let ([record, leaf], true) = (spec.path.as_slice(), in_record) {
-                records
-                    .entry(record.as_str())
-                    .or_default()
-                    .insert(leaf.clone(), value.clone());
-            }
-            if *flat {
-                context.add_variable_from_value(spec.flat_name.clone(), value);
-            }
-        }
-        for (record, fields) in records {
-            let present = profile.get(record).is_some_and(|r| !r.is_null());
-            let value = if present {
-                Value::from(fields)
-            } else {
-                Value::Null
-            };
-            context.add_variable_from_value(record, value);
-        }
+        let fields = Fields {
+            profile,
+            region,
+            now: change.occurred_at.fixed_offset(),
+        };
+        let mut context = None;
         let mut segments = Vec::new();
-        for (name, purpose, program) in &self.rules {
-            let consented = purpose
+        for rule in &self.rules {
+            let consented = rule
+                .purpose
                 .as_ref()
                 .is_none_or(|p| consents.and_then(|c| c.get(p)).copied().unwrap_or(false));
             if !consented {
                 continue;
             }
-            match program.execute(&context) {
+            let decided = match (&rule.plan, plans) {
+                (Some(plan), true) => plan.decide(&fields),
+                _ => None,
+            };
+            let result = match decided {
+                Some(b) => Ok(Value::Bool(b)),
+                None => {
+                    let context = context.get_or_insert_with(|| self.context(profile, &fields));
+                    rule.program.execute(context)
+                }
+            };
+            let name = &rule.name;
+            match result {
                 Ok(Value::Bool(true)) => segments.push(name.clone()),
                 Ok(Value::Bool(false)) => {}
                 Ok(_) => {
@@ -233,6 +261,85 @@ impl SegmentRules {
         }
         Ok(segments)
     }
+
+    /// The interpreter's context: `now`, the bound fields under their flat names, and the
+    /// records some rule reads as maps.
+    fn context(
+        &self,
+        profile: &serde_json::Map<String, Json>,
+        fields: &Fields<'_>,
+    ) -> Context<'static, 'static> {
+        let mut context = Context::with_env(self.env.clone());
+        context.add_variable_from_value("now", Value::Timestamp(fields.now));
+        let mut records: HashMap<&str, HashMap<String, Value>> = HashMap::new();
+        for Binding {
+            spec,
+            flat,
+            in_record,
+        } in &self.bound
+        {
+            let value = if spec.classification == Classification::Derived {
+                derived(fields.region, &spec.flat_name)
+            } else {
+                let json = match spec.path.as_slice() {
+                    [top] => profile.get(top),
+                    [record, leaf] => profile.get(record).and_then(|r| r.get(leaf)),
+                    _ => None,
+                };
+                json.map_or(Value::Null, |j| to_cel(j, spec.kind))
+            };
+            if let ([record, leaf], true) = (spec.path.as_slice(), in_record) {
+                records
+                    .entry(record.as_str())
+                    .or_default()
+                    .insert(leaf.clone(), value.clone());
+            }
+            if *flat {
+                context.add_variable_from_value(spec.flat_name.clone(), value);
+            }
+        }
+        for (record, leaves) in records {
+            let present = profile.get(record).is_some_and(|r| !r.is_null());
+            let value = if present {
+                Value::from(leaves)
+            } else {
+                Value::Null
+            };
+            context.add_variable_from_value(record, value);
+        }
+        context
+    }
+}
+
+/// What a name means in a rule, as the interpreter's context binds it: a record's map wins
+/// over a field of the same name, a later binding over an earlier one, any field over `now`.
+fn source(name: &str, bound: &[Binding]) -> Option<Source> {
+    let leaves: Vec<(String, FieldKind)> = bound
+        .iter()
+        .filter(|b| b.in_record && b.spec.path.len() == 2 && b.spec.path[0] == name)
+        .map(|b| (b.spec.path[1].clone(), b.spec.kind))
+        .collect();
+    if !leaves.is_empty() {
+        return Some(Source::Record {
+            name: name.to_string(),
+            leaves,
+        });
+    }
+    if let Some(b) = bound
+        .iter()
+        .rev()
+        .find(|b| b.flat && b.spec.flat_name == name)
+    {
+        return Some(if b.spec.classification == Classification::Derived {
+            Source::Derived(name.to_string())
+        } else {
+            Source::Field {
+                path: b.spec.path.clone(),
+                kind: b.spec.kind,
+            }
+        });
+    }
+    (name == "now").then_some(Source::Now)
 }
 
 /// The variant name of a CEL error, without the values its message may quote.
@@ -285,6 +392,7 @@ fn to_cel(json: &Json, kind: FieldKind) -> Value {
 mod tests {
     use super::*;
     use crate::event::Operation;
+    use proptest::prelude::*;
 
     fn catalog() -> Catalog {
         crate::schema::ProfileSchemas::parse(include_str!("../../../schemas/profile_change.avsc"))
@@ -415,6 +523,251 @@ mod tests {
         assert!(
             r.evaluate(&c, &Region::unknown(), None).unwrap().is_empty(),
             "no record is no consent"
+        );
+    }
+
+    #[test]
+    fn every_sample_rule_is_decided_by_its_plan() {
+        let pipeline: serde_yaml::Value =
+            serde_yaml::from_str(include_str!("../../../pipelines/local.yaml")).unwrap();
+        let segments: BTreeMap<String, SegmentConfig> =
+            serde_yaml::from_value(pipeline["enrich"]["segments"].clone()).unwrap();
+        let purposes: Vec<String> =
+            serde_yaml::from_value(pipeline["privacy"]["purposes"].clone()).unwrap();
+        let r = SegmentRules::compile(&segments, &purposes, &catalog()).unwrap();
+        assert_eq!((r.rules.len(), r.planned()), (6, 6));
+    }
+
+    /// Rules over every kind of name the stage binds (fields, record leaves, map entries,
+    /// derived fields, `now`) and every operator the plan covers, plus some it does not.
+    fn expression() -> impl Strategy<Value = String> {
+        let leaf = prop_oneof![
+            Just("lifetime_value"),
+            Just("order_count"),
+            Just("plan"),
+            Just("last_order_at"),
+            Just("last_seen_at"),
+            Just("status"),
+            Just("locale"),
+            Just("preferences"),
+            Just("marketing"),
+            Just("marketing.plan"),
+            Just("marketing.order_count"),
+            Just("marketing.lifetime_value"),
+            Just("marketing.last_order_at"),
+            Just("marketing.nope"),
+            Just("preferences[\"newsletter\"]"),
+            Just("preferences[\"absent\"]"),
+            Just("residency_zone"),
+            Just("country"),
+            Just("subdivision"),
+            Just("now"),
+            Just("0"),
+            Just("10"),
+            Just("-3"),
+            Just("3u"),
+            Just("1000.0"),
+            Just("0.5"),
+            Just("\"pro\""),
+            Just("\"EU\""),
+            Just("\"ACTIVE\""),
+            Just("\"never\""),
+            Just("null"),
+            Just("true"),
+            Just("false"),
+            Just("duration(\"2160h\")"),
+            Just("timestamp(\"2026-01-01T00:00:00Z\")"),
+            Just("9223372036854775807"),
+            Just("size(plan)"),
+        ]
+        .prop_map(String::from);
+        leaf.prop_recursive(4, 24, 3, |inner| {
+            let op = prop_oneof![
+                Just("&&"),
+                Just("||"),
+                Just("=="),
+                Just("!="),
+                Just("<"),
+                Just("<="),
+                Just(">"),
+                Just(">="),
+                Just("+"),
+                Just("-"),
+            ];
+            let list = prop_oneof![
+                Just("[\"pro\", \"enterprise\"]"),
+                Just("[1, 2.0, \"EU\", null]"),
+                Just("[]"),
+            ];
+            prop_oneof![
+                (inner.clone(), op, inner.clone()).prop_map(|(a, o, b)| format!("({a} {o} {b})")),
+                inner.clone().prop_map(|a| format!("!({a})")),
+                inner.clone().prop_map(|a| format!("-({a})")),
+                (inner.clone(), inner.clone(), inner.clone())
+                    .prop_map(|(c, a, b)| format!("({c} ? {a} : {b})")),
+                (inner, list).prop_map(|(a, l)| format!("({a} in {l})")),
+            ]
+        })
+    }
+
+    fn maybe(value: impl Strategy<Value = Json>) -> impl Strategy<Value = Option<Json>> {
+        prop_oneof![Just(None), Just(Some(Json::Null)), value.prop_map(Some)]
+    }
+
+    fn timestamp() -> impl Strategy<Value = Json> {
+        prop_oneof![
+            Just("2025-12-01T00:00:00.000Z"),
+            Just("2026-05-31T23:59:59.999Z"),
+            Just("2026-06-01T00:00:00.000Z"),
+        ]
+        .prop_map(Json::from)
+    }
+
+    /// Profiles as the decode stage carries them: fields present, null or missing; records
+    /// null or with leaves missing.
+    fn profile() -> impl Strategy<Value = Json> {
+        let text = |choices: &'static [&'static str]| {
+            proptest::sample::select(choices).prop_map(Json::from)
+        };
+        let marketing = (
+            maybe(proptest::sample::select(&[0.0, 0.5, 1000.0, 1500.5][..]).prop_map(Json::from)),
+            maybe(proptest::sample::select(&[0i64, 3, 10, 12][..]).prop_map(Json::from)),
+            maybe(text(&["free", "pro", "enterprise"])),
+            maybe(timestamp()),
+        )
+            .prop_map(|(v, n, p, t)| {
+                let mut m = serde_json::Map::new();
+                for (k, x) in [
+                    ("lifetime_value", v),
+                    ("order_count", n),
+                    ("plan", p),
+                    ("last_order_at", t),
+                ] {
+                    if let Some(x) = x {
+                        m.insert(k.into(), x);
+                    }
+                }
+                Json::Object(m)
+            });
+        let preferences = maybe(text(&["never", "weekly"])).prop_map(|n| {
+            let mut m = serde_json::Map::new();
+            if let Some(n) = n {
+                m.insert("newsletter".into(), n);
+            }
+            Json::Object(m)
+        });
+        (
+            maybe(text(&["en", "de"])),
+            maybe(timestamp()),
+            maybe(preferences),
+            maybe(marketing),
+            maybe(text(&["ACTIVE", "SUSPENDED"])),
+        )
+            .prop_map(|(locale, seen, preferences, marketing, status)| {
+                let mut m = serde_json::Map::new();
+                for (k, x) in [
+                    ("locale", locale),
+                    ("last_seen_at", seen),
+                    ("preferences", preferences),
+                    ("marketing", marketing),
+                    ("status", status),
+                ] {
+                    if let Some(x) = x {
+                        m.insert(k.into(), x);
+                    }
+                }
+                Json::Object(m)
+            })
+    }
+
+    fn region() -> impl Strategy<Value = Region> {
+        prop_oneof![
+            Just(Region::unknown()),
+            Just(Region {
+                country: "DE".into(),
+                subdivision: Some("BY".into()),
+                continent: "EU".into(),
+                residency_zone: "EU".into(),
+            }),
+            Just(Region {
+                country: "US".into(),
+                subdivision: None,
+                continent: "NA".into(),
+                residency_zone: "US".into(),
+            }),
+        ]
+    }
+
+    #[test]
+    fn plans_give_the_interpreters_results_and_errors_on_generated_rules_and_events() {
+        use proptest::test_runner::{Config, TestRunner};
+        use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
+        let catalog = catalog();
+        let (decided_true, decided_false, left) = (
+            AtomicUsize::new(0),
+            AtomicUsize::new(0),
+            AtomicUsize::new(0),
+        );
+        let mut runner = TestRunner::new(Config {
+            cases: 4_000,
+            failure_persistence: None,
+            ..Config::default()
+        });
+        let case = (
+            proptest::collection::vec(expression(), 1..4),
+            proptest::collection::vec((profile(), region()), 1..8),
+        );
+        runner
+            .run(&case, |(sources, events)| {
+                let named: Vec<(String, &str)> = sources
+                    .iter()
+                    .enumerate()
+                    .map(|(i, s)| (format!("s{i}"), s.as_str()))
+                    .collect();
+                let pairs: Vec<(&str, &str)> =
+                    named.iter().map(|(n, s)| (n.as_str(), *s)).collect();
+                // A rule the CEL compiler or the stage refuses is refused for both.
+                let Ok(rules) = SegmentRules::compile(&rules(&pairs), &[], &catalog) else {
+                    return Ok(());
+                };
+                for (profile, region) in &events {
+                    let c = change(profile.clone());
+                    let planned = rules.evaluate(&c, region, None);
+                    let interpreted = rules.interpreted(&c, region, None);
+                    prop_assert_eq!(
+                        &planned,
+                        &interpreted,
+                        "rules {:?} on {} in {:?}",
+                        sources,
+                        profile,
+                        region
+                    );
+                    let fields = Fields {
+                        profile: c.profile.as_ref().unwrap(),
+                        region,
+                        now: c.occurred_at.fixed_offset(),
+                    };
+                    for rule in &rules.rules {
+                        let counter = match rule.plan.as_ref().and_then(|p| p.decide(&fields)) {
+                            Some(true) => &decided_true,
+                            Some(false) => &decided_false,
+                            None => &left,
+                        };
+                        counter.fetch_add(1, Relaxed);
+                    }
+                }
+                Ok(())
+            })
+            .unwrap();
+        // The comparison is not vacuous: plans decided many rules either way, and left some.
+        let (t, f, l) = (
+            decided_true.into_inner(),
+            decided_false.into_inner(),
+            left.into_inner(),
+        );
+        assert!(
+            t > 500 && f > 500 && l > 500,
+            "decided true {t}, false {f}, left to the interpreter {l}"
         );
     }
 

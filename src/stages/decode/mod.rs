@@ -2,6 +2,10 @@
 //!
 //! Binary Avro is resolved from its writer schema to the reader schema in `schemas/`, so
 //! producers that add fields with defaults, drop fields or rename with aliases keep working.
+//! A datum written with the reader schema itself is read directly into the change
+//! ([`direct`]); the others through an Avro `Value` tree.
+
+mod direct;
 
 use crate::event::{ConsentChange, Fields, Operation, ProfileChange, Rejection, Stage};
 use crate::schema::{avro_error_kind, avro_json_to_value};
@@ -59,7 +63,6 @@ impl DatumReader {
         })
     }
 
-    #[cfg(test)]
     fn resolves(&self) -> bool {
         self.borrow_owner().1.is_some()
     }
@@ -72,6 +75,8 @@ type KnownWriters = Arc<RwLock<Vec<(Arc<Schema>, Arc<DatumReader>)>>>;
 pub struct Decoder {
     reader: Arc<Schema>,
     writers: KnownWriters,
+    /// How datums of the reader schema itself are read directly, unless its shape rules it out.
+    direct: Option<Arc<direct::Direct>>,
 }
 
 impl std::fmt::Debug for Decoder {
@@ -86,6 +91,7 @@ impl Decoder {
     pub fn new(reader: Schema) -> Self {
         limit_allocations();
         Self {
+            direct: direct::Direct::for_schema(&reader).map(Arc::new),
             reader: Arc::new(reader),
             writers: Arc::default(),
         }
@@ -131,10 +137,10 @@ impl Decoder {
 
     pub fn decode(&self, payload: &Payload) -> Result<ProfileChange, Rejection> {
         let value = match payload {
-            Payload::AvroDatum { bytes, writer } => self.avro(bytes, writer)?,
+            Payload::AvroDatum { bytes, writer } => return self.avro(bytes, writer),
             Payload::ConfluentAvro { bytes, writer } => {
                 // The source checked the 5-byte header when it resolved the writer schema.
-                self.avro(bytes.get(5..).unwrap_or_default(), writer)?
+                return self.avro(bytes.get(5..).unwrap_or_default(), writer);
             }
             Payload::Unreadable { class, reason, .. } => {
                 return Err(Rejection::new(Stage::Decode, class, reason.clone()))
@@ -160,7 +166,7 @@ impl Decoder {
     }
 
     /// One Avro binary datum, resolved from `writer` to the reader schema.
-    fn avro(&self, bytes: &[u8], writer: &Arc<Schema>) -> Result<Value, Rejection> {
+    fn avro(&self, bytes: &[u8], writer: &Arc<Schema>) -> Result<ProfileChange, Rejection> {
         // The Avro specification resolves a record only from a record of the same name;
         // apache-avro does not check it, and a writer schema of another record whose fields
         // happen to share names would be read as a profile change.
@@ -177,9 +183,16 @@ impl Decoder {
                 ));
             }
         }
+        let reader = self.datum_reader(writer);
+        if let (Ok(reader), Some(direct)) = (&reader, &self.direct) {
+            if !reader.resolves() {
+                if let Some(change) = direct.read(reader.borrow_dependent(), bytes) {
+                    return Ok(change);
+                }
+            }
+        }
         let mut slice = bytes;
-        let value = self
-            .datum_reader(writer)
+        let value = reader
             .and_then(|r| r.borrow_dependent().read_value(&mut slice))
             .map_err(|e| {
                 if let apache_avro::error::Details::MemoryAllocation { .. } = e.details() {
@@ -208,7 +221,7 @@ impl Decoder {
                 format!("{} trailing bytes after the Avro datum", slice.len()),
             ));
         }
-        Ok(value)
+        to_change(value)
     }
 }
 
@@ -458,10 +471,13 @@ fn to_json(value: Value) -> Option<Json> {
 
 #[cfg(test)]
 mod tests {
+    use super::direct::Direct;
     use super::*;
 
     fn decoder() -> Decoder {
-        Decoder::new(Schema::parse_str(include_str!("../../schemas/profile_change.avsc")).unwrap())
+        Decoder::new(
+            Schema::parse_str(include_str!("../../../schemas/profile_change.avsc")).unwrap(),
+        )
     }
 
     fn json(line: &str) -> Payload {
@@ -602,6 +618,79 @@ mod tests {
             });
             assert_eq!(decoded, to_change(resolved));
         }
+    }
+
+    /// The `Value` way alone, as every datum went before the direct read.
+    fn via_value(d: &Decoder, bytes: &[u8]) -> Result<ProfileChange, Rejection> {
+        let value = d
+            .datum_reader(&d.reader)
+            .unwrap()
+            .borrow_dependent()
+            .read_value(&mut &bytes[..])
+            .map_err(|_| invalid("unreadable"))?;
+        to_change(value)
+    }
+
+    #[test]
+    #[allow(deprecated)]
+    fn the_direct_read_gives_what_the_value_tree_gives_and_leaves_it_only_the_rejections() {
+        let d = decoder();
+        let direct = d
+            .direct
+            .clone()
+            .expect("the shipped schema is read directly");
+        let reader = d.datum_reader(&d.reader).unwrap();
+        let mut gen = crate::generate::EventGenerator::new(5, 3_000, 0.2, false);
+        let (mut direct_reads, mut rejections) = (0, 0);
+        for _ in 0..3_000 {
+            let crate::generate::GeneratedEvent::Record { value, .. } = gen.next_event() else {
+                continue;
+            };
+            let bytes = apache_avro::to_avro_datum(&d.reader, value).unwrap();
+            let expected = via_value(&d, &bytes);
+            match direct.read(reader.borrow_dependent(), &bytes) {
+                Some(change) => {
+                    assert_eq!(Ok(&change), expected.as_ref());
+                    direct_reads += 1;
+                }
+                None => {
+                    assert!(
+                        expected.is_err(),
+                        "a valid event left to the Value way: {expected:?}"
+                    );
+                    rejections += 1;
+                }
+            }
+            assert_eq!(
+                d.decode(&Payload::AvroDatum {
+                    bytes,
+                    writer: d.reader.clone()
+                }),
+                expected
+            );
+        }
+        assert!(
+            direct_reads > 2_000 && rejections > 300,
+            "{direct_reads} direct, {rejections} rejected"
+        );
+    }
+
+    #[test]
+    fn a_profile_with_a_date_where_the_direct_read_cannot_place_it_is_read_the_value_way() {
+        let mut schema: Json =
+            serde_json::from_str(include_str!("../../../schemas/profile_change.avsc")).unwrap();
+        let profile = schema["fields"]
+            .as_array_mut()
+            .unwrap()
+            .iter_mut()
+            .find(|f| f["name"] == "profile")
+            .unwrap();
+        profile["type"][1]["fields"].as_array_mut().unwrap().push(serde_json::json!(
+            {"name": "dates", "type": {"type": "array", "items": {"type": "int", "logicalType": "date"}}, "default": []}
+        ));
+        let d = Decoder::new(Schema::parse(&schema).unwrap());
+        assert!(d.direct.is_none());
+        assert!(Direct::for_schema(&decoder().reader).is_some());
     }
 
     #[test]
