@@ -54,39 +54,26 @@ fn stages(c: &mut Criterion) {
             }
         })
     });
-    g.bench_function("segments", |b| {
-        b.iter(|| {
-            // Deletes carry no region and are not evaluated, as in the pipeline.
-            for e in &enriched {
-                if let Some(region) = &e.region {
-                    black_box(
-                        pipeline
-                            .enricher
-                            .segments
-                            .evaluate(&e.change, region, None)
-                            .expect("rules evaluate"),
-                    );
-                }
-            }
-        })
-    });
-    // The same rules with every one run by the CEL interpreter: the reference the plans
+    // `segments_interpreted` runs every rule in the CEL interpreter: the reference the plans
     // replace (and are property-tested against).
-    g.bench_function("segments_interpreted", |b| {
-        b.iter(|| {
-            for e in &enriched {
-                if let Some(region) = &e.region {
-                    black_box(
-                        pipeline
-                            .enricher
-                            .segments
-                            .interpreted(&e.change, region, None)
-                            .expect("rules evaluate"),
-                    );
+    let rules = &pipeline.enricher.segments;
+    for (name, planned) in [("segments", true), ("segments_interpreted", false)] {
+        g.bench_function(name, |b| {
+            b.iter(|| {
+                // Deletes carry no region and are not evaluated, as in the pipeline.
+                for e in &enriched {
+                    if let Some(region) = &e.region {
+                        let segments = if planned {
+                            rules.evaluate(&e.change, region, None)
+                        } else {
+                            rules.interpreted(&e.change, region, None)
+                        };
+                        black_box(segments.expect("rules evaluate"));
+                    }
                 }
-            }
-        })
-    });
+            })
+        });
+    }
     g.bench_function("protect_warm_keys", |b| {
         b.iter_batched(
             || enriched.clone(),

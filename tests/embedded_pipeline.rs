@@ -334,7 +334,9 @@ fn reveal_without_a_reason_is_refused() {
         .arg("--data-dir")
         .arg(&f.data)
         .assert()
-        .code(2);
+        .code(2)
+        .stderr(predicates::str::contains("--reason <REASON>"))
+        .stdout("");
 }
 
 #[test]

@@ -171,7 +171,7 @@ impl DeadLetterSink for DeadLetterTopic {
                     attempt += 1;
                     let delay = backoff.delay(attempt);
                     tracing::warn!(error = %e, attempt, delay_ms = delay.as_millis() as u64, "dead-letter produce failed; retrying");
-                    metrics::counter!("profile_sync_dead_letter_retries_total").increment(1);
+                    metrics::counter!(crate::telemetry::DEAD_LETTER_RETRIES).increment(1);
                     tokio::time::sleep(delay).await;
                 }
             }

@@ -140,7 +140,7 @@ impl ConsumerContext for GroupContext {
             .collect();
         if let Err(e) = commit_offsets(consumer, &pending.offsets) {
             tracing::warn!(error = %e, "commit on partition revocation failed; the new owner replays from the last commit");
-            metrics::counter!("profile_sync_kafka_commit_failures_total").increment(1);
+            metrics::counter!(crate::telemetry::KAFKA_COMMIT_FAILURES).increment(1);
         }
         // Whatever happened, those partitions are not ours to commit any more, not even when a
         // batch of theirs in flight finishes.
@@ -331,7 +331,7 @@ impl KafkaSource {
                     attempt += 1;
                     let delay = self.backoff.delay(attempt).min(left);
                     tracing::warn!(error = %e, attempt, "Kafka consumer error; retrying");
-                    metrics::counter!("profile_sync_kafka_transient_errors_total").increment(1);
+                    metrics::counter!(crate::telemetry::KAFKA_TRANSIENT_ERRORS).increment(1);
                     tokio::time::sleep(delay).await;
                 }
             }
@@ -352,12 +352,12 @@ impl KafkaSource {
                 pending.offsets.clear();
                 pending.events = 0;
                 self.last_commit = Instant::now();
-                metrics::counter!("profile_sync_kafka_commits_total").increment(1);
+                metrics::counter!(crate::telemetry::KAFKA_COMMITS).increment(1);
             }
             Err(e) => {
                 // Kept pending: retried on the next commit; never skipped past.
                 tracing::warn!(error = %e, "offset commit failed; will retry");
-                metrics::counter!("profile_sync_kafka_commit_failures_total").increment(1);
+                metrics::counter!(crate::telemetry::KAFKA_COMMIT_FAILURES).increment(1);
                 self.last_commit = Instant::now();
             }
         }
@@ -403,7 +403,7 @@ impl KafkaSource {
                             attempt += 1;
                             let delay = self.backoff.delay(attempt);
                             tracing::warn!(%reason, attempt, delay_ms = delay.as_millis() as u64, "schema registry unavailable; retrying (the event is not dead-lettered)");
-                            metrics::counter!("profile_sync_registry_transient_errors_total")
+                            metrics::counter!(crate::telemetry::REGISTRY_TRANSIENT_ERRORS)
                                 .increment(1);
                             tokio::time::sleep(delay).await;
                         }
@@ -544,7 +544,7 @@ impl EventSource for KafkaSource {
                 events: batch.len(),
             });
         }
-        metrics::counter!("profile_sync_kafka_messages_total").increment(batch.len() as u64);
+        metrics::counter!(crate::telemetry::KAFKA_MESSAGES).increment(batch.len() as u64);
         Ok(batch)
     }
 

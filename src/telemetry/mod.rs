@@ -27,6 +27,12 @@ pub const ERASURES: &str = "profile_sync_erasures_total";
 /// Per topic and partition, from librdkafka's statistics (every 5 s by default).
 pub const KAFKA_CONSUMER_LAG: &str = "profile_sync_kafka_consumer_lag";
 pub const KAFKA_ASSIGNED_PARTITIONS: &str = "profile_sync_kafka_assigned_partitions";
+pub const KAFKA_MESSAGES: &str = "profile_sync_kafka_messages_total";
+pub const KAFKA_COMMITS: &str = "profile_sync_kafka_commits_total";
+pub const KAFKA_COMMIT_FAILURES: &str = "profile_sync_kafka_commit_failures_total";
+pub const KAFKA_TRANSIENT_ERRORS: &str = "profile_sync_kafka_transient_errors_total";
+pub const REGISTRY_TRANSIENT_ERRORS: &str = "profile_sync_registry_transient_errors_total";
+pub const DEAD_LETTER_RETRIES: &str = "profile_sync_dead_letter_retries_total";
 
 pub fn consent_change(granted: bool) {
     metrics::counter!(CONSENT_CHANGES, "decision" => if granted { "granted" } else { "withdrawn" })
