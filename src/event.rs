@@ -58,6 +58,18 @@ pub struct Region {
 impl Region {
     pub const UNKNOWN: &'static str = "unknown";
 
+    /// A derived region field by the name rules and the index use (`country`, `subdivision`,
+    /// `continent`, `residency_zone`); `None` for a field without a value or another name.
+    pub fn field(&self, name: &str) -> Option<&str> {
+        match name {
+            "country" => Some(&self.country),
+            "subdivision" => self.subdivision.as_deref(),
+            "continent" => Some(&self.continent),
+            "residency_zone" => Some(&self.residency_zone),
+            _ => None,
+        }
+    }
+
     /// The explicit region of an IP that is missing, private or not in the database.
     pub fn unknown() -> Self {
         Self {

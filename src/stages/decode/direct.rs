@@ -6,8 +6,8 @@
 //! valid change (a rejection, or a shape it does not cover) is read again the `Value` way,
 //! whose rejection is the one reported. A test compares the two paths on generated events.
 
-use super::validate;
-use crate::event::{ConsentChange, Fields, Operation, ProfileChange};
+use super::{date_text, operation_of, timestamp_text, validate};
+use crate::event::{ConsentChange, Fields, ProfileChange};
 use apache_avro::schema::Schema;
 use chrono::{DateTime, Utc};
 use serde::de::{
@@ -141,17 +141,8 @@ fn to_text(profile: &mut Fields, path: &[String], as_text: AsText) -> Option<()>
     let Some(slot) = slot else { return Some(()) };
     let converted = match (as_text, &*slot) {
         (_, Json::Null) => return Some(()),
-        (AsText::Date, Json::Number(n)) => {
-            let days = n.as_i64()?;
-            chrono::NaiveDate::default()
-                .checked_add_signed(chrono::Duration::days(days))?
-                .format("%Y-%m-%d")
-                .to_string()
-        }
-        (AsText::TimestampMillis, Json::Number(n)) => {
-            DateTime::<Utc>::from_timestamp_millis(n.as_i64()?)?
-                .to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
-        }
+        (AsText::Date, Json::Number(n)) => date_text(n.as_i64()?)?,
+        (AsText::TimestampMillis, Json::Number(n)) => timestamp_text(n.as_i64()?)?,
         (AsText::Uuid, Json::String(s)) => Uuid::parse_str(s).ok()?.to_string(),
         _ => return None,
     };
@@ -174,13 +165,7 @@ struct Envelope {
 
 impl Envelope {
     fn into_change(self) -> Option<ProfileChange> {
-        let operation = match self.operation?.as_str() {
-            "UPSERT" => Operation::Upsert,
-            "DELETE" => Operation::Delete,
-            "ERASE" => Operation::Erase,
-            "CONSENT" => Operation::Consent,
-            _ => return None,
-        };
+        let operation = operation_of(&self.operation?)?;
         Some(ProfileChange {
             event_id: Uuid::parse_str(&self.event_id?).ok()?,
             user_id: Uuid::parse_str(&self.user_id?).ok()?,

@@ -265,15 +265,15 @@ fn record_to_change(
         match name.as_str() {
             "event_id" => event_id = Some(uuid_of(&value, "event_id")?),
             "user_id" => *user_id = Some(uuid_of(&value, "user_id")?),
-            "operation" => operation = Some(match value {
-                Value::Enum(_, s) if s == "UPSERT" => Operation::Upsert,
-                Value::Enum(_, s) if s == "DELETE" => Operation::Delete,
-                Value::Enum(_, s) if s == "ERASE" => Operation::Erase,
-                Value::Enum(_, s) if s == "CONSENT" => Operation::Consent,
-                _ => return Err(invalid(
-                    "operation is not one this worker supports (UPSERT, DELETE, ERASE, CONSENT)",
-                )),
-            }),
+            "operation" => {
+                let symbol = match &value {
+                    Value::Enum(_, s) => operation_of(s),
+                    _ => None,
+                };
+                operation = Some(symbol.ok_or_else(|| {
+                    invalid("operation is not one this worker supports (UPSERT, DELETE, ERASE, CONSENT)")
+                })?)
+            }
             "version" => {
                 version = Some(long_of(&value).ok_or_else(|| invalid("version is not a long"))?)
             }
@@ -428,6 +428,35 @@ fn record_to_fields(fields: Vec<(String, Value)>) -> Result<Fields, String> {
         .collect()
 }
 
+/// An operation symbol of the schema's enum, if this worker supports it.
+fn operation_of(symbol: &str) -> Option<Operation> {
+    Some(match symbol {
+        "UPSERT" => Operation::Upsert,
+        "DELETE" => Operation::Delete,
+        "ERASE" => Operation::Erase,
+        "CONSENT" => Operation::Consent,
+        _ => return None,
+    })
+}
+
+/// A `date` (days since 1970-01-01) as the pipeline carries it; `None` outside the calendar.
+fn date_text(days: i64) -> Option<String> {
+    Some(
+        chrono::NaiveDate::default()
+            .checked_add_signed(chrono::Duration::days(days))?
+            .format("%Y-%m-%d")
+            .to_string(),
+    )
+}
+
+/// A `timestamp-millis` as the pipeline carries it; `None` outside the calendar.
+fn timestamp_text(millis: i64) -> Option<String> {
+    Some(
+        DateTime::<Utc>::from_timestamp_millis(millis)?
+            .to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
+    )
+}
+
 /// Avro values as the JSON the rest of the pipeline carries; `None` for a date or timestamp
 /// outside the calendar (a schema-valid `date` can be 5 million years away).
 fn to_json(value: Value) -> Option<Json> {
@@ -442,16 +471,8 @@ fn to_json(value: Value) -> Option<Json> {
         Value::Double(v) => serde_json::Number::from_f64(v).map_or(Json::Null, Json::Number),
         Value::String(s) | Value::Enum(_, s) => Json::String(s),
         Value::Uuid(u) => Json::String(u.to_string()),
-        Value::Date(days) => Json::String(
-            chrono::NaiveDate::default()
-                .checked_add_signed(chrono::Duration::days(i64::from(days)))?
-                .format("%Y-%m-%d")
-                .to_string(),
-        ),
-        Value::TimestampMillis(ms) => Json::String(
-            DateTime::<Utc>::from_timestamp_millis(ms)?
-                .to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
-        ),
+        Value::Date(days) => Json::String(date_text(i64::from(days))?),
+        Value::TimestampMillis(ms) => Json::String(timestamp_text(ms)?),
         Value::Union(_, inner) => to_json(*inner)?,
         Value::Array(items) => Json::Array(items.into_iter().map(to_json).collect::<Option<_>>()?),
         Value::Map(entries) => {

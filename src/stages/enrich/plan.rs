@@ -304,16 +304,7 @@ fn eval<'a>(node: &'a Node, f: &Fields<'a>) -> R<'a> {
         Node::Field { path, kind } => {
             lookup(f.profile, path).map_or(V::Null, |j| of_json(j, *kind))
         }
-        Node::Derived(name) => {
-            let s = match name.as_str() {
-                "country" => Some(&f.region.country),
-                "subdivision" => f.region.subdivision.as_ref(),
-                "continent" => Some(&f.region.continent),
-                "residency_zone" => Some(&f.region.residency_zone),
-                _ => None,
-            };
-            s.map_or(V::Null, |s| V::Str(s))
-        }
+        Node::Derived(name) => f.region.field(name).map_or(V::Null, V::Str),
         Node::Now => V::Ts(f.now),
         Node::Record(name) => match f.profile.get(name) {
             None | Some(Json::Null) => V::Null,

@@ -354,14 +354,7 @@ fn error_kind(e: &cel::ExecutionError) -> String {
 }
 
 fn derived(region: &Region, name: &str) -> Value {
-    let s = match name {
-        "country" => Some(&region.country),
-        "subdivision" => region.subdivision.as_ref(),
-        "continent" => Some(&region.continent),
-        "residency_zone" => Some(&region.residency_zone),
-        _ => None,
-    };
-    s.map_or(Value::Null, |s| Value::from(s.as_str()))
+    region.field(name).map_or(Value::Null, Value::from)
 }
 
 fn to_cel(json: &Json, kind: FieldKind) -> Value {
