@@ -629,26 +629,15 @@ mod tests {
             maybe(timestamp()),
         )
             .prop_map(|(v, n, p, t)| {
-                let mut m = serde_json::Map::new();
-                for (k, x) in [
+                object([
                     ("lifetime_value", v),
                     ("order_count", n),
                     ("plan", p),
                     ("last_order_at", t),
-                ] {
-                    if let Some(x) = x {
-                        m.insert(k.into(), x);
-                    }
-                }
-                Json::Object(m)
+                ])
             });
-        let preferences = maybe(text(&["never", "weekly"])).prop_map(|n| {
-            let mut m = serde_json::Map::new();
-            if let Some(n) = n {
-                m.insert("newsletter".into(), n);
-            }
-            Json::Object(m)
-        });
+        let preferences =
+            maybe(text(&["never", "weekly"])).prop_map(|n| object([("newsletter", n)]));
         (
             maybe(text(&["en", "de"])),
             maybe(timestamp()),
@@ -657,20 +646,24 @@ mod tests {
             maybe(text(&["ACTIVE", "SUSPENDED"])),
         )
             .prop_map(|(locale, seen, preferences, marketing, status)| {
-                let mut m = serde_json::Map::new();
-                for (k, x) in [
+                object([
                     ("locale", locale),
                     ("last_seen_at", seen),
                     ("preferences", preferences),
                     ("marketing", marketing),
                     ("status", status),
-                ] {
-                    if let Some(x) = x {
-                        m.insert(k.into(), x);
-                    }
-                }
-                Json::Object(m)
+                ])
             })
+    }
+
+    /// An object of the fields that are present (`None`: the field is missing).
+    fn object<const N: usize>(fields: [(&str, Option<Json>); N]) -> Json {
+        Json::Object(
+            fields
+                .into_iter()
+                .filter_map(|(k, x)| Some((k.to_string(), x?)))
+                .collect(),
+        )
     }
 
     fn region() -> impl Strategy<Value = Region> {
