@@ -180,6 +180,10 @@ pub struct ProtectedRecord {
     pub key_version: u32,
     pub region: Region,
     pub segments: Vec<String>,
+    /// The segments the stored profile had before this version was applied, when a segment
+    /// change feed is on: a redelivery of this version emits the same segment change from it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub segments_before: Option<Vec<String>>,
     /// HMAC of the normalised email, for lookup by email (see `crypto::BlindIndexKey`).
     #[serde(default)]
     pub email_index: Option<String>,

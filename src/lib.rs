@@ -31,5 +31,6 @@ pub mod runtime;
 pub mod schema;
 pub mod sources;
 pub mod stages;
+pub mod segment_changes;
 pub mod stores;
 pub mod telemetry;

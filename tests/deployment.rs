@@ -190,7 +190,7 @@ fn the_production_template_parses_with_the_production_adapters() {
     let DeadLetterConfig::Kafka {
         topic,
         brokers,
-        properties: dead_letter_properties,
+        properties: producer_properties,
         ..
     } = &config.dead_letter
     else {
@@ -207,7 +207,7 @@ fn the_production_template_parses_with_the_production_adapters() {
     for key in source
         .properties
         .keys()
-        .chain(dead_letter_properties.keys())
+        .chain(producer_properties.keys())
     {
         assert!(
             !key.contains("password") && !key.contains("secret"),

@@ -54,6 +54,8 @@ struct Setup {
     brokers: String,
     topic: String,
     dlq: String,
+    /// The segment change feed's topic.
+    segments: String,
     group: String,
     registry: Registry,
     dir: tempfile::TempDir,
@@ -67,7 +69,8 @@ impl Setup {
     async fn on(brokers: String, partitions: i32) -> Self {
         let topic = unique("profiles");
         let dlq = format!("{topic}-dlq");
-        create_topics(&brokers, &[(&topic, partitions), (&dlq, 1)]).await;
+        let segments = format!("{topic}-segments");
+        create_topics(&brokers, &[(&topic, partitions), (&dlq, 1), (&segments, 1)]).await;
         let dir = tempfile::tempdir().unwrap();
         // Created once, before the workers race to create it.
         profile_sync::keys::LocalKeyring::open_or_create(&dir.path().join("keyring.json"), None)
@@ -75,6 +78,7 @@ impl Setup {
         Self {
             brokers,
             dlq,
+            segments,
             group: unique("group"),
             topic,
             registry: registry(),
@@ -109,6 +113,10 @@ impl Setup {
             .replace(
                 "topic: profile-changes-dlq",
                 &format!("topic: {}", self.dlq),
+            )
+            .replace(
+                "topic: profile-segment-changes",
+                &format!("topic: {}", self.segments),
             )
             .replace(
                 "path: keyring.json",

@@ -17,6 +17,7 @@ mod reindex;
 mod run;
 mod schemas;
 mod search;
+mod segments;
 mod validate;
 
 use clap::{Parser, Subcommand, ValueEnum};
@@ -86,6 +87,8 @@ enum Command {
     Schemas(schemas::Args),
     /// Work with the dead-letter topic.
     Dlq(dlq::Args),
+    /// Follow the segment change feed, or backfill it with every user's current segments.
+    Segments(segments::Args),
     /// Development helpers (the Schema Registry test double).
     #[command(hide = true)]
     Dev(dev::Args),
@@ -179,6 +182,7 @@ pub fn main() -> ExitCode {
             Command::Produce(args) => produce::run(args).await,
             Command::Schemas(args) => schemas::run(args).await,
             Command::Dlq(args) => dlq::run(args).await,
+            Command::Segments(args) => segments::run(args).await,
             Command::Dev(args) => dev::run(args).await,
             Command::Bootstrap(args) => bootstrap::run(args).await,
             Command::Keys(command) => keys::run(command).await,

@@ -94,6 +94,15 @@ pub async fn run(args: Args) -> Result<(), Failure> {
         }
         Ok(_) => {}
     }
+    if let Some(sink) = &components.pipeline.segment_changes {
+        // The members gauge starts from the store's count and moves with every change.
+        let mut members = components.pipeline.profiles.store.segment_members().await?;
+        for name in components.pipeline.enricher.segments.names() {
+            members.entry(name).or_default();
+        }
+        crate::telemetry::segment_members(&members);
+        tracing::info!(sink = %sink.describe(), "segment change feed on");
+    }
     components.pipeline.health = health.clone();
     let pipeline = std::sync::Arc::new(components.pipeline);
     if let Some(assigned) = components.source.assigned_partitions() {
@@ -153,6 +162,9 @@ pub async fn run(args: Args) -> Result<(), Failure> {
             println!("  took {elapsed:.2} s ({rate:.0} events/s)");
             println!("data: {}", data_dir.display());
             println!("next: profile-sync search 'segments:high_value AND residency_zone:EU'");
+            if pipeline.segment_changes.is_some() {
+                println!("      profile-sync segments tail --no-follow | head");
+            }
         }
     }
     if args.hold {

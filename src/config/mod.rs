@@ -31,6 +31,9 @@ pub struct PipelineConfig {
     pub store: StoreConfig,
     pub index: IndexConfig,
     pub dead_letter: DeadLetterConfig,
+    /// Where segment changes go (users entering and leaving segments); absent: no feed.
+    #[serde(default)]
+    pub segment_changes: Option<SegmentChangesConfig>,
     pub enrich: EnrichConfig,
     #[serde(default)]
     pub privacy: PrivacyConfig,
@@ -467,6 +470,34 @@ pub enum DeadLetterConfig {
         #[serde(default = "default_dead_letter_retention_days")]
         retention_days: u32,
     },
+}
+
+/// The segment change feed's sink.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
+pub enum SegmentChangesConfig {
+    /// JSON lines in the data folder.
+    File {
+        #[serde(default = "default_segment_changes_file")]
+        path: PathBuf,
+    },
+    /// A Kafka topic keyed by user id, Avro values in the Confluent wire format.
+    Kafka {
+        topic: String,
+        /// `bootstrap.servers`; defaults to the Kafka source's.
+        #[serde(default)]
+        brokers: Option<String>,
+        /// Where `schemas/segment_change.avsc` is registered; defaults to the Kafka source's.
+        #[serde(default)]
+        schema_registry: Option<SchemaRegistryConfig>,
+        /// librdkafka producer properties (the `PROFILE_SYNC_KAFKA_*` variables apply too).
+        #[serde(default)]
+        properties: BTreeMap<String, String>,
+    },
+}
+
+fn default_segment_changes_file() -> PathBuf {
+    PathBuf::from("segment-changes.jsonl")
 }
 
 impl DeadLetterConfig {

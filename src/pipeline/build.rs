@@ -8,6 +8,10 @@ use crate::dead_letter::{DeadLetterError, DeadLetterFile, DeadLetterSink};
 use crate::indexes::{IndexError, OpenSearchIndex, OpenSearchSettings, SearchIndex, TantivyIndex};
 use crate::keys::{DataKeys, KeyError, KeyProvider, KmsKeyProvider, LocalKeyring};
 use crate::privacy::Profiles;
+use crate::segment_changes::{
+    SegmentChangeError, SegmentChangeFile, SegmentChangeSink, SegmentChangeTopic,
+    SegmentChangeTopicSettings,
+};
 use crate::schema::{ProfileSchemas, SchemaError};
 use crate::sources::{EventSource, FileSource, SourceError};
 use crate::stages::decode::Decoder;
@@ -46,6 +50,8 @@ pub enum BuildError {
     DeadLetter(#[from] DeadLetterError),
     #[error(transparent)]
     Source(#[from] SourceError),
+    #[error(transparent)]
+    SegmentChanges(#[from] SegmentChangeError),
 }
 
 /// A ready pipeline and the source it reads.
@@ -377,7 +383,7 @@ pub fn open_dead_letters(
             properties,
             ..
         } => {
-            let merged = dead_letter_properties(file, brokers.as_deref(), properties);
+            let merged = producer_properties(file, brokers.as_deref(), properties);
             Arc::new(crate::dead_letter::DeadLetterTopic::open(
                 &kafka_brokers(file, brokers.as_deref())?,
                 topic,
@@ -387,10 +393,74 @@ pub fn open_dead_letters(
     })
 }
 
-/// The dead-letter producer's properties. On the source's cluster (no brokers of its own) it
-/// connects like the consumer: it takes the source's security properties; its own ones win.
+/// Opens the segment change feed's sink, if the pipeline file has one.
+pub fn open_segment_changes(
+    file: &config::Pipeline,
+    data_dir: &Path,
+) -> Result<Option<Arc<dyn SegmentChangeSink>>, BuildError> {
+    let Some(sink) = &file.config.segment_changes else {
+        return Ok(None);
+    };
+    Ok(Some(match sink {
+        config::SegmentChangesConfig::File { path } => {
+            Arc::new(SegmentChangeFile::open(&file.data_path(data_dir, path))?)
+        }
+        config::SegmentChangesConfig::Kafka {
+            topic,
+            brokers,
+            schema_registry,
+            properties,
+        } => {
+            let source = match &file.config.source {
+                SourceConfig::Kafka(k) => Some(k),
+                SourceConfig::File { .. } => None,
+            };
+            let own_brokers = brokers.as_deref();
+            let brokers = match (brokers, source) {
+                (Some(b), _) => b.clone(),
+                (None, Some(k)) => k.brokers.clone(),
+                (None, None) => {
+                    return Err(file
+                        .invalid("segment_changes.brokers is required when the source is not Kafka")
+                        .into())
+                }
+            };
+            let registry = match (schema_registry, source) {
+                (Some(r), _) => r,
+                (None, Some(k)) => &k.schema_registry,
+                (None, None) => {
+                    return Err(file
+                        .invalid(
+                            "segment_changes.schema_registry is required when the source is not Kafka",
+                        )
+                        .into())
+                }
+            };
+            let registry = crate::schema::registry::settings(
+                &registry.effective_url(),
+                std::time::Duration::from_millis(registry.timeout_ms),
+                registry.allow_http,
+            )
+            .map_err(|reason| file.invalid(format!("segment_changes.schema_registry: {reason}")))?;
+            let (schema, schema_text) =
+                crate::segment_changes::load_schema(&file.resolve(&file.config.schemas))
+                    .map_err(|reason| file.invalid(reason))?;
+            Arc::new(SegmentChangeTopic::open(SegmentChangeTopicSettings {
+                brokers,
+                topic: topic.clone(),
+                properties: producer_properties(file, own_brokers, properties),
+                registry,
+                schema,
+                schema_text,
+            })?)
+        }
+    }))
+}
+
+/// A producer's properties (the dead letters', the segment changes'). On the source's cluster
+/// (no brokers of its own) it connects like the consumer: it takes the source's security properties; its own ones win.
 /// Consumer-only properties (`PROFILE_SYNC_KAFKA_GROUP_INSTANCE_ID`, say) are left out.
-pub fn dead_letter_properties(
+pub fn producer_properties(
     file: &config::Pipeline,
     own_brokers: Option<&str>,
     own: &BTreeMap<String, String>,
@@ -491,6 +561,7 @@ pub fn build(
         sealer: LetterSealer::new(profiles.keys.clone(), profiles.store.clone()),
         profiles,
         dead_letters,
+        segment_changes: open_segment_changes(file, data_dir)?,
         privacy: file.config.privacy.clone(),
         health: Arc::default(),
     };
@@ -528,7 +599,7 @@ mod tests {
         else {
             panic!("kafka dead letters expected")
         };
-        dead_letter_properties(file, brokers.as_deref(), properties)
+        producer_properties(file, brokers.as_deref(), properties)
     }
 
     #[test]

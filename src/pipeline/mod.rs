@@ -12,7 +12,8 @@ mod build;
 
 pub use build::{
     build, local_keyring, open_data_keys, open_dead_letters, open_dynamodb, open_index, open_kms,
-    open_profiles, open_source, open_store, opensearch_settings, runtime_settings, schemas,
+    open_profiles, open_segment_changes, open_source, open_store, opensearch_settings,
+    runtime_settings, schemas,
     BuildError, Components, IndexAccess,
 };
 
@@ -23,6 +24,7 @@ use crate::event::{Rejection, Stage};
 use crate::indexes::IndexError;
 use crate::keys::KeyError;
 use crate::privacy::{Actor, PrivacyError, Profiles};
+use crate::segment_changes::{Cause, Origin, SegmentChange, SegmentChangeSink};
 use crate::sources::{SourceError, SourceRecord};
 use crate::stages::decode::Decoder;
 use crate::stages::enrich::Enricher;
@@ -69,6 +71,8 @@ pub enum PipelineError {
     Index(#[from] IndexError),
     #[error(transparent)]
     DeadLetter(#[from] DeadLetterError),
+    #[error(transparent)]
+    SegmentChanges(#[from] crate::segment_changes::SegmentChangeError),
     /// The runtime itself (a task that ended abnormally).
     #[error("{0}")]
     Runtime(String),
@@ -83,6 +87,7 @@ impl PipelineError {
             PipelineError::Store(_) => "store",
             PipelineError::Index(_) => "index",
             PipelineError::DeadLetter(_) => "dead_letter",
+            PipelineError::SegmentChanges(_) => "segment_changes",
             PipelineError::Runtime(_) => "runtime",
         }
     }
@@ -92,9 +97,10 @@ impl PipelineError {
             PipelineError::Keys(e) => e.is_transient(),
             PipelineError::Store(e) => e.is_transient(),
             PipelineError::Index(e) => e.is_transient(),
-            PipelineError::Source(_) | PipelineError::DeadLetter(_) | PipelineError::Runtime(_) => {
-                false
-            }
+            PipelineError::Source(_)
+            | PipelineError::DeadLetter(_)
+            | PipelineError::SegmentChanges(_)
+            | PipelineError::Runtime(_) => false,
         }
     }
 }
@@ -108,6 +114,8 @@ pub struct Pipeline {
     /// Seals dead letters' payloads before they go to `dead_letters`.
     pub sealer: LetterSealer,
     pub dead_letters: Arc<dyn DeadLetterSink>,
+    /// Where segment changes go; `None`: the feed is off and nothing of it is computed.
+    pub segment_changes: Option<Arc<dyn SegmentChangeSink>>,
     pub privacy: PrivacyConfig,
     /// What `/readyz` reports.
     pub health: Arc<Health>,
@@ -129,6 +137,8 @@ pub struct Applied {
     /// changes the store applied (or saw replayed), and the deletions of erasures.
     pub index_ops: Vec<(usize, IndexOp)>,
     pub rejected: Vec<(usize, Rejection)>,
+    /// The segment changes of the batch, in order (empty when the feed is off).
+    pub segment_changes: Vec<SegmentChange>,
 }
 
 /// A batch after [`Pipeline::derive`], for [`Pipeline::store`].
@@ -144,6 +154,16 @@ pub struct Derived {
 }
 
 impl Derived {
+    /// The protected changes the store will write first ([`Pipeline::foresee`] reads for them).
+    pub fn pending(&self) -> &[ProtectedChange] {
+        &self.plain.changes
+    }
+
+    /// What [`Pipeline::foresee`] decided for [`Self::pending`].
+    pub fn foreseen(&mut self, foreseen: Vec<Foreseen>) {
+        self.plain.foreseen(foreseen);
+    }
+
     /// Whether the store's part of this batch is one write: no user of it has a consent or
     /// erase event in it.
     pub fn is_plain(&self) -> bool {
@@ -157,6 +177,7 @@ impl Derived {
 #[derive(Debug)]
 pub struct StoredTogether {
     changes: Vec<ProtectedChange>,
+    foreseen: Vec<Foreseen>,
     /// Per batch, in order: the record each of its changes comes from, and what derive left.
     batches: Vec<(Vec<usize>, Applied)>,
 }
@@ -174,7 +195,11 @@ impl StoredTogether {
                 (d.plain.origin, d.out)
             })
             .collect();
-        Self { changes, batches }
+        Self {
+            changes,
+            foreseen: Vec::new(),
+            batches,
+        }
     }
 }
 
@@ -183,6 +208,52 @@ impl StoredTogether {
 struct Protected {
     origin: Vec<usize>,
     changes: Vec<ProtectedChange>,
+    /// Beside each change, what it emits to the segment change feed ([`Pipeline::foresee`]).
+    foreseen: Vec<Foreseen>,
+}
+
+/// What a change emits to the segment change feed, decided from the stored segments read
+/// just before its write: one change if the store applies it, another (the one its first
+/// delivery emitted, rebuilt from the stored record) if it is a redelivery.
+#[derive(Debug, Clone, Default)]
+pub struct Foreseen {
+    /// The segments the stored profile has before this change, if it is applied.
+    before: Option<Vec<String>>,
+    applied: Option<SegmentChange>,
+    replayed: Option<SegmentChange>,
+    /// The segments the user leaves and enters when it is applied (the members gauge; for a
+    /// delete, the segments the user really had).
+    moved: (Vec<String>, Vec<String>),
+}
+
+impl StoredTogether {
+    /// The protected changes of every batch, in order.
+    pub fn pending(&self) -> &[ProtectedChange] {
+        &self.changes
+    }
+
+    /// What [`Pipeline::foresee`] decided for [`Self::pending`].
+    pub fn foreseen(&mut self, foreseen: Vec<Foreseen>) {
+        set_before(&mut self.changes, &foreseen);
+        self.foreseen = foreseen;
+    }
+}
+
+impl Protected {
+    fn foreseen(&mut self, foreseen: Vec<Foreseen>) {
+        set_before(&mut self.changes, &foreseen);
+        self.foreseen = foreseen;
+    }
+}
+
+/// Each upsert's record keeps the segments it replaces, so that a redelivery of it emits the
+/// same segment change.
+fn set_before(changes: &mut [ProtectedChange], foreseen: &[Foreseen]) {
+    for (change, f) in changes.iter_mut().zip(foreseen) {
+        if let (Some(record), Some(before)) = (change.record.as_mut(), &f.before) {
+            record.segments_before = Some(before.clone());
+        }
+    }
 }
 
 /// Per-batch knowledge of the users in it: erasure fences and consent states.
@@ -276,13 +347,16 @@ impl Pipeline {
                     self.apply_changes(std::mem::take(&mut run), &states, &mut out)
                         .await?;
                     match self.apply_privacy(change, &mut states).await? {
-                        Ok(op) => {
+                        Ok((op, segment_change)) => {
                             if replay {
                                 out.counts.stale += 1;
                             } else {
                                 out.counts.written += 1;
                             }
                             out.index_ops.extend(op.map(|op| (i, op)));
+                            if self.segment_changes.is_some() {
+                                out.segment_changes.extend(segment_change);
+                            }
                         }
                         Err(r) => out.rejected.push((i, r)),
                     }
@@ -308,6 +382,7 @@ impl Pipeline {
             self.account(
                 origin,
                 &together.changes[offset..end],
+                together.foreseen.get(offset..end).unwrap_or_default(),
                 &outcomes[offset..end],
                 &mut out,
             );
@@ -357,7 +432,9 @@ impl Pipeline {
         states: &UserStates,
         out: &mut Applied,
     ) -> Result<(), PipelineError> {
-        let protected = self.protect_changes(run, states, out).await?;
+        let mut protected = self.protect_changes(run, states, out).await?;
+        let foreseen = self.foresee(&protected.changes).await?;
+        protected.foreseen(foreseen);
         self.store_changes(&protected, out).await
     }
 
@@ -417,7 +494,13 @@ impl Pipeline {
         out: &mut Applied,
     ) -> Result<(), PipelineError> {
         let outcomes = self.write(&protected.changes).await?;
-        self.account(&protected.origin, &protected.changes, &outcomes, out);
+        self.account(
+            &protected.origin,
+            &protected.changes,
+            &protected.foreseen,
+            &outcomes,
+            out,
+        );
         Ok(())
     }
 
@@ -432,16 +515,114 @@ impl Pipeline {
         Ok(outcomes)
     }
 
-    /// Counts a write's outcomes and adds the index operations that follow them.
+    /// What each of `changes` will emit to the segment change feed, from the stored segments
+    /// read now (the store stage is the only writer, so nothing moves them before the write).
+    /// Empty when the feed is off. Pure read: may be retried.
+    pub async fn foresee(
+        &self,
+        changes: &[ProtectedChange],
+    ) -> Result<Vec<Foreseen>, PipelineError> {
+        if self.segment_changes.is_none() || changes.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut users: Vec<Uuid> = changes.iter().map(|c| c.user_id).collect();
+        users.sort_unstable();
+        users.dedup();
+        let mut current = self.profiles.store.segment_sets(&users).await?;
+        let declared = self.enricher.segments.names();
+        Ok(changes
+            .iter()
+            .map(|change| {
+                let delete = change.record.is_none() || change.operation == Operation::Delete;
+                let origin = Origin {
+                    user_id: change.user_id,
+                    version: change.version,
+                    occurred_at: change.occurred_at,
+                    cause: if delete { Cause::Delete } else { Cause::Upsert },
+                };
+                let stored = current.get(&change.user_id);
+                match stored {
+                    Some(s) if s.version > change.version => Foreseen::default(),
+                    Some(s) if s.version == change.version => Foreseen {
+                        replayed: if delete {
+                            Some(SegmentChange::gone(origin, &declared))
+                        } else {
+                            s.before.as_ref().and_then(|before| {
+                                SegmentChange::between(
+                                    origin,
+                                    before,
+                                    &s.segments,
+                                    s.residency_zone.as_deref(),
+                                )
+                            })
+                        },
+                        ..Foreseen::default()
+                    },
+                    _ => {
+                        let before = stored
+                            .filter(|s| s.live)
+                            .map(|s| s.segments.clone())
+                            .unwrap_or_default();
+                        let (applied, after, zone) = match &change.record {
+                            Some(r) if !delete => (
+                                SegmentChange::between(
+                                    origin,
+                                    &before,
+                                    &r.segments,
+                                    Some(&r.region.residency_zone),
+                                ),
+                                r.segments.clone(),
+                                Some(r.region.residency_zone.clone()),
+                            ),
+                            _ => (Some(SegmentChange::gone(origin, &declared)), Vec::new(), None),
+                        };
+                        current.insert(
+                            change.user_id,
+                            crate::stores::StoredSegments {
+                                version: change.version,
+                                live: !delete,
+                                segments: after.clone(),
+                                before: Some(before.clone()),
+                                residency_zone: zone,
+                            },
+                        );
+                        let exited = before.iter().filter(|s| !after.contains(s)).cloned().collect();
+                        let entered = after.iter().filter(|s| !before.contains(s)).cloned().collect();
+                        Foreseen {
+                            before: Some(before),
+                            applied,
+                            replayed: None,
+                            moved: (entered, exited),
+                        }
+                    }
+                }
+            })
+            .collect())
+    }
+
+    /// Counts a write's outcomes and adds the index operations and segment changes that follow
+    /// them.
     fn account(
         &self,
         origin: &[usize],
         changes: &[ProtectedChange],
+        foreseen: &[Foreseen],
         outcomes: &[WriteOutcome],
         out: &mut Applied,
     ) {
         let now = chrono::Utc::now();
-        for ((i, change), outcome) in origin.iter().zip(changes).zip(outcomes) {
+        for (k, ((i, change), outcome)) in origin.iter().zip(changes).zip(outcomes).enumerate() {
+            if let Some(f) = foreseen.get(k) {
+                let emitted = match outcome {
+                    WriteOutcome::Applied => {
+                        telemetry::segment_members_moved(&f.moved.0, &f.moved.1);
+                        &f.applied
+                    }
+                    WriteOutcome::Replayed => &f.replayed,
+                    WriteOutcome::Stale | WriteOutcome::Erased => &None,
+                };
+                out.segment_changes.extend(emitted.clone());
+            }
             match outcome {
                 WriteOutcome::Applied => {
                     out.counts.written += 1;
@@ -457,13 +638,13 @@ impl Pipeline {
         }
     }
 
-    /// A consent or erase event, and the index operation that follows it. The outer error is
-    /// for the batch (retry it); the inner one rejects only this event.
+    /// A consent or erase event, and the index operation and segment change that follow it.
+    /// The outer error is for the batch (retry it); the inner one rejects only this event.
     async fn apply_privacy(
         &self,
         change: ProfileChange,
         states: &mut UserStates,
-    ) -> Result<Result<Option<IndexOp>, Rejection>, PipelineError> {
+    ) -> Result<Result<(Option<IndexOp>, Option<SegmentChange>), Rejection>, PipelineError> {
         let actor = Actor {
             name: format!("event:{}", change.source),
             reason: format!(
@@ -479,17 +660,38 @@ impl Pipeline {
         let result = match change.operation {
             Operation::Erase => {
                 let fields = self.protector.pii_fields().to_vec();
+                // The members gauge moves by the segments the user really had.
+                let left = match self.segment_changes {
+                    Some(_) => self
+                        .profiles
+                        .store
+                        .segment_sets(&[change.user_id])
+                        .await?
+                        .remove(&change.user_id)
+                        .filter(|s| s.live)
+                        .map(|s| s.segments)
+                        .unwrap_or_default(),
+                    None => Vec::new(),
+                };
                 self.profiles
                     .erase_stored(change.user_id, change.version, "erase", fields, &actor)
                     .await
                     .map(|delete| {
                         states.fences.insert(change.user_id, delete.version());
-                        Some(delete)
+                        telemetry::segment_members_moved(&[], &left);
+                        let origin = Origin {
+                            user_id: change.user_id,
+                            version: change.version,
+                            occurred_at: change.occurred_at,
+                            cause: Cause::Erase,
+                        };
+                        let gone = SegmentChange::gone(origin, &self.enricher.segments.names());
+                        (Some(delete), Some(gone))
                     })
             }
             _ => {
                 let Some(consent) = &change.consent else {
-                    return Ok(Ok(None));
+                    return Ok(Ok((None, None)));
                 };
                 if !self.privacy.purposes.contains(&consent.purpose) {
                     return Ok(Err(Rejection::new(
@@ -507,6 +709,14 @@ impl Pipeline {
                 self.profiles
                     .consent(&change, &state, &self.enricher.segments, &actor)
                     .await
+                    .map(|c| {
+                        if let (true, true, Some(sc)) =
+                            (c.first, self.segment_changes.is_some(), &c.segment_change)
+                        {
+                            telemetry::segment_members_moved(&sc.entered, &sc.exited);
+                        }
+                        (c.index_op, c.segment_change)
+                    })
             }
         };
         match result {

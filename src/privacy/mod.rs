@@ -13,6 +13,7 @@ use crate::event::{Fields, ProtectedRecord};
 use crate::event::{Operation, ProfileChange, ProtectedChange};
 use crate::indexes::{IndexError, SearchIndex};
 use crate::keys::{DataKeys, KeyError};
+use crate::segment_changes::{Cause, Origin, SegmentChange};
 use crate::stages::enrich::SegmentRules;
 use crate::stages::project::{IndexOp, Projection};
 use crate::stores::{
@@ -49,6 +50,17 @@ impl PrivacyError {
             _ => false,
         }
     }
+}
+
+/// What a consent event did to the stored profile.
+#[derive(Debug, Default)]
+pub struct Consented {
+    /// The index operation that follows (the re-derived document).
+    pub index_op: Option<IndexOp>,
+    /// The segment change it made (or, delivered again, the one its first delivery made).
+    pub segment_change: Option<SegmentChange>,
+    /// Whether this delivery changed the store (not a redelivery).
+    pub first: bool,
 }
 
 /// Who did something and why, for the audit trail.
@@ -183,16 +195,17 @@ impl Profiles {
 
     /// Records a consent decision and, when it is newer than the stored profile, re-derives
     /// the profile's segments under the new consent state in the store. Returns the index
-    /// operation that follows (the caller applies it in order with its other index writes).
+    /// operation that follows (the caller applies it in order with its other index writes) and
+    /// the segment change it makes.
     pub async fn consent(
         &self,
         change: &ProfileChange,
         state: &ConsentState,
         segments: &SegmentRules,
         actor: &Actor,
-    ) -> Result<Option<IndexOp>, PrivacyError> {
+    ) -> Result<Consented, PrivacyError> {
         let Some(consent) = &change.consent else {
-            return Ok(None);
+            return Ok(Consented::default());
         };
         self.store
             .append_consent(&ConsentRecord {
@@ -215,14 +228,34 @@ impl Profiles {
         .await?;
         crate::telemetry::consent_change(consent.granted);
         let Some(stored) = self.store.get(change.user_id).await? else {
-            return Ok(None);
+            return Ok(Consented::default());
         };
         let Some(mut record) = stored.record else {
-            return Ok(None);
+            return Ok(Consented::default());
         };
-        if stored.version >= change.version {
+        let origin = Origin {
+            user_id: change.user_id,
+            version: change.version,
+            occurred_at: change.occurred_at,
+            cause: Cause::Consent,
+        };
+        if stored.version == change.version {
+            // Delivered again: the segment change of its first delivery, from the record.
+            return Ok(Consented {
+                segment_change: record.segments_before.as_ref().and_then(|before| {
+                    SegmentChange::between(
+                        origin,
+                        before,
+                        &record.segments,
+                        Some(&record.region.residency_zone),
+                    )
+                }),
+                ..Consented::default()
+            });
+        }
+        if stored.version > change.version {
             // An older consent event: recorded, and it counts from the next profile change on.
-            return Ok(None);
+            return Ok(Consented::default());
         }
         let view = ProfileChange {
             profile: Some(record.profile.clone()),
@@ -230,9 +263,19 @@ impl Profiles {
             consent: None,
             ..change.clone()
         };
-        record.segments = segments
-            .evaluate(&view, &record.region, Some(state))
-            .map_err(|r| PrivacyError::Rule(r.reason))?;
+        let before = std::mem::replace(
+            &mut record.segments,
+            segments
+                .evaluate(&view, &record.region, Some(state))
+                .map_err(|r| PrivacyError::Rule(r.reason))?,
+        );
+        let segment_change = SegmentChange::between(
+            origin,
+            &before,
+            &record.segments,
+            Some(&record.region.residency_zone),
+        );
+        record.segments_before = Some(before);
         let updated = ProtectedChange {
             user_id: change.user_id,
             version: change.version,
@@ -241,10 +284,15 @@ impl Profiles {
             record: Some(record),
         };
         let outcome = self.store.apply(std::slice::from_ref(&updated)).await?;
-        Ok(matches!(
-            outcome.first(),
-            Some(WriteOutcome::Applied | WriteOutcome::Replayed)
-        )
-        .then(|| self.projection.op(&updated)))
+        let applied = outcome.first() == Some(&WriteOutcome::Applied);
+        Ok(Consented {
+            index_op: matches!(
+                outcome.first(),
+                Some(WriteOutcome::Applied | WriteOutcome::Replayed)
+            )
+            .then(|| self.projection.op(&updated)),
+            segment_change: segment_change.filter(|_| applied),
+            first: applied,
+        })
     }
 }

@@ -1,5 +1,5 @@
-//! Where the acknowledgement is decided: a batch is done when its dead letters are durable and
-//! an index commit covers it, and batches are acknowledged to the source only as a contiguous
+//! Where the acknowledgement is decided: a batch is done when its dead letters are durable,
+//! an index commit covers it and (with a segment change feed) its segment changes are durable, and batches are acknowledged to the source only as a contiguous
 //! prefix, so a committed position never passes a batch that is still unfinished.
 
 use crate::pipeline::Counts;
@@ -13,6 +13,8 @@ pub struct AckTracker {
     acknowledged: u64,
     /// The index commit covers every batch up to this one.
     committed: u64,
+    /// With a segment change feed: the feed is durable for every batch up to this one.
+    fed: Option<u64>,
     waiting: BTreeMap<u64, Waiting>,
 }
 
@@ -53,6 +55,18 @@ impl AckTracker {
         }
     }
 
+    /// Batches wait for the segment change feed too ([`Self::fed`]).
+    pub fn expect_feed(&mut self) {
+        self.fed.get_or_insert(0);
+    }
+
+    /// The segment change feed is durable for every batch up to `through`.
+    pub fn fed(&mut self, through: u64) {
+        if let Some(fed) = &mut self.fed {
+            *fed = (*fed).max(through);
+        }
+    }
+
     /// An index commit covers every batch up to `through`.
     pub fn committed(&mut self, through: u64) {
         self.committed = self.committed.max(through);
@@ -68,6 +82,7 @@ impl AckTracker {
             let batch = *entry.key();
             let done = batch == self.acknowledged + 1
                 && batch <= self.committed
+                && self.fed.is_none_or(|fed| batch <= fed)
                 && entry.get().letters_durable;
             if !done {
                 break;

@@ -60,6 +60,7 @@ pub(super) async fn run(
             index_ops,
             mut rejected,
             users,
+            segment_changes,
             permit,
         } = batch;
         let n = index_ops.len();
@@ -92,6 +93,7 @@ pub(super) async fn run(
                 fetched_at,
                 counts,
                 letters,
+                segment_changes,
             })
             .await
             .is_err()

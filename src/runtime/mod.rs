@@ -34,6 +34,7 @@ pub use index::Cadence;
 use crate::event::Rejection;
 use crate::pipeline::{Counts, Decoded, Derived, Pipeline, PipelineError, StoredTogether};
 use crate::retry::Backoff;
+use crate::segment_changes::{SegmentChange, SegmentChangeSink};
 use crate::sources::{EventSource, SourceRecord};
 use crate::stages::project::IndexOp;
 use crate::stages::seal::Quarantined;
@@ -75,6 +76,7 @@ struct Stored {
     rejected: Vec<(usize, Rejection)>,
     /// Per record, the user of its event when it decoded (whose key seals its dead letter).
     users: Vec<Option<Uuid>>,
+    segment_changes: Vec<SegmentChange>,
     permit: OwnedSemaphorePermit,
 }
 
@@ -84,6 +86,7 @@ struct Indexed {
     fetched_at: Instant,
     counts: Counts,
     letters: Vec<Quarantined>,
+    segment_changes: Vec<SegmentChange>,
 }
 
 /// Runs `source` through `pipeline` to its end, or until `shutdown` turns true: then fetching
@@ -155,6 +158,16 @@ pub async fn run(
             Ok::<_, PipelineError>(())
         })
     };
+    // The segment change feed, when there is one: batch order, one batch at a time.
+    let (fed_tx, mut fed_rx) = watch::channel(0u64);
+    let (mut feed_tx, feed) = match pipeline.segment_changes.clone() {
+        Some(sink) => {
+            let (tx, rx) = mpsc::channel(lanes);
+            (Some(tx), Some(tokio::spawn(feed(sink, rx, fed_tx))))
+        }
+        None => (None, None),
+    };
+    let mut feeding = feed.is_some();
     let index = tokio::spawn(index::run(
         pipeline.profiles.index.clone(),
         settings.index_commit,
@@ -166,22 +179,41 @@ pub async fn run(
 
     // Finish, here: dead letters of several batches at once, acknowledgements in order.
     let mut tracker = acks::AckTracker::default();
+    if feeding {
+        tracker.expect_feed();
+    }
     let mut sending = FuturesUnordered::new();
     let mut total = Counts::default();
     let mut failure: Option<PipelineError> = None;
     let mut indexing = true;
     let mut commits = true;
-    while indexing || !sending.is_empty() || (commits && tracker.waiting() > 0) {
+    while indexing || !sending.is_empty() || ((commits || feeding) && tracker.waiting() > 0) {
         tokio::select! {
             batch = indexed_rx.recv(), if indexing && sending.len() < lanes => match batch {
-                Some(Indexed { batch, fetched_at, counts, letters }) => {
+                Some(Indexed { batch, fetched_at, counts, letters, segment_changes }) => {
                     tracker.indexed(batch, counts, fetched_at);
+                    if let Some(tx) = &feed_tx {
+                        if tx.send((batch, segment_changes)).await.is_err() {
+                            // The feed stopped on a failure; its task says which.
+                            feed_tx = None;
+                        }
+                    }
                     let pipeline = pipeline.clone();
                     sending.push(async move {
                         send_letters(&pipeline, letters).await.map(|()| batch)
                     });
                 }
-                None => indexing = false,
+                None => {
+                    indexing = false;
+                    feed_tx = None;
+                }
+            },
+            changed = fed_rx.changed(), if feeding => match changed {
+                Ok(()) => tracker.fed(*fed_rx.borrow_and_update()),
+                Err(_) => {
+                    tracker.fed(*fed_rx.borrow());
+                    feeding = false;
+                }
             },
             Some(sent) = sending.next() => match sent {
                 Ok(batch) => tracker.letters_durable(batch),
@@ -225,9 +257,14 @@ pub async fn run(
         }
     }
     drop(indexed_rx);
+    drop(feed_tx);
     telemetry::in_flight(0);
 
     // The first failure upstream is the cause; later ones are its consequences.
+    let feed_result = match feed {
+        Some(feed) => joined(feed.await),
+        None => Ok(()),
+    };
     let index_result = joined(index.await);
     let store_result = joined(store.await);
     let derive_result = joined(derive.await);
@@ -241,6 +278,7 @@ pub async fn run(
         .and(derive_result)
         .and(store_result)
         .and(index_result)
+        .and(feed_result)
         .and(failure.map_or(Ok(()), Err));
     if let Some(mut source) = source {
         // Commits what was acknowledged (never more), on success and failure alike.
@@ -412,10 +450,15 @@ async fn store(
         rest.push((d.fetched, d.rejected, d.users));
     }
     let applied = if derived.len() == 1 {
-        let one = derived.pop().expect("one batch");
+        let mut one = derived.pop().expect("one batch");
+        let foreseen = retrying(&pipeline.health, || pipeline.foresee(one.pending())).await?;
+        one.foreseen(foreseen);
         vec![retrying(&pipeline.health, || pipeline.store(&one)).await?]
     } else {
-        let together = StoredTogether::new(derived);
+        let mut together = StoredTogether::new(derived);
+        let foreseen =
+            retrying(&pipeline.health, || pipeline.foresee(together.pending())).await?;
+        together.foreseen(foreseen);
         retrying(&pipeline.health, || pipeline.store_together(&together)).await?
     };
     telemetry::stage("store", started.elapsed().as_secs_f64());
@@ -435,10 +478,32 @@ async fn store(
                 index_ops: applied.index_ops,
                 rejected,
                 users,
+                segment_changes: applied.segment_changes,
                 permit: fetched.permit,
             }
         })
         .collect())
+}
+
+/// The segment change feed's task: each batch's changes made durable in batch order, one
+/// batch at a time, so a user's changes reach the sink in version order; `fed` says through
+/// which batch the feed is durable.
+async fn feed(
+    sink: Arc<dyn SegmentChangeSink>,
+    mut batches: mpsc::Receiver<(u64, Vec<SegmentChange>)>,
+    fed: watch::Sender<u64>,
+) -> Result<(), PipelineError> {
+    while let Some((batch, changes)) = batches.recv().await {
+        if !changes.is_empty() {
+            let started = Instant::now();
+            let n = changes.len();
+            sink.send(changes).await?;
+            telemetry::sink_request("segment_changes", n, started.elapsed().as_secs_f64());
+            telemetry::segment_changes(n);
+        }
+        fed.send_replace(batch);
+    }
+    Ok(())
 }
 
 /// Seals a batch's dead letters (retried while the key provider is unavailable) and sends them.

@@ -129,6 +129,7 @@ impl Protector {
                         key_version,
                         region: region.unwrap_or_else(crate::event::Region::unknown),
                         segments,
+                        segments_before: None,
                         email_index,
                     }),
                 })

@@ -15,7 +15,7 @@ use crate::keys::WrappedUserKey;
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use uuid::Uuid;
 
 /// What a versioned write did.
@@ -93,6 +93,18 @@ pub struct AuditRecord {
     pub request_id: Uuid,
 }
 
+/// What the segment change feed needs of a stored profile: its version and segments, and the
+/// segments it had before that version (when the feed was on as it was written).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct StoredSegments {
+    pub version: i64,
+    /// `false` for a delete fence or a tombstone: the user is in no segment.
+    pub live: bool,
+    pub segments: Vec<String>,
+    pub before: Option<Vec<String>>,
+    pub residency_zone: Option<String>,
+}
+
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
 pub struct StoreCounts {
     pub live: u64,
@@ -129,6 +141,32 @@ pub trait ProfileStore: Send + Sync {
     async fn apply(&self, changes: &[ProtectedChange]) -> Result<Vec<WriteOutcome>, StoreError>;
 
     async fn get(&self, user: Uuid) -> Result<Option<StoredProfile>, StoreError>;
+
+    /// The stored version and segments of each of `users` that has a row (read before a write,
+    /// for the segment change feed).
+    async fn segment_sets(
+        &self,
+        users: &[Uuid],
+    ) -> Result<HashMap<Uuid, StoredSegments>, StoreError>;
+
+    /// Live profiles per segment (the members gauge's starting point). The default pages
+    /// through [`Self::scan`]; a store that can count in place overrides it.
+    async fn segment_members(&self) -> Result<BTreeMap<String, u64>, StoreError> {
+        let mut members = BTreeMap::new();
+        let mut cursor = None;
+        loop {
+            let (page, next) = self.scan(cursor, 1000).await?;
+            for record in page.iter().filter_map(|p| p.record.as_ref()) {
+                for segment in &record.segments {
+                    *members.entry(segment.clone()).or_default() += 1;
+                }
+            }
+            match next {
+                Some(c) => cursor = Some(c),
+                None => return Ok(members),
+            }
+        }
+    }
 
     /// The user whose normalised email has this blind index, if any.
     async fn find_by_email_index(&self, email_index: &str) -> Result<Option<Uuid>, StoreError>;

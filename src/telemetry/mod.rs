@@ -33,6 +33,33 @@ pub const KAFKA_COMMIT_FAILURES: &str = "profile_sync_kafka_commit_failures_tota
 pub const KAFKA_TRANSIENT_ERRORS: &str = "profile_sync_kafka_transient_errors_total";
 pub const REGISTRY_TRANSIENT_ERRORS: &str = "profile_sync_registry_transient_errors_total";
 pub const DEAD_LETTER_RETRIES: &str = "profile_sync_dead_letter_retries_total";
+/// Live profiles per segment (label `segment`): the store's count when the worker started,
+/// moved by every segment change this worker applies since. Only with the segment change feed.
+pub const SEGMENT_MEMBERS: &str = "profile_sync_segment_members";
+/// Segment changes made durable in the feed's sink.
+pub const SEGMENT_CHANGES: &str = "profile_sync_segment_changes_total";
+
+/// The members gauge's starting point: the store's count per segment.
+pub fn segment_members(members: &std::collections::BTreeMap<String, u64>) {
+    for (segment, n) in members {
+        metrics::gauge!(SEGMENT_MEMBERS, "segment" => segment.clone()).set(*n as f64);
+    }
+}
+
+/// A user entered `entered` and left `exited` (segment names are the pipeline file's, never
+/// values).
+pub fn segment_members_moved(entered: &[String], exited: &[String]) {
+    for segment in entered {
+        metrics::gauge!(SEGMENT_MEMBERS, "segment" => segment.clone()).increment(1.0);
+    }
+    for segment in exited {
+        metrics::gauge!(SEGMENT_MEMBERS, "segment" => segment.clone()).decrement(1.0);
+    }
+}
+
+pub fn segment_changes(n: usize) {
+    metrics::counter!(SEGMENT_CHANGES).increment(n as u64);
+}
 
 pub fn consent_change(granted: bool) {
     metrics::counter!(CONSENT_CHANGES, "decision" => if granted { "granted" } else { "withdrawn" })

@@ -19,6 +19,8 @@ pub struct Stack {
     pub registry: Registry,
     pub topic: String,
     pub dead_letter_topic: String,
+    /// The segment change feed's topic.
+    pub segment_topic: String,
     pub group: String,
     /// The table, the KMS alias (`alias/<name>`) and the index (`<name>-v1` behind the aliases
     /// `<name>` and `<name>-write`).
@@ -27,7 +29,7 @@ pub struct Stack {
 }
 
 impl Stack {
-    /// Creates the topic (`partitions`) and the dead-letter topic, writes the pipeline file with
+    /// Creates the topic (`partitions`), the dead-letter topic and the segment change topic, writes the pipeline file with
     /// this test's names and `edits` (text replacements, each of which must apply), and runs
     /// `bootstrap` (table, KMS key and alias). Fails when a test service is down.
     pub fn new(label: &str, partitions: i32, edits: &[(&str, &str)]) -> Self {
@@ -37,6 +39,7 @@ impl Stack {
         let id = &uuid::Uuid::new_v4().simple().to_string()[..12];
         let topic = format!("{label}-{id}");
         let dead_letter_topic = format!("{topic}-dlq");
+        let segment_topic = format!("{topic}-segments");
         let group = format!("{topic}-group");
         let name = format!("ps-{label}-{id}");
         let mut text = std::fs::read_to_string(repo().join("pipelines/docker.yaml"))
@@ -47,6 +50,10 @@ impl Stack {
             .replace(
                 "topic: profile-changes-dlq",
                 &format!("topic: {dead_letter_topic}"),
+            )
+            .replace(
+                "topic: profile-segment-changes",
+                &format!("topic: {segment_topic}"),
             )
             .replace("alias/profile-sync-dev", &format!("alias/{name}"))
             .replace("table: profile-sync", &format!("table: {name}"))
@@ -79,13 +86,14 @@ impl Stack {
         std::fs::write(&pipeline, text).unwrap();
         block_on(create_topics(
             &kafka_brokers(),
-            &[(&topic, partitions), (&dead_letter_topic, 1)],
+            &[(&topic, partitions), (&dead_letter_topic, 1), (&segment_topic, 1)],
         ));
         let stack = Self {
             registry: registry(),
             dir,
             topic,
             dead_letter_topic,
+            segment_topic,
             group,
             name,
             pipeline,

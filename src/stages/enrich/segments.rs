@@ -174,6 +174,11 @@ impl SegmentRules {
         Ok(Self { env, rules, bound })
     }
 
+    /// The name of every declared segment, in the pipeline file's order.
+    pub fn names(&self) -> Vec<String> {
+        self.rules.iter().map(|r| r.name.clone()).collect()
+    }
+
     /// How many rules have a plan (the others always run in the interpreter).
     pub fn planned(&self) -> usize {
         self.rules.iter().filter(|r| r.plan.is_some()).count()

@@ -3,7 +3,7 @@
 
 use crate::event::{Operation, ProtectedChange, ProtectedRecord};
 use crate::keys::WrappedUserKey;
-use crate::stores::{AuditRecord, ConsentRecord, StoreError, StoredProfile};
+use crate::stores::{AuditRecord, ConsentRecord, StoreError, StoredProfile, StoredSegments};
 use aws_sdk_dynamodb::primitives::Blob;
 use aws_sdk_dynamodb::types::AttributeValue;
 use chrono::{DateTime, Utc};
@@ -126,6 +126,9 @@ pub fn profile_item(change: &ProtectedChange) -> Item {
         );
         item.insert("key_version".into(), n(r.key_version));
         item.insert("segments".into(), strings(&r.segments));
+        if let Some(before) = &r.segments_before {
+            item.insert("segments_before".into(), strings(before));
+        }
         item.insert("country".into(), s(r.region.country.clone()));
         item.insert("continent".into(), s(r.region.continent.clone()));
         item.insert("residency_zone".into(), s(r.region.residency_zone.clone()));
@@ -137,6 +140,23 @@ pub fn profile_item(change: &ProtectedChange) -> Item {
         }
     }
     item
+}
+
+/// The segment attributes of a profile item read for the segment change feed.
+pub fn parse_segments(item: &Item) -> Result<(Uuid, StoredSegments), StoreError> {
+    let live = !matches!(item.get("deleted"), Some(AttributeValue::Bool(true)));
+    Ok((
+        get_uuid(item, "profile", "user_id")?,
+        StoredSegments {
+            version: get_n(item, "profile", "version")?,
+            live,
+            segments: get_strings(item, "segments"),
+            before: item
+                .contains_key("segments_before")
+                .then(|| get_strings(item, "segments_before")),
+            residency_zone: opt_s(item, "residency_zone").map(str::to_string),
+        },
+    ))
 }
 
 /// The tombstone an erasure leaves: a version fence with `erased_at`, no record, no email.

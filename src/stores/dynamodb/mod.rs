@@ -15,7 +15,7 @@ pub use table::TableReport;
 
 use super::{
     consent_state, AuditRecord, ConsentRecord, ConsentState, ProfileStore, StoreCounts, StoreError,
-    StoredProfile, WriteOutcome,
+    StoredProfile, StoredSegments, WriteOutcome,
 };
 use crate::aws::{self, classify, retrying, Endpoint, Failure};
 use crate::event::ProtectedChange;
@@ -167,6 +167,8 @@ impl DynamoStore {
     }
 
     /// Reads items by key, in chunks of 100, retrying unprocessed keys; consistent reads.
+    /// Consistent reads of `keys` in calls of 100; `projection` may use `#segments` (the
+    /// reserved word `segments`).
     async fn batch_get(&self, keys: Vec<Item>, projection: &str) -> Result<Vec<Item>, StoreError> {
         let mut found = Vec::with_capacity(keys.len());
         for chunk in keys.chunks(BATCH_GET) {
@@ -177,6 +179,11 @@ impl DynamoStore {
                     .set_keys(Some(std::mem::take(&mut pending)))
                     .consistent_read(true)
                     .projection_expression(projection)
+                    .set_expression_attribute_names(
+                        projection
+                            .contains("#segments")
+                            .then(|| HashMap::from([("#segments".into(), "segments".into())])),
+                    )
                     .build()
                     .map_err(|e| StoreError::Failed(format!("BatchGetItem request: {e}")))?;
                 let call = self
@@ -906,6 +913,20 @@ impl ProfileStore for DynamoStore {
         Err(StoreError::Unavailable(
             "erase kept racing concurrent writes to the same user; retrying".into(),
         ))
+    }
+
+    async fn segment_sets(
+        &self,
+        users: &[Uuid],
+    ) -> Result<HashMap<Uuid, StoredSegments>, StoreError> {
+        let keys = users.iter().map(|u| key_of(user_pk(*u), PROFILE)).collect();
+        let projection = "user_id, version, deleted, #segments, segments_before, residency_zone";
+        let mut sets = HashMap::new();
+        for item in self.batch_get(keys, projection).await? {
+            let (user, set) = parse_segments(&item)?;
+            sets.insert(user, set);
+        }
+        Ok(sets)
     }
 
     async fn erasure_fences(&self, users: &[Uuid]) -> Result<HashMap<Uuid, i64>, StoreError> {

@@ -2,14 +2,14 @@
 
 use super::{
     consent_state, AuditRecord, ConsentRecord, ConsentState, ProfileStore, StoreCounts, StoreError,
-    StoredProfile, WriteOutcome,
+    StoredProfile, StoredSegments, WriteOutcome,
 };
 use crate::event::{Operation, ProtectedChange, ProtectedRecord};
 use crate::keys::WrappedUserKey;
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use rusqlite::{params, Connection, OptionalExtension, Transaction, TransactionBehavior};
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
 mod connection;
 use connection::ConnectionThread;
@@ -691,6 +691,75 @@ impl ProfileStore for SqliteStore {
         .await
     }
 
+    async fn segment_sets(
+        &self,
+        users: &[Uuid],
+    ) -> Result<HashMap<Uuid, StoredSegments>, StoreError> {
+        let ids = serde_json::to_string(&users.iter().map(Uuid::to_string).collect::<Vec<_>>())
+            .expect("strings serialise");
+        self.with_reader(move |conn| {
+            let mut stmt = conn
+                .prepare_cached(
+                    "SELECT user_id, version, deleted, json_extract(record, '$.segments'),
+                       json_extract(record, '$.segments_before'), json_extract(record, '$.region.residency_zone')
+                     FROM profiles WHERE user_id IN (SELECT value FROM json_each(?1))",
+                )
+                .map_err(failed)?;
+            let rows = stmt
+                .query_map([&ids], |r| {
+                    Ok((
+                        r.get::<_, String>(0)?,
+                        r.get::<_, i64>(1)?,
+                        r.get::<_, bool>(2)?,
+                        r.get::<_, Option<String>>(3)?,
+                        r.get::<_, Option<String>>(4)?,
+                        r.get::<_, Option<String>>(5)?,
+                    ))
+                })
+                .map_err(failed)?;
+            let list = |text: Option<String>| -> Result<Option<Vec<String>>, StoreError> {
+                text.map(|t| {
+                    serde_json::from_str(&t).map_err(|_| {
+                        StoreError::Failed("a stored record's segments are not a list of names".into())
+                    })
+                })
+                .transpose()
+            };
+            let mut sets = HashMap::new();
+            for row in rows {
+                let (user, version, deleted, segments, before, zone) = row.map_err(failed)?;
+                sets.insert(
+                    parse_uuid(&user)?,
+                    StoredSegments {
+                        version,
+                        live: !deleted,
+                        segments: list(segments)?.unwrap_or_default(),
+                        before: list(before)?,
+                        residency_zone: zone,
+                    },
+                );
+            }
+            Ok(sets)
+        })
+        .await
+    }
+
+    async fn segment_members(&self) -> Result<BTreeMap<String, u64>, StoreError> {
+        self.with_reader(|conn| {
+            let mut stmt = conn
+                .prepare(
+                    "SELECT s.value, count(*) FROM profiles, json_each(profiles.record, '$.segments') AS s
+                     WHERE profiles.deleted = 0 GROUP BY s.value",
+                )
+                .map_err(failed)?;
+            let rows = stmt
+                .query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)? as u64)))
+                .map_err(failed)?;
+            rows.collect::<Result<_, _>>().map_err(failed)
+        })
+        .await
+    }
+
     async fn erasure_fences(&self, users: &[Uuid]) -> Result<HashMap<Uuid, i64>, StoreError> {
         let users = users.to_vec();
         self.with_reader(move |conn| {
@@ -757,6 +826,7 @@ mod tests {
             key_version: 1,
             region: Region::unknown(),
             segments: vec![],
+            segments_before: None,
             email_index: None,
         });
         ProtectedChange {
