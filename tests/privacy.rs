@@ -38,6 +38,24 @@ fn erase_event(user: &str, version: i64) -> String {
     .to_string()
 }
 
+/// An upsert of `user` whose segments the scenario controls: `lifetime_value` decides
+/// `high_value` (> 1000), `plan` decides `paying`; the IP is in Germany (`eu_resident`), the
+/// newsletter preference and status make `newsletter_audience` with a marketing consent.
+fn shopper(user: &str, version: i64, lifetime_value: f64, plan: &str, at: &str) -> String {
+    json!({"event_id": uuid::Uuid::new_v5(&uuid::Uuid::NAMESPACE_OID, format!("{user}/{version}").as_bytes()).to_string(),
+           "user_id": user, "operation": "UPSERT", "version": version, "occurred_at": at, "source": "test",
+           "profile": {"email": "shopper@example.org", "last_seen_ip": "5.100.1.1", "last_seen_at": at,
+                       "preferences": {"newsletter": "weekly"}, "status": "ACTIVE",
+                       "marketing": {"lifetime_value": lifetime_value, "order_count": 3, "plan": plan}}})
+    .to_string()
+}
+
+fn event(user: &str, version: i64, operation: &str, at: &str) -> String {
+    json!({"event_id": uuid::Uuid::new_v5(&uuid::Uuid::NAMESPACE_OID, format!("{user}/{version}").as_bytes()).to_string(),
+           "user_id": user, "operation": operation, "version": version, "occurred_at": at, "source": "test"})
+    .to_string()
+}
+
 /// Where a scenario runs: the embedded adapters (SQLite, local keyring, tantivy) or the
 /// production ones against the test services (DynamoDB Local, the KMS emulator, the
 /// OpenSearch-API server). The scenarios only talk to the CLI, plus `Stack`'s independent
@@ -171,6 +189,15 @@ index:
 
     fn indexed(&self, user: &str) -> Json {
         self.ok(&["search", &format!("user_id:{user}"), "--output", "json"])
+    }
+
+    /// The segment change feed as the file holds it (pipelines/local.yaml's `segment_changes`).
+    fn segment_changes(&self) -> Vec<Json> {
+        std::fs::read_to_string(self.data.join("segment-changes.jsonl"))
+            .unwrap_or_default()
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect()
     }
 
     fn segments_in_index(&self, user: &str) -> Vec<String> {
@@ -467,6 +494,7 @@ on_both_stacks!(
     a_record_decrypts_independently_by_following_the_documented_format,
     dead_letters_hold_no_plaintext_open_by_the_documented_format_and_are_shredded_by_erasure_and_retention,
     after_a_realistic_run_and_an_erasure_nothing_the_worker_wrote_gives_the_user_back,
+    segment_changes_follow_upserts_consents_deletes_and_erasures_and_replays_repeat_them,
 );
 fn withdrawing_consent_removes_the_user_from_purpose_segments_and_granting_brings_them_back(
     stack: &Stack,
@@ -1672,4 +1700,85 @@ fn an_erase_event_while_the_index_fails_ends_erased_indexed_nowhere_audited_once
     let summary = worker.join().unwrap();
     assert_eq!(summary["read"], 1, "{summary}");
     stack.assert_erased_indexed_nowhere_audited_once(ALICE);
+}
+
+fn segment_changes_follow_upserts_consents_deletes_and_erasures_and_replays_repeat_them(
+    stack: &Stack,
+) {
+    const CAROL: &str = "cccccccc-3333-4333-8333-333333333333";
+    const DAVE: &str = "dddddddd-4444-4444-8444-444444444444";
+    const T: &str = "2026-02-01T00:00:00Z";
+    let consent_at = |user: &str, version: i64, granted: bool| {
+        let mut e: Json = serde_json::from_str(&consent(user, version, granted)).unwrap();
+        e["event_id"] = json!(uuid::Uuid::new_v5(&uuid::Uuid::NAMESPACE_OID, format!("{user}/{version}").as_bytes()).to_string());
+        e["occurred_at"] = json!(T);
+        e.to_string()
+    };
+    let events = [
+        shopper(CAROL, 1, 2500.0, "pro", T),
+        shopper(CAROL, 2, 500.0, "pro", T),
+        shopper(CAROL, 2, 500.0, "pro", T), // delivered again
+        shopper(CAROL, 1, 2500.0, "pro", T), // out of order: stale
+        shopper(CAROL, 3, 600.0, "pro", T),  // same segments: no change
+        consent_at(CAROL, 4, true),
+        consent_at(CAROL, 5, false),
+        event(CAROL, 6, "DELETE", T),
+        shopper(DAVE, 1, 50.0, "basic", T),
+        shopper(DAVE, 2, 5000.0, "enterprise", T),
+        event(DAVE, 3, "ERASE", T),
+        shopper(DAVE, 2, 5000.0, "enterprise", T), // older than the erasure: stale
+    ];
+    stack.run("1.jsonl", &events);
+    let change = |user: &str, version: i64, cause: &str, entered: &[&str], exited: &[&str], segments: &[&str], zone: Option<&str>| {
+        json!({"user_id": user, "version": version, "occurred_at": "2026-02-01T00:00:00.000Z", "cause": cause,
+               "entered": entered, "exited": exited, "segments": segments, "residency_zone": zone})
+    };
+    let every = [
+        "dormant",
+        "eu_resident",
+        "frequent_buyer",
+        "high_value",
+        "newsletter_audience",
+        "paying",
+    ];
+    let carol_v2 = change(CAROL, 2, "UPSERT", &[], &["high_value"], &["eu_resident", "paying"], Some("EU"));
+    let carol_deleted = change(CAROL, 6, "DELETE", &[], &every, &[], None);
+    let dave_erased = change(DAVE, 3, "ERASE", &[], &every, &[], None);
+    let first = vec![
+        change(CAROL, 1, "UPSERT", &["eu_resident", "high_value", "paying"], &[], &["eu_resident", "high_value", "paying"], Some("EU")),
+        carol_v2.clone(),
+        carol_v2,
+        change(CAROL, 4, "CONSENT", &["newsletter_audience"], &[], &["eu_resident", "newsletter_audience", "paying"], Some("EU")),
+        change(CAROL, 5, "CONSENT", &[], &["newsletter_audience"], &["eu_resident", "paying"], Some("EU")),
+        carol_deleted.clone(),
+        change(DAVE, 1, "UPSERT", &["eu_resident"], &[], &["eu_resident"], Some("EU")),
+        change(DAVE, 2, "UPSERT", &["high_value", "paying"], &[], &["eu_resident", "high_value", "paying"], Some("EU")),
+        dave_erased.clone(),
+    ];
+    let by_user = |changes: &[Json], user: &str| -> Vec<Json> {
+        changes.iter().filter(|c| c["user_id"] == user).cloned().collect()
+    };
+    let got = stack.segment_changes();
+    for user in [CAROL, DAVE] {
+        assert_eq!(by_user(&got, user), by_user(&first, user), "{user}");
+    }
+    assert_eq!(got.len(), first.len());
+
+    // The whole input delivered again: the changes whose version the store holds are emitted
+    // again with the same content; every older one is stale and emits nothing.
+    stack.run("2.jsonl", &events);
+    let again = stack.segment_changes()[first.len()..].to_vec();
+    assert_eq!(by_user(&again, CAROL), vec![carol_deleted]);
+    assert_eq!(by_user(&again, DAVE), vec![dave_erased]);
+    assert_eq!(again.len(), 2);
+
+    // A user back after a delete enters again; the membership the stream gives is the store's.
+    stack.run("3.jsonl", &[shopper(CAROL, 7, 1500.0, "basic", T)]);
+    let all = stack.segment_changes();
+    let last = all.last().unwrap();
+    assert_eq!(
+        last,
+        &change(CAROL, 7, "UPSERT", &["eu_resident", "high_value"], &[], &["eu_resident", "high_value"], Some("EU"))
+    );
+    assert_eq!(stack.get(CAROL)["segments"], last["segments"]);
 }
