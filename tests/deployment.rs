@@ -204,11 +204,7 @@ fn the_production_template_parses_with_the_production_adapters() {
     // On the source's cluster, the producer takes the source's security settings.
     assert!(source.properties.contains_key("security.protocol"));
     // Secrets come from the environment (PROFILE_SYNC_KAFKA_*), never from the file.
-    for key in source
-        .properties
-        .keys()
-        .chain(producer_properties.keys())
-    {
+    for key in source.properties.keys().chain(producer_properties.keys()) {
         assert!(
             !key.contains("password") && !key.contains("secret"),
             "a literal secret in the file: {key}"

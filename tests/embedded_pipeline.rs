@@ -4,6 +4,7 @@ mod common;
 
 use base64::Engine;
 use common::canary::Canary;
+use common::segment_feed::{assert_no_transition_missing, membership_from_feed, stored_segments};
 use common::*;
 use serde_json::Value as Json;
 use std::collections::{HashMap, HashSet};
@@ -357,39 +358,6 @@ fn no_pii_reaches_the_logs_at_any_level() {
     Canary::of_generated(&input).assert_absent("a log line", &logs);
 }
 
-/// Per user, the segments the stored profile holds (an outsider's look at the SQLite file);
-/// deleted and erased users hold none.
-fn stored_segments(data: &std::path::Path) -> HashMap<String, Vec<String>> {
-    let db = rusqlite::Connection::open_with_flags(
-        data.join("profiles.sqlite"),
-        rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY,
-    )
-    .unwrap();
-    let mut stmt = db
-        .prepare("SELECT user_id, json_extract(record, '$.segments') FROM profiles WHERE deleted = 0")
-        .unwrap();
-    let rows = stmt
-        .query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?)))
-        .unwrap();
-    rows.map(|r| {
-        let (user, segments) = r.unwrap();
-        (user, serde_json::from_str(&segments).unwrap())
-    })
-    .filter(|(_, s): &(String, Vec<String>)| !s.is_empty())
-    .collect()
-}
-
-/// The membership a consumer rebuilds from the feed: each user's set after their last change.
-fn membership_from_feed(changes: &[Json]) -> HashMap<String, Vec<String>> {
-    let mut members = HashMap::new();
-    for c in changes {
-        let segments: Vec<String> = serde_json::from_value(c["segments"].clone()).unwrap();
-        members.insert(c["user_id"].as_str().unwrap().to_string(), segments);
-    }
-    members.retain(|_, s: &mut Vec<String>| !s.is_empty());
-    members
-}
-
 #[test]
 fn the_membership_rebuilt_from_the_segment_feed_is_the_stores_also_after_a_replay() {
     let dir = tempfile::tempdir().unwrap();
@@ -413,8 +381,9 @@ fn the_membership_rebuilt_from_the_segment_feed_is_the_stores_also_after_a_repla
     run_with(&pipeline, &input, &data);
     let first = feed(&data);
     assert!(first.len() > 5_000, "{} changes", first.len());
-    let stored = stored_segments(&data);
+    let stored = stored_segments(&data.join("profiles.sqlite"));
     assert!(stored.len() > 1_000);
+    assert_no_transition_missing(&first);
     assert_eq!(membership_from_feed(&first), stored);
     // Per user, in version order; one (user, version, cause) always says the same.
     let mut seen: HashMap<(String, i64, String), &Json> = HashMap::new();
@@ -440,7 +409,14 @@ fn the_membership_rebuilt_from_the_segment_feed_is_the_stores_also_after_a_repla
             c["version"].as_i64().unwrap(),
             c["cause"].to_string(),
         );
-        assert_eq!(seen.get(&key), Some(&c), "a replay emitted a change the first run did not");
+        assert_eq!(
+            seen.get(&key),
+            Some(&c),
+            "a replay emitted a change the first run did not"
+        );
     }
-    assert_eq!(membership_from_feed(&all), stored_segments(&data));
+    assert_eq!(
+        membership_from_feed(&all),
+        stored_segments(&data.join("profiles.sqlite"))
+    );
 }

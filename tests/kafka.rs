@@ -14,6 +14,7 @@ mod common;
 
 use common::canary::Canary;
 use common::scenarios::sqlite_state;
+use common::segment_feed;
 use common::services::{create_topics, kafka_brokers, registry, require, Registry};
 use common::topics::{read_all, Delivered, GroupProgress};
 use common::{binary, expected_state, repo};
@@ -199,6 +200,35 @@ impl Setup {
             generated["invalid"].as_u64().unwrap(),
             exactly,
             &canary,
+        );
+        self.assert_segment_feed();
+    }
+
+    /// The segment change topic, read by a consumer that shares no code with profile-sync:
+    /// keyed by user (one partition per user), no transition missing however often workers
+    /// were killed, and the membership it rebuilds is the store's.
+    fn assert_segment_feed(&self) {
+        let changes = segment_feed::read_topic_from_outside(
+            &self.brokers,
+            &self.registry.url,
+            &self.segments,
+        );
+        assert!(
+            !changes.is_empty(),
+            "no segment change on {}",
+            self.segments
+        );
+        let mut partition_of: HashMap<String, i64> = HashMap::new();
+        for c in &changes {
+            assert_eq!(c["key"], c["user_id"]);
+            let p = c["partition"].as_i64().unwrap();
+            let user = c["user_id"].as_str().unwrap().to_string();
+            assert_eq!(*partition_of.entry(user).or_insert(p), p);
+        }
+        segment_feed::assert_no_transition_missing(&changes);
+        assert_eq!(
+            segment_feed::membership_from_feed(&changes),
+            segment_feed::stored_segments(&self.store())
         );
     }
 

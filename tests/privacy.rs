@@ -1710,14 +1710,18 @@ fn segment_changes_follow_upserts_consents_deletes_and_erasures_and_replays_repe
     const T: &str = "2026-02-01T00:00:00Z";
     let consent_at = |user: &str, version: i64, granted: bool| {
         let mut e: Json = serde_json::from_str(&consent(user, version, granted)).unwrap();
-        e["event_id"] = json!(uuid::Uuid::new_v5(&uuid::Uuid::NAMESPACE_OID, format!("{user}/{version}").as_bytes()).to_string());
+        e["event_id"] = json!(uuid::Uuid::new_v5(
+            &uuid::Uuid::NAMESPACE_OID,
+            format!("{user}/{version}").as_bytes()
+        )
+        .to_string());
         e["occurred_at"] = json!(T);
         e.to_string()
     };
     let events = [
         shopper(CAROL, 1, 2500.0, "pro", T),
         shopper(CAROL, 2, 500.0, "pro", T),
-        shopper(CAROL, 2, 500.0, "pro", T), // delivered again
+        shopper(CAROL, 2, 500.0, "pro", T),  // delivered again
         shopper(CAROL, 1, 2500.0, "pro", T), // out of order: stale
         shopper(CAROL, 3, 600.0, "pro", T),  // same segments: no change
         consent_at(CAROL, 4, true),
@@ -1729,7 +1733,13 @@ fn segment_changes_follow_upserts_consents_deletes_and_erasures_and_replays_repe
         shopper(DAVE, 2, 5000.0, "enterprise", T), // older than the erasure: stale
     ];
     stack.run("1.jsonl", &events);
-    let change = |user: &str, version: i64, cause: &str, entered: &[&str], exited: &[&str], segments: &[&str], zone: Option<&str>| {
+    let change = |user: &str,
+                  version: i64,
+                  cause: &str,
+                  entered: &[&str],
+                  exited: &[&str],
+                  segments: &[&str],
+                  zone: Option<&str>| {
         json!({"user_id": user, "version": version, "occurred_at": "2026-02-01T00:00:00.000Z", "cause": cause,
                "entered": entered, "exited": exited, "segments": segments, "residency_zone": zone})
     };
@@ -1741,22 +1751,74 @@ fn segment_changes_follow_upserts_consents_deletes_and_erasures_and_replays_repe
         "newsletter_audience",
         "paying",
     ];
-    let carol_v2 = change(CAROL, 2, "UPSERT", &[], &["high_value"], &["eu_resident", "paying"], Some("EU"));
+    let carol_v2 = change(
+        CAROL,
+        2,
+        "UPSERT",
+        &[],
+        &["high_value"],
+        &["eu_resident", "paying"],
+        Some("EU"),
+    );
     let carol_deleted = change(CAROL, 6, "DELETE", &[], &every, &[], None);
     let dave_erased = change(DAVE, 3, "ERASE", &[], &every, &[], None);
     let first = vec![
-        change(CAROL, 1, "UPSERT", &["eu_resident", "high_value", "paying"], &[], &["eu_resident", "high_value", "paying"], Some("EU")),
+        change(
+            CAROL,
+            1,
+            "UPSERT",
+            &["eu_resident", "high_value", "paying"],
+            &[],
+            &["eu_resident", "high_value", "paying"],
+            Some("EU"),
+        ),
         carol_v2.clone(),
         carol_v2,
-        change(CAROL, 4, "CONSENT", &["newsletter_audience"], &[], &["eu_resident", "newsletter_audience", "paying"], Some("EU")),
-        change(CAROL, 5, "CONSENT", &[], &["newsletter_audience"], &["eu_resident", "paying"], Some("EU")),
+        change(
+            CAROL,
+            4,
+            "CONSENT",
+            &["newsletter_audience"],
+            &[],
+            &["eu_resident", "newsletter_audience", "paying"],
+            Some("EU"),
+        ),
+        change(
+            CAROL,
+            5,
+            "CONSENT",
+            &[],
+            &["newsletter_audience"],
+            &["eu_resident", "paying"],
+            Some("EU"),
+        ),
         carol_deleted.clone(),
-        change(DAVE, 1, "UPSERT", &["eu_resident"], &[], &["eu_resident"], Some("EU")),
-        change(DAVE, 2, "UPSERT", &["high_value", "paying"], &[], &["eu_resident", "high_value", "paying"], Some("EU")),
+        change(
+            DAVE,
+            1,
+            "UPSERT",
+            &["eu_resident"],
+            &[],
+            &["eu_resident"],
+            Some("EU"),
+        ),
+        change(
+            DAVE,
+            2,
+            "UPSERT",
+            &["high_value", "paying"],
+            &[],
+            &["eu_resident", "high_value", "paying"],
+            Some("EU"),
+        ),
         dave_erased.clone(),
     ];
     let by_user = |changes: &[Json], user: &str| -> Vec<Json> {
-        changes.iter().filter(|c| c["user_id"] == user).cloned().collect()
+        changes
+            .iter()
+            .filter(|c| c["user_id"] == user)
+            .cloned()
+            .collect()
     };
     let got = stack.segment_changes();
     for user in [CAROL, DAVE] {
@@ -1778,7 +1840,15 @@ fn segment_changes_follow_upserts_consents_deletes_and_erasures_and_replays_repe
     let last = all.last().unwrap();
     assert_eq!(
         last,
-        &change(CAROL, 7, "UPSERT", &["eu_resident", "high_value"], &[], &["eu_resident", "high_value"], Some("EU"))
+        &change(
+            CAROL,
+            7,
+            "UPSERT",
+            &["eu_resident", "high_value"],
+            &[],
+            &["eu_resident", "high_value"],
+            Some("EU")
+        )
     );
     assert_eq!(stack.get(CAROL)["segments"], last["segments"]);
 }

@@ -97,9 +97,8 @@ async fn tail_file(path: PathBuf, no_follow: bool) -> Result<(), Failure> {
         pending.push_str(&chunk);
         if let Some(end) = pending.rfind('\n') {
             let complete: String = pending.drain(..=end).collect();
-            let changes = read_lines(&complete, line).map_err(|e| {
-                anyhow::anyhow!("{}: {e}", path.display())
-            })?;
+            let changes = read_lines(&complete, line)
+                .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
             line += complete.matches('\n').count();
             let mut out = stdout.lock();
             for change in changes {
@@ -134,11 +133,19 @@ async fn tail_topic(file: &config::Pipeline, no_follow: bool) -> Result<(), Fail
     let brokers = brokers
         .clone()
         .or_else(|| source.map(|k| k.brokers.clone()))
-        .ok_or_else(|| usage(anyhow::anyhow!("segment_changes.brokers is required when the source is not Kafka")))?;
+        .ok_or_else(|| {
+            usage(anyhow::anyhow!(
+                "segment_changes.brokers is required when the source is not Kafka"
+            ))
+        })?;
     let registry = schema_registry
         .as_ref()
         .or(source.map(|k| &k.schema_registry))
-        .ok_or_else(|| usage(anyhow::anyhow!("segment_changes.schema_registry is required when the source is not Kafka")))?;
+        .ok_or_else(|| {
+            usage(anyhow::anyhow!(
+                "segment_changes.schema_registry is required when the source is not Kafka"
+            ))
+        })?;
     let settings = crate::schema::registry::settings(
         &registry.effective_url(),
         Duration::from_millis(registry.timeout_ms),
@@ -248,6 +255,9 @@ async fn backfill(args: Target) -> Result<(), Failure> {
             None => break,
         }
     }
-    println!("segments backfill: {written} snapshots to {}", sink.describe());
+    println!(
+        "segments backfill: {written} snapshots to {}",
+        sink.describe()
+    );
     Ok(())
 }

@@ -8,11 +8,11 @@ use crate::dead_letter::{DeadLetterError, DeadLetterFile, DeadLetterSink};
 use crate::indexes::{IndexError, OpenSearchIndex, OpenSearchSettings, SearchIndex, TantivyIndex};
 use crate::keys::{DataKeys, KeyError, KeyProvider, KmsKeyProvider, LocalKeyring};
 use crate::privacy::Profiles;
+use crate::schema::{ProfileSchemas, SchemaError};
 use crate::segment_changes::{
     SegmentChangeError, SegmentChangeFile, SegmentChangeSink, SegmentChangeTopic,
     SegmentChangeTopicSettings,
 };
-use crate::schema::{ProfileSchemas, SchemaError};
 use crate::sources::{EventSource, FileSource, SourceError};
 use crate::stages::decode::Decoder;
 use crate::stages::enrich::{Enricher, RegionError, RegionResolver, SegmentError, SegmentRules};
@@ -428,13 +428,11 @@ pub fn open_segment_changes(
             let registry = match (schema_registry, source) {
                 (Some(r), _) => r,
                 (None, Some(k)) => &k.schema_registry,
-                (None, None) => {
-                    return Err(file
-                        .invalid(
-                            "segment_changes.schema_registry is required when the source is not Kafka",
-                        )
-                        .into())
-                }
+                (None, None) => return Err(file
+                    .invalid(
+                        "segment_changes.schema_registry is required when the source is not Kafka",
+                    )
+                    .into()),
             };
             let registry = crate::schema::registry::settings(
                 &registry.effective_url(),

@@ -13,8 +13,7 @@ mod build;
 pub use build::{
     build, local_keyring, open_data_keys, open_dead_letters, open_dynamodb, open_index, open_kms,
     open_profiles, open_segment_changes, open_source, open_store, opensearch_settings,
-    runtime_settings, schemas,
-    BuildError, Components, IndexAccess,
+    runtime_settings, schemas, BuildError, Components, IndexAccess,
 };
 
 use crate::config::{ErasedUserEvents, PrivacyConfig};
@@ -574,7 +573,11 @@ impl Pipeline {
                                 r.segments.clone(),
                                 Some(r.region.residency_zone.clone()),
                             ),
-                            _ => (Some(SegmentChange::gone(origin, &declared)), Vec::new(), None),
+                            _ => (
+                                Some(SegmentChange::gone(origin, &declared)),
+                                Vec::new(),
+                                None,
+                            ),
                         };
                         current.insert(
                             change.user_id,
@@ -586,8 +589,16 @@ impl Pipeline {
                                 residency_zone: zone,
                             },
                         );
-                        let exited = before.iter().filter(|s| !after.contains(s)).cloned().collect();
-                        let entered = after.iter().filter(|s| !before.contains(s)).cloned().collect();
+                        let exited = before
+                            .iter()
+                            .filter(|s| !after.contains(s))
+                            .cloned()
+                            .collect();
+                        let entered = after
+                            .iter()
+                            .filter(|s| !before.contains(s))
+                            .cloned()
+                            .collect();
                         Foreseen {
                             before: Some(before),
                             applied,

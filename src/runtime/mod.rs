@@ -456,8 +456,7 @@ async fn store(
         vec![retrying(&pipeline.health, || pipeline.store(&one)).await?]
     } else {
         let mut together = StoredTogether::new(derived);
-        let foreseen =
-            retrying(&pipeline.health, || pipeline.foresee(together.pending())).await?;
+        let foreseen = retrying(&pipeline.health, || pipeline.foresee(together.pending())).await?;
         together.foreseen(foreseen);
         retrying(&pipeline.health, || pipeline.store_together(&together)).await?
     };

@@ -5,6 +5,7 @@
 pub mod canary;
 pub mod fault_proxy;
 pub mod scenarios;
+pub mod segment_feed;
 pub mod services;
 pub mod stack;
 pub mod topics;

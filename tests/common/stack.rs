@@ -86,7 +86,11 @@ impl Stack {
         std::fs::write(&pipeline, text).unwrap();
         block_on(create_topics(
             &kafka_brokers(),
-            &[(&topic, partitions), (&dead_letter_topic, 1), (&segment_topic, 1)],
+            &[
+                (&topic, partitions),
+                (&dead_letter_topic, 1),
+                (&segment_topic, 1),
+            ],
         ));
         let stack = Self {
             registry: registry(),
