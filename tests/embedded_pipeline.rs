@@ -419,4 +419,50 @@ fn the_membership_rebuilt_from_the_segment_feed_is_the_stores_also_after_a_repla
         membership_from_feed(&all),
         stored_segments(&data.join("profiles.sqlite"))
     );
+
+    // `segments tail` prints the feed as it is; `segments backfill` adds one snapshot per live
+    // profile, with its stored segments.
+    let cli = |args: &[&str]| {
+        let out = bin()
+            .args(args)
+            .arg("--pipeline")
+            .arg(&pipeline)
+            .arg("--data-dir")
+            .arg(&data)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap()
+    };
+    let tailed: Vec<Json> = cli(&["segments", "tail", "--no-follow"])
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(tailed, all);
+    cli(&["segments", "backfill"]);
+    let snapshots: Vec<Json> = feed(&data)[all.len()..].to_vec();
+    assert!(snapshots
+        .iter()
+        .all(|s| s["cause"] == "SNAPSHOT" && s["exited"] == serde_json::json!([])));
+    assert_eq!(
+        snapshots.len() as u64,
+        sqlite_live_profiles(&data.join("profiles.sqlite"))
+    );
+    assert_eq!(
+        membership_from_feed(&snapshots),
+        stored_segments(&data.join("profiles.sqlite"))
+    );
+}
+
+fn sqlite_live_profiles(store: &std::path::Path) -> u64 {
+    rusqlite::Connection::open(store)
+        .unwrap()
+        .query_row("SELECT count(*) FROM profiles WHERE deleted = 0", [], |r| {
+            r.get(0)
+        })
+        .unwrap()
 }

@@ -226,6 +226,37 @@ impl Setup {
             assert_eq!(*partition_of.entry(user).or_insert(p), p);
         }
         segment_feed::assert_no_transition_missing(&changes);
+        // `segments tail` reads the same changes (the topic through the registry's schemas).
+        let pipeline = self.pipeline("tail", &self.group, 2000, "");
+        let out = Command::new(binary())
+            .current_dir(repo())
+            .args(["segments", "tail", "--no-follow", "--pipeline"])
+            .arg(&pipeline)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let tailed: Vec<Json> = String::from_utf8(out.stdout)
+            .unwrap()
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect();
+        let without_envelope = |c: &Json| {
+            let mut c = c.clone();
+            c.as_object_mut()
+                .unwrap()
+                .retain(|k, _| k != "key" && k != "partition");
+            c
+        };
+        let mut outside: Vec<Json> = changes.iter().map(without_envelope).collect();
+        let mut tailed = tailed;
+        let order = |a: &Json, b: &Json| a.to_string().cmp(&b.to_string());
+        outside.sort_by(order);
+        tailed.sort_by(order);
+        assert_eq!(tailed, outside);
         assert_eq!(
             segment_feed::membership_from_feed(&changes),
             segment_feed::stored_segments(&self.store())

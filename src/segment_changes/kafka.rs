@@ -189,10 +189,12 @@ impl SegmentChangeSink for SegmentChangeTopic {
         .map_err(|e| format!("no metadata from the segment change brokers ({e})"))?;
         let partitions = match metadata.topics().iter().find(|t| t.name() == self.topic) {
             Some(t) if t.error().is_none() && !t.partitions().is_empty() => t.partitions().len(),
-            _ => return Err(format!(
+            _ => {
+                return Err(format!(
                 "segment change topic `{}` does not exist: create it, or fix segment_changes.topic",
                 self.topic
-            )),
+            ))
+            }
         };
         let id = self.schema_id().await.map_err(|e| match e {
             Failed::Transient(e) | Failed::Permanent(e) => e.0,
