@@ -41,10 +41,13 @@ fi
 SCRATCH=$(mktemp -d)
 trap 'rm -rf "$SCRATCH"' EXIT
 "$BIN" generate --count "$BASELINE_EVENTS" --format avro --out "$SCRATCH/events.avro" >/dev/null
-rm -f "$OUT"/harness-*.json "$OUT"/baseline-*.json
+rm -f "$OUT"/harness-*.json "$OUT"/baseline-*.json "$OUT"/nofeed-*.json
 for i in $(seq 1 "$RUNS"); do
   echo "run $i/$RUNS: profile-sync bench --events $EVENTS" >&2
   "$BIN" bench --events "$EVENTS" --rate "$RATE" --output json > "$OUT/harness-$i.json"
+  echo "run $i/$RUNS: profile-sync bench --without-segment-feed (what the feed costs)" >&2
+  "$BIN" bench --events "$EVENTS" --rate "$RATE" --without-segment-feed --output json \
+    > "$OUT/nofeed-$i.json"
   echo "run $i/$RUNS: Python baseline on $BASELINE_EVENTS events" >&2
   rm -rf "$SCRATCH/work"
   "$VENV/bin/python" benches/baseline/baseline.py --input "$SCRATCH/events.avro" \
@@ -52,3 +55,10 @@ for i in $(seq 1 "$RUNS"); do
     > "$OUT/baseline-$i.json"
 done
 python3 benches/report.py --criterion "$TARGET/criterion" --results "$OUT"
+python3 - "$OUT" <<'PY'
+import glob, json, statistics, sys
+rate = lambda pattern: statistics.median(
+    json.load(open(f))["throughput"]["events_per_second"] for f in glob.glob(f"{sys.argv[1]}/{pattern}"))
+on, off = rate("harness-*.json"), rate("nofeed-*.json")
+print(f"segment change feed: {on:.0f} events/s with it, {off:.0f} without: costs {100 * (off - on) / off:.1f} % of throughput")
+PY

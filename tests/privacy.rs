@@ -1851,4 +1851,19 @@ fn segment_changes_follow_upserts_consents_deletes_and_erasures_and_replays_repe
         )
     );
     assert_eq!(stack.get(CAROL)["segments"], last["segments"]);
+
+    // The erase command, outside the pipeline, tells the feed too: at the tombstone's fence.
+    let out = stack.operator(&["erase", CAROL, "--reason", "erasure request"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let erased = stack.segment_changes().last().unwrap().clone();
+    assert_eq!(
+        (&erased["user_id"], &erased["version"], &erased["cause"]),
+        (&json!(CAROL), &json!(7), &json!("ERASE"))
+    );
+    assert_eq!(erased["exited"], json!(every));
+    assert_eq!(erased["segments"], json!([]));
 }

@@ -43,6 +43,9 @@ pub struct Args {
     /// How often the worker polls for arrived events in the latency phase.
     #[arg(long, default_value_t = 10)]
     poll_ms: u64,
+    /// Leave the pipeline file's segment change feed out (to measure what the feed costs).
+    #[arg(long)]
+    without_segment_feed: bool,
     /// A few seconds' run for CI (2,000 events, 1 s at 2,000 events/s): checks the harness only.
     #[arg(long)]
     smoke: bool,
@@ -61,7 +64,10 @@ pub async fn run(mut args: Args) -> Result<(), Failure> {
             "--events, --rate and --latency-seconds must be positive"
         )));
     }
-    let file = pipeline_file(args.pipeline.as_deref())?;
+    let mut file = pipeline_file(args.pipeline.as_deref())?;
+    if args.without_segment_feed {
+        file.config.segment_changes = None;
+    }
     let scratch = ScratchDir::new("run")?;
     let throughput = throughput(&file, scratch.path(), args.events).await?;
     let latency = latency(&file, scratch.path(), &args).await?;

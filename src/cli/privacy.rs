@@ -116,6 +116,8 @@ pub async fn erase(args: EraseArgs) -> Result<(), Failure> {
         .await
         .map_err(failure)?;
     profiles.index.commit().await?;
+    let dir = data_dir(&file, args.target.data_dir.as_deref());
+    super::segments::announce_erasures(&file, &dir, &[(args.user, fence)]).await?;
     println!(
         "{}",
         serde_json::json!({"user_id": args.user, "erased": true, "version_fence": fence, "request_id": actor.request_id})
@@ -196,6 +198,8 @@ pub async fn retention(command: RetentionCommand) -> Result<(), Failure> {
     .await
     .map_err(failure)?;
     profiles.index.commit().await?;
+    let dir = data_dir(&file, target.data_dir.as_deref());
+    super::segments::announce_erasures(&file, &dir, &report.fences).await?;
     println!("{}", serde_json::to_string(&report)?);
     Ok(())
 }

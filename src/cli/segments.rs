@@ -8,7 +8,7 @@ use crate::config::{self, SegmentChangesConfig, SourceConfig};
 use crate::segment_changes::{read_lines, SegmentChange};
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::{ClientConfig, Message, Offset, TopicPartitionList};
-use std::io::{Read, Seek, Write};
+use std::io::{Read, Write};
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -110,7 +110,6 @@ async fn tail_file(path: PathBuf, no_follow: bool) -> Result<(), Failure> {
             return Ok(());
         }
         tokio::time::sleep(Duration::from_millis(250)).await;
-        f.seek(std::io::SeekFrom::Current(0))?;
     }
 }
 
@@ -220,6 +219,37 @@ async fn tail_topic(file: &config::Pipeline, no_follow: bool) -> Result<(), Fail
         writeln!(out, "{}", change.to_line())?;
         out.flush()?;
     }
+}
+
+/// After `erase` or `retention run` (outside the pipeline): each erased user, with the fence
+/// of its tombstone, leaves every declared segment, as an `ERASE` event through the pipeline
+/// does. Nothing is written when the pipeline file has no feed.
+pub async fn announce_erasures(
+    file: &config::Pipeline,
+    data_dir: &std::path::Path,
+    erased: &[(uuid::Uuid, i64)],
+) -> Result<(), Failure> {
+    let Some(sink) = crate::pipeline::open_segment_changes(file, data_dir).map_err(usage)? else {
+        return Ok(());
+    };
+    let declared: Vec<String> = file.config.enrich.segments.keys().cloned().collect();
+    let at = chrono::Utc::now();
+    let changes = erased
+        .iter()
+        .map(|(user, fence)| {
+            SegmentChange::gone(
+                crate::segment_changes::Origin {
+                    user_id: *user,
+                    version: *fence,
+                    occurred_at: at,
+                    cause: crate::segment_changes::Cause::Erase,
+                },
+                &declared,
+            )
+        })
+        .collect();
+    sink.send(changes).await?;
+    Ok(())
 }
 
 /// Pages through the store and writes one snapshot per live profile.

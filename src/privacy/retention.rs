@@ -17,6 +17,9 @@ pub struct RetentionReport {
     /// Profiles whose last change is older than this were (or would be) anonymised.
     pub inactive_before: Option<DateTime<Utc>>,
     pub anonymised: Vec<Uuid>,
+    /// Each anonymised user with its tombstone's version fence (not a dry run's).
+    #[serde(skip)]
+    pub fences: Vec<(Uuid, i64)>,
     /// Audit records older than this expired.
     pub audit_before: Option<DateTime<Utc>>,
     pub audit_expired: u64,
@@ -45,6 +48,7 @@ pub async fn retention(
         as_of,
         inactive_before,
         anonymised: Vec::new(),
+        fences: Vec::new(),
         audit_before,
         audit_expired: 0,
         dead_letter_keys_before: (as_of - Duration::days(i64::from(dead_letter_days))).date_naive(),
@@ -63,8 +67,10 @@ pub async fn retention(
                 }
                 if !dry_run {
                     let fields = record.encrypted.keys().cloned().collect();
-                    ops.erase(profile.user_id, profile.version, "retention", fields, actor)
+                    let fence = ops
+                        .erase(profile.user_id, profile.version, "retention", fields, actor)
                         .await?;
+                    report.fences.push((profile.user_id, fence));
                 }
                 report.anonymised.push(profile.user_id);
             }

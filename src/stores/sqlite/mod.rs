@@ -700,8 +700,8 @@ impl ProfileStore for SqliteStore {
         self.with_reader(move |conn| {
             let mut stmt = conn
                 .prepare_cached(
-                    "SELECT user_id, version, deleted, json_extract(record, '$.segments'),
-                       json_extract(record, '$.segments_before'), json_extract(record, '$.region.residency_zone')
+                    "SELECT user_id, version, deleted,
+                       json_extract(record, '$.segments', '$.segments_before', '$.region.residency_zone')
                      FROM profiles WHERE user_id IN (SELECT value FROM json_each(?1))",
                 )
                 .map_err(failed)?;
@@ -712,29 +712,27 @@ impl ProfileStore for SqliteStore {
                         r.get::<_, i64>(1)?,
                         r.get::<_, bool>(2)?,
                         r.get::<_, Option<String>>(3)?,
-                        r.get::<_, Option<String>>(4)?,
-                        r.get::<_, Option<String>>(5)?,
                     ))
                 })
                 .map_err(failed)?;
-            let list = |text: Option<String>| -> Result<Option<Vec<String>>, StoreError> {
-                text.map(|t| {
-                    serde_json::from_str(&t).map_err(|_| {
-                        StoreError::Failed("a stored record's segments are not a list of names".into())
-                    })
-                })
-                .transpose()
-            };
+            // One parse of the record gives the three: `[segments, segments_before, zone]`.
+            type Extracted = (Option<Vec<String>>, Option<Vec<String>>, Option<String>);
             let mut sets = HashMap::new();
             for row in rows {
-                let (user, version, deleted, segments, before, zone) = row.map_err(failed)?;
+                let (user, version, deleted, extracted) = row.map_err(failed)?;
+                let (segments, before, zone): Extracted = match extracted {
+                    Some(text) => serde_json::from_str(&text).map_err(|_| {
+                        StoreError::Failed("a stored record's segments are not a list of names".into())
+                    })?,
+                    None => (None, None, None),
+                };
                 sets.insert(
                     parse_uuid(&user)?,
                     StoredSegments {
                         version,
                         live: !deleted,
-                        segments: list(segments)?.unwrap_or_default(),
-                        before: list(before)?,
+                        segments: segments.unwrap_or_default(),
+                        before,
                         residency_zone: zone,
                     },
                 );
