@@ -180,10 +180,10 @@ pub struct ProtectedRecord {
     pub key_version: u32,
     pub region: Region,
     pub segments: Vec<String>,
-    /// The segments the stored profile had before this version was applied, when a segment
-    /// change feed is on: a redelivery of this version emits the same segment change from it.
+    /// The user's recent segment changes, when the segment change feed is on: a redelivery
+    /// of one of those versions emits its change again, with the same content.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub segments_before: Option<Vec<String>>,
+    pub segment_history: Option<SegmentHistory>,
     /// HMAC of the normalised email, for lookup by email (see `crypto::BlindIndexKey`).
     #[serde(default)]
     pub email_index: Option<String>,
@@ -198,4 +198,76 @@ pub struct ProtectedChange {
     pub occurred_at: DateTime<Utc>,
     /// `None` for a delete.
     pub record: Option<ProtectedRecord>,
+}
+
+/// The last [`SegmentHistory::KEPT`] changes of a user's segment set, kept in the stored record
+/// so that events delivered again (after a crash between the store and the segment feed) emit
+/// the changes they made the first time, even when later versions are stored already.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SegmentHistory {
+    /// The set before the first step, when known.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub base: Option<Vec<String>>,
+    #[serde(default)]
+    pub steps: Vec<SegmentStep>,
+}
+
+/// One change of the set: the version that made it, the set after it and the zone then.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SegmentStep {
+    #[serde(rename = "v")]
+    pub version: i64,
+    /// The set after this version (empty for a delete).
+    #[serde(rename = "s", default)]
+    pub segments: Vec<String>,
+    #[serde(rename = "z", default, skip_serializing_if = "Option::is_none")]
+    pub zone: Option<String>,
+    /// A delete: the user left every segment (a profile stored again after it starts here).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub gone: bool,
+}
+
+impl SegmentHistory {
+    /// Steps kept per user: a redelivery further back than this emits nothing.
+    pub const KEPT: usize = 8;
+
+    /// The history of a profile first stored with `before` (empty for a new user).
+    pub fn starting_from(before: Vec<String>) -> Self {
+        Self {
+            base: Some(before),
+            steps: Vec::new(),
+        }
+    }
+
+    /// The history of a profile stored again after the delete at `version`.
+    pub fn after_delete(version: i64) -> Self {
+        Self {
+            base: None,
+            steps: vec![SegmentStep {
+                version,
+                segments: Vec::new(),
+                zone: None,
+                gone: true,
+            }],
+        }
+    }
+
+    /// Records a change; the oldest step goes when more than [`Self::KEPT`] are held.
+    pub fn push(&mut self, step: SegmentStep) {
+        self.steps.push(step);
+        if self.steps.len() > Self::KEPT {
+            let dropped = self.steps.remove(0);
+            self.base = Some(dropped.segments);
+        }
+    }
+
+    /// The step of `version`, and the set before it when known.
+    pub fn find(&self, version: i64) -> Option<(&SegmentStep, Option<&[String]>)> {
+        let i = self.steps.iter().position(|s| s.version == version)?;
+        let before = match i {
+            0 => self.base.as_deref(),
+            _ => Some(self.steps[i - 1].segments.as_slice()),
+        };
+        Some((&self.steps[i], before))
+    }
 }

@@ -30,6 +30,7 @@ pub mod retry;
 pub mod runtime;
 pub mod schema;
 pub mod segment_changes;
+pub mod serve;
 pub mod sources;
 pub mod stages;
 pub mod stores;

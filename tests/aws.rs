@@ -743,7 +743,7 @@ fn change(user: Uuid, version: i64, op: Operation) -> ProtectedChange {
         key_version: 1,
         region: Region::unknown(),
         segments: vec!["a".into()],
-        segments_before: None,
+        segment_history: None,
         email_index: Some(format!("idx-{user}")),
     });
     ProtectedChange {

@@ -150,7 +150,7 @@ proptest! {
                 key_version: 1,
                 region: Region::unknown(),
                 segments,
-                segments_before: None,
+                segment_history: None,
                 email_index: Some("ab".into()),
             }),
         };
@@ -173,7 +173,7 @@ fn change(user: uuid::Uuid, version: i64, delete: bool) -> ProtectedChange {
         key_version: 1,
         region: Region::unknown(),
         segments: vec![],
-        segments_before: None,
+        segment_history: None,
         email_index: None,
     });
     ProtectedChange {

@@ -9,7 +9,7 @@ use crate::schema::Classification;
 use serde_json::Value as Json;
 use uuid::Uuid;
 
-pub const MASK: &str = "***";
+pub use crate::privacy::MASK;
 
 #[derive(clap::Args)]
 pub struct Args {

@@ -18,6 +18,7 @@ mod run;
 mod schemas;
 mod search;
 mod segments;
+mod serve;
 mod validate;
 
 use clap::{Parser, Subcommand, ValueEnum};
@@ -87,6 +88,11 @@ enum Command {
     Schemas(schemas::Args),
     /// Work with the dead-letter topic.
     Dlq(dlq::Args),
+    /// Serve the profile API (API keys, roles, field permissions, rate limits, audit).
+    Serve(serve::Args),
+    /// Keys of the profile API: create (shown once), list, revoke.
+    #[command(subcommand, name = "api-keys")]
+    ApiKeys(serve::KeysCommand),
     /// Follow the segment change feed, or backfill it with every user's current segments.
     Segments(segments::Args),
     /// Development helpers (the Schema Registry test double).
@@ -183,6 +189,8 @@ pub fn main() -> ExitCode {
             Command::Schemas(args) => schemas::run(args).await,
             Command::Dlq(args) => dlq::run(args).await,
             Command::Segments(args) => segments::run(args).await,
+            Command::Serve(args) => serve::run(args).await,
+            Command::ApiKeys(command) => serve::keys(command).await,
             Command::Dev(args) => dev::run(args).await,
             Command::Bootstrap(args) => bootstrap::run(args).await,
             Command::Keys(command) => keys::run(command).await,

@@ -37,6 +37,9 @@ pub struct PipelineConfig {
     pub enrich: EnrichConfig,
     #[serde(default)]
     pub privacy: PrivacyConfig,
+    /// The profile API (`profile-sync serve`): keys, roles, rate limits.
+    #[serde(default)]
+    pub serve: ServeConfig,
     /// Events per batch: the unit of store transactions and acknowledgements.
     #[serde(default = "default_batch_size")]
     pub batch_size: usize,
@@ -552,6 +555,80 @@ impl<'de> Deserialize<'de> for SegmentConfig {
             purpose: full.purpose,
         })
     }
+}
+
+/// The profile API's settings.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServeConfig {
+    /// The API key file (hashes only), in the data folder unless absolute.
+    #[serde(default = "default_api_keys")]
+    pub api_keys: PathBuf,
+    /// Roles by name; absent: the shipped roles (README, "Serving profiles").
+    #[serde(default)]
+    pub roles: Option<BTreeMap<String, RoleConfig>>,
+    #[serde(default)]
+    pub rate_limit: RateLimitConfig,
+}
+
+impl Default for ServeConfig {
+    fn default() -> Self {
+        Self {
+            api_keys: default_api_keys(),
+            roles: None,
+            rate_limit: RateLimitConfig::default(),
+        }
+    }
+}
+
+fn default_api_keys() -> PathBuf {
+    PathBuf::from("api-keys.json")
+}
+
+/// A role: the actions it may take (`read`, `reveal`, `search`, `lookup`, `audit`), the field
+/// classes or fields it reads as stored, and those it may reveal with a reason.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RoleConfig {
+    #[serde(default)]
+    pub actions: Vec<String>,
+    #[serde(default)]
+    pub read: Vec<String>,
+    #[serde(default)]
+    pub reveal: Vec<String>,
+}
+
+/// Requests per API key: a steady rate with a burst, and a stricter one for reveal and lookup.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RateLimitConfig {
+    #[serde(default = "default_per_second")]
+    pub per_second: u32,
+    #[serde(default = "default_burst")]
+    pub burst: u32,
+    /// Reveals and lookups per key per minute.
+    #[serde(default = "default_reveal_per_minute")]
+    pub reveal_per_minute: u32,
+}
+
+impl Default for RateLimitConfig {
+    fn default() -> Self {
+        Self {
+            per_second: default_per_second(),
+            burst: default_burst(),
+            reveal_per_minute: default_reveal_per_minute(),
+        }
+    }
+}
+
+fn default_per_second() -> u32 {
+    5_000
+}
+fn default_burst() -> u32 {
+    10_000
+}
+fn default_reveal_per_minute() -> u32 {
+    60
 }
 
 /// Consent purposes, what happens to events for erased users, and retention.

@@ -18,7 +18,7 @@ pub use build::{
 
 use crate::config::{ErasedUserEvents, PrivacyConfig};
 use crate::dead_letter::{DeadLetter, DeadLetterError, DeadLetterSink, Sealing};
-use crate::event::{Operation, ProfileChange, ProtectedChange};
+use crate::event::{Operation, ProfileChange, ProtectedChange, SegmentHistory, SegmentStep};
 use crate::event::{Rejection, Stage};
 use crate::indexes::IndexError;
 use crate::keys::KeyError;
@@ -213,13 +213,13 @@ struct Protected {
 
 /// What a change emits to the segment change feed, decided from the stored segments read
 /// just before its write: one change if the store applies it, another (the one its first
-/// delivery emitted, rebuilt from the stored record) if it is a redelivery.
+/// application emitted, rebuilt from the stored history) if the store has it already.
 #[derive(Debug, Clone, Default)]
 pub struct Foreseen {
-    /// The segments the stored profile has before this change, if it is applied.
-    before: Option<Vec<String>>,
+    /// The history its record is stored with, if it is applied.
+    history: Option<SegmentHistory>,
     applied: Option<SegmentChange>,
-    replayed: Option<SegmentChange>,
+    again: Option<SegmentChange>,
     /// The segments the user leaves and enters when it is applied (the members gauge; for a
     /// delete, the segments the user really had).
     moved: (Vec<String>, Vec<String>),
@@ -233,24 +233,24 @@ impl StoredTogether {
 
     /// What [`Pipeline::foresee`] decided for [`Self::pending`].
     pub fn foreseen(&mut self, foreseen: Vec<Foreseen>) {
-        set_before(&mut self.changes, &foreseen);
+        set_history(&mut self.changes, &foreseen);
         self.foreseen = foreseen;
     }
 }
 
 impl Protected {
     fn foreseen(&mut self, foreseen: Vec<Foreseen>) {
-        set_before(&mut self.changes, &foreseen);
+        set_history(&mut self.changes, &foreseen);
         self.foreseen = foreseen;
     }
 }
 
-/// Each upsert's record keeps the segments it replaces, so that a redelivery of it emits the
-/// same segment change.
-fn set_before(changes: &mut [ProtectedChange], foreseen: &[Foreseen]) {
+/// Each upsert's record keeps the user's recent segment changes, so that a redelivery of any
+/// of them emits the same segment change.
+fn set_history(changes: &mut [ProtectedChange], foreseen: &[Foreseen]) {
     for (change, f) in changes.iter_mut().zip(foreseen) {
-        if let (Some(record), Some(before)) = (change.record.as_mut(), &f.before) {
-            record.segments_before = Some(before.clone());
+        if let (Some(record), Some(history)) = (change.record.as_mut(), &f.history) {
+            record.segment_history = Some(history.clone());
         }
     }
 }
@@ -540,72 +540,79 @@ impl Pipeline {
                     cause: if delete { Cause::Delete } else { Cause::Upsert },
                 };
                 let stored = current.get(&change.user_id);
-                match stored {
-                    Some(s) if s.version > change.version => Foreseen::default(),
-                    Some(s) if s.version == change.version => Foreseen {
-                        replayed: if delete {
-                            Some(SegmentChange::gone(origin, &declared))
-                        } else {
-                            s.before.as_ref().and_then(|before| {
-                                SegmentChange::between(
-                                    origin,
-                                    before,
-                                    &s.segments,
-                                    s.residency_zone.as_deref(),
-                                )
-                            })
+                if let Some(s) = stored.filter(|s| s.version >= change.version) {
+                    // Delivered again (or never applied): what its first application emitted,
+                    // if the stored history holds it.
+                    return Foreseen {
+                        again: match (&s.history, s.version == change.version && delete) {
+                            (_, true) => Some(SegmentChange::gone(origin, &declared)),
+                            (Some(h), false) => SegmentChange::again(origin, h, &declared),
+                            (None, false) => None,
                         },
                         ..Foreseen::default()
+                    };
+                }
+                let (before, mut history) = match stored {
+                    Some(s) if s.live => (
+                        s.segments.clone(),
+                        s.history
+                            .clone()
+                            .unwrap_or_else(|| SegmentHistory::starting_from(s.segments.clone())),
+                    ),
+                    Some(s) => (Vec::new(), SegmentHistory::after_delete(s.version)),
+                    None => (Vec::new(), SegmentHistory::starting_from(Vec::new())),
+                };
+                let (applied, after, zone) = match &change.record {
+                    Some(r) if !delete => (
+                        SegmentChange::between(
+                            origin,
+                            &before,
+                            &r.segments,
+                            Some(&r.region.residency_zone),
+                        ),
+                        r.segments.clone(),
+                        Some(r.region.residency_zone.clone()),
+                    ),
+                    _ => (
+                        Some(SegmentChange::gone(origin, &declared)),
+                        Vec::new(),
+                        None,
+                    ),
+                };
+                if !delete && applied.is_some() {
+                    history.push(SegmentStep {
+                        version: change.version,
+                        segments: after.clone(),
+                        zone: zone.clone(),
+                        gone: false,
+                    });
+                }
+                let history = (!delete).then_some(history);
+                current.insert(
+                    change.user_id,
+                    crate::stores::StoredSegments {
+                        version: change.version,
+                        live: !delete,
+                        segments: after.clone(),
+                        history: history.clone(),
+                        residency_zone: zone,
                     },
-                    _ => {
-                        let before = stored
-                            .filter(|s| s.live)
-                            .map(|s| s.segments.clone())
-                            .unwrap_or_default();
-                        let (applied, after, zone) = match &change.record {
-                            Some(r) if !delete => (
-                                SegmentChange::between(
-                                    origin,
-                                    &before,
-                                    &r.segments,
-                                    Some(&r.region.residency_zone),
-                                ),
-                                r.segments.clone(),
-                                Some(r.region.residency_zone.clone()),
-                            ),
-                            _ => (
-                                Some(SegmentChange::gone(origin, &declared)),
-                                Vec::new(),
-                                None,
-                            ),
-                        };
-                        current.insert(
-                            change.user_id,
-                            crate::stores::StoredSegments {
-                                version: change.version,
-                                live: !delete,
-                                segments: after.clone(),
-                                before: Some(before.clone()),
-                                residency_zone: zone,
-                            },
-                        );
-                        let exited = before
-                            .iter()
-                            .filter(|s| !after.contains(s))
-                            .cloned()
-                            .collect();
-                        let entered = after
-                            .iter()
-                            .filter(|s| !before.contains(s))
-                            .cloned()
-                            .collect();
-                        Foreseen {
-                            before: Some(before),
-                            applied,
-                            replayed: None,
-                            moved: (entered, exited),
-                        }
-                    }
+                );
+                let exited = before
+                    .iter()
+                    .filter(|s| !after.contains(s))
+                    .cloned()
+                    .collect();
+                let entered = after
+                    .iter()
+                    .filter(|s| !before.contains(s))
+                    .cloned()
+                    .collect();
+                Foreseen {
+                    history,
+                    applied,
+                    again: None,
+                    moved: (entered, exited),
                 }
             })
             .collect())
@@ -629,8 +636,8 @@ impl Pipeline {
                         telemetry::segment_members_moved(&f.moved.0, &f.moved.1);
                         &f.applied
                     }
-                    WriteOutcome::Replayed => &f.replayed,
-                    WriteOutcome::Stale | WriteOutcome::Erased => &None,
+                    WriteOutcome::Replayed | WriteOutcome::Stale => &f.again,
+                    WriteOutcome::Erased => &None,
                 };
                 out.segment_changes.extend(emitted.clone());
             }

@@ -9,7 +9,7 @@ pub use export::export;
 pub use retention::{retention, RetentionReport};
 
 use crate::crypto::open_field;
-use crate::event::{Fields, ProtectedRecord};
+use crate::event::{Fields, ProtectedRecord, SegmentHistory, SegmentStep};
 use crate::event::{Operation, ProfileChange, ProtectedChange};
 use crate::indexes::{IndexError, SearchIndex};
 use crate::keys::{DataKeys, KeyError};
@@ -22,6 +22,9 @@ use crate::stores::{
 use chrono::Utc;
 use std::sync::Arc;
 use uuid::Uuid;
+
+/// What a masked field shows instead of its value.
+pub const MASK: &str = "***";
 
 #[derive(Debug, thiserror::Error)]
 pub enum PrivacyError {
@@ -239,23 +242,17 @@ impl Profiles {
             occurred_at: change.occurred_at,
             cause: Cause::Consent,
         };
-        if stored.version == change.version {
-            // Delivered again: the segment change of its first delivery, from the record.
+        if stored.version >= change.version {
+            // Delivered again: the change its first application made, if the history holds
+            // it. (An older consent event never applied is recorded, and it counts from the
+            // next profile change on.)
             return Ok(Consented {
-                segment_change: record.segments_before.as_ref().and_then(|before| {
-                    SegmentChange::between(
-                        origin,
-                        before,
-                        &record.segments,
-                        Some(&record.region.residency_zone),
-                    )
-                }),
+                segment_change: record
+                    .segment_history
+                    .as_ref()
+                    .and_then(|h| SegmentChange::again(origin, h, &[])),
                 ..Consented::default()
             });
-        }
-        if stored.version > change.version {
-            // An older consent event: recorded, and it counts from the next profile change on.
-            return Ok(Consented::default());
         }
         let view = ProfileChange {
             profile: Some(record.profile.clone()),
@@ -275,7 +272,19 @@ impl Profiles {
             &record.segments,
             Some(&record.region.residency_zone),
         );
-        record.segments_before = Some(before);
+        let mut history = record
+            .segment_history
+            .take()
+            .unwrap_or_else(|| SegmentHistory::starting_from(before));
+        if segment_change.is_some() {
+            history.push(SegmentStep {
+                version: change.version,
+                segments: record.segments.clone(),
+                zone: Some(record.region.residency_zone.clone()),
+                gone: false,
+            });
+        }
+        record.segment_history = Some(history);
         let updated = ProtectedChange {
             user_id: change.user_id,
             version: change.version,

@@ -1,8 +1,8 @@
 //! Segment changes as a Kafka topic: keyed by user id (so a user's changes share a partition
 //! and keep their order), the value an Avro datum of `schemas/segment_change.avsc` in the
 //! Confluent wire format. The schema is registered under `<topic>-value` on first use (a
-//! registry that already has it returns its id). The producer is idempotent with `acks=all`,
-//! and every send is awaited before `send` returns: the source offset is committed only
+//! registry that already has it returns its id). The producer has `acks=all` and one request
+//! in flight per broker (retries cannot reorder a user's changes), and every send is awaited before `send` returns: the source offset is committed only
 //! once the changes are durable.
 
 use super::{SegmentChange, SegmentChangeError, SegmentChangeSink};
@@ -46,8 +46,11 @@ impl SegmentChangeTopic {
         for (k, v) in &settings.properties {
             config.set(k, v);
         }
-        // Order per user (per partition) survives retries only with these.
-        config.set("acks", "all").set("enable.idempotence", "true");
+        // Order per user (per partition) survives retries with one request in flight per
+        // broker (the batch's changes still go in few requests: linger.ms batches them).
+        config
+            .set("acks", "all")
+            .set("max.in.flight.requests.per.connection", "1");
         let producer: FutureProducer = config.create().map_err(|e| {
             SegmentChangeError(format!(
                 "cannot create the segment change producer ({e}): check segment_changes.properties"

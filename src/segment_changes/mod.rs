@@ -104,6 +104,21 @@ impl SegmentChange {
         })
     }
 
+    /// The change the event `origin` names made when it was first applied, rebuilt from the
+    /// stored `history`; `None` when the history does not hold it (never applied, too old, or
+    /// it changed no segment).
+    pub fn again(
+        origin: Origin,
+        history: &crate::event::SegmentHistory,
+        declared: &[String],
+    ) -> Option<Self> {
+        let (step, before) = history.find(origin.version)?;
+        if step.gone {
+            return Some(Self::gone(origin, declared));
+        }
+        Self::between(origin, before?, &step.segments, step.zone.as_deref())
+    }
+
     /// A delete or an erasure: the user leaves every `declared` segment. The tombstone keeps
     /// nothing about the user, so this content is the same on every delivery.
     pub fn gone(origin: Origin, declared: &[String]) -> Self {

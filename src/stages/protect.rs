@@ -129,7 +129,7 @@ impl Protector {
                         key_version,
                         region: region.unwrap_or_else(crate::event::Region::unknown),
                         segments,
-                        segments_before: None,
+                        segment_history: None,
                         email_index,
                     }),
                 })

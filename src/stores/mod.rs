@@ -93,15 +93,15 @@ pub struct AuditRecord {
     pub request_id: Uuid,
 }
 
-/// What the segment change feed needs of a stored profile: its version and segments, and the
-/// segments it had before that version (when the feed was on as it was written).
+/// What the segment change feed needs of a stored profile: its version, segments and zone, and
+/// its recent segment changes (when the feed was on as it was written).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct StoredSegments {
     pub version: i64,
     /// `false` for a delete fence or a tombstone: the user is in no segment.
     pub live: bool,
     pub segments: Vec<String>,
-    pub before: Option<Vec<String>>,
+    pub history: Option<crate::event::SegmentHistory>,
     pub residency_zone: Option<String>,
 }
 

@@ -126,8 +126,11 @@ pub fn profile_item(change: &ProtectedChange) -> Item {
         );
         item.insert("key_version".into(), n(r.key_version));
         item.insert("segments".into(), strings(&r.segments));
-        if let Some(before) = &r.segments_before {
-            item.insert("segments_before".into(), strings(before));
+        if let Some(history) = &r.segment_history {
+            item.insert(
+                "segment_history".into(),
+                s(serde_json::to_string(history).expect("a history serialises")),
+            );
         }
         item.insert("country".into(), s(r.region.country.clone()));
         item.insert("continent".into(), s(r.region.continent.clone()));
@@ -151,9 +154,10 @@ pub fn parse_segments(item: &Item) -> Result<(Uuid, StoredSegments), StoreError>
             version: get_n(item, "profile", "version")?,
             live,
             segments: get_strings(item, "segments"),
-            before: item
-                .contains_key("segments_before")
-                .then(|| get_strings(item, "segments_before")),
+            history: opt_s(item, "segment_history")
+                .map(serde_json::from_str)
+                .transpose()
+                .map_err(|_| bad("profile", "segment_history"))?,
             residency_zone: opt_s(item, "residency_zone").map(str::to_string),
         },
     ))

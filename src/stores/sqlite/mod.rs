@@ -701,7 +701,7 @@ impl ProfileStore for SqliteStore {
             let mut stmt = conn
                 .prepare_cached(
                     "SELECT user_id, version, deleted,
-                       json_extract(record, '$.segments', '$.segments_before', '$.region.residency_zone')
+                       json_extract(record, '$.segments', '$.segment_history', '$.region.residency_zone')
                      FROM profiles WHERE user_id IN (SELECT value FROM json_each(?1))",
                 )
                 .map_err(failed)?;
@@ -715,12 +715,16 @@ impl ProfileStore for SqliteStore {
                     ))
                 })
                 .map_err(failed)?;
-            // One parse of the record gives the three: `[segments, segments_before, zone]`.
-            type Extracted = (Option<Vec<String>>, Option<Vec<String>>, Option<String>);
+            // One parse of the record gives the three: `[segments, segment_history, zone]`.
+            type Extracted = (
+                Option<Vec<String>>,
+                Option<crate::event::SegmentHistory>,
+                Option<String>,
+            );
             let mut sets = HashMap::new();
             for row in rows {
                 let (user, version, deleted, extracted) = row.map_err(failed)?;
-                let (segments, before, zone): Extracted = match extracted {
+                let (segments, history, zone): Extracted = match extracted {
                     Some(text) => serde_json::from_str(&text).map_err(|_| {
                         StoreError::Failed("a stored record's segments are not a list of names".into())
                     })?,
@@ -732,7 +736,7 @@ impl ProfileStore for SqliteStore {
                         version,
                         live: !deleted,
                         segments: segments.unwrap_or_default(),
-                        before,
+                        history,
                         residency_zone: zone,
                     },
                 );
@@ -824,7 +828,7 @@ mod tests {
             key_version: 1,
             region: Region::unknown(),
             segments: vec![],
-            segments_before: None,
+            segment_history: None,
             email_index: None,
         });
         ProtectedChange {

@@ -1,0 +1,425 @@
+//! `profile-sync serve`, the profile API, from outside: the real binary serving the embedded
+//! store and index of a generated run, called over HTTP with keys made by `api-keys create`.
+//! What each role may see, reveal and do; the audit trail naming the key; rate limits; and
+//! the audit store failing closed.
+
+mod common;
+
+use common::canary::Canary;
+use common::*;
+use serde_json::{json, Value as Json};
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Stdio};
+
+/// A served data folder: a generated run, keys per role, and the server.
+struct Served {
+    dir: tempfile::TempDir,
+    input: PathBuf,
+    pipeline: PathBuf,
+    server: Child,
+    url: String,
+    http: reqwest::Client,
+}
+
+impl Drop for Served {
+    fn drop(&mut self) {
+        let _ = self.server.kill();
+        let _ = self.server.wait();
+    }
+}
+
+impl Served {
+    /// `serve` is appended to pipelines/local.yaml as its `serve:` section.
+    fn start(serve: &str) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let root = repo().display().to_string();
+        let text = std::fs::read_to_string(local_pipeline())
+            .unwrap()
+            .replace("../", &format!("{root}/"))
+            + serve;
+        let pipeline = dir.path().join("serve.yaml");
+        std::fs::write(&pipeline, text).unwrap();
+        let (input, _) = generate(dir.path(), 400, 0.0, "jsonl", 5);
+        run_with(&pipeline, &input, &dir.path().join("data"));
+        let mut server = bin_std()
+            .args(["serve", "--listen", "127.0.0.1:0", "--pipeline"])
+            .arg(&pipeline)
+            .arg("--data-dir")
+            .arg(dir.path().join("data"))
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut stderr = BufReader::new(server.stderr.take().unwrap());
+        let mut line = String::new();
+        stderr.read_line(&mut line).unwrap();
+        let url = line
+            .trim()
+            .rsplit(' ')
+            .next()
+            .filter(|u| u.starts_with("http://"))
+            .unwrap_or_else(|| panic!("serve did not say where it listens: {line:?}"))
+            .to_string();
+        // Keep draining stderr so the server never blocks on a full pipe.
+        std::thread::spawn(move || for _ in stderr.lines() {});
+        Self {
+            dir,
+            input,
+            pipeline,
+            server,
+            url,
+            http: reqwest::Client::new(),
+        }
+    }
+
+    fn data(&self) -> PathBuf {
+        self.dir.path().join("data")
+    }
+
+    fn cli(&self, args: &[&str]) -> std::process::Output {
+        bin_std()
+            .args(args)
+            .arg("--pipeline")
+            .arg(&self.pipeline)
+            .arg("--data-dir")
+            .arg(self.data())
+            .output()
+            .unwrap()
+    }
+
+    /// A key for `role`, made by the CLI.
+    fn key(&self, name: &str, role: &str) -> String {
+        let out = self.cli(&[
+            "api-keys", "create", "--name", name, "--role", role, "--output", "json",
+        ]);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let made: Json = serde_json::from_slice(&out.stdout).unwrap();
+        made["key"].as_str().unwrap().to_string()
+    }
+
+    async fn get(&self, key: Option<&str>, path: &str) -> (u16, Json) {
+        let mut request = self.http.get(format!("{}{path}", self.url));
+        if let Some(key) = key {
+            request = request.bearer_auth(key);
+        }
+        let response = request.send().await.unwrap();
+        (response.status().as_u16(), response.json().await.unwrap())
+    }
+
+    async fn post(&self, key: &str, path: &str, body: Json) -> reqwest::Response {
+        self.http
+            .post(format!("{}{path}", self.url))
+            .bearer_auth(key)
+            .json(&body)
+            .send()
+            .await
+            .unwrap()
+    }
+
+    /// A live user with an email, and the generated profile.
+    async fn live_user(&self, key: &str) -> (String, serde_json::Map<String, Json>) {
+        for (user, expected) in expected_state(&self.input) {
+            if expected.deleted || !expected.profile.contains_key("email") {
+                continue;
+            }
+            let (status, body) = self.get(Some(key), &format!("/v1/profiles/{user}")).await;
+            if status == 200 && body["state"] == "live" {
+                return (user, expected.profile);
+            }
+        }
+        panic!("no live user with an email in the generated run");
+    }
+
+    fn audit(&self, user: &str) -> Vec<Json> {
+        let out = self.cli(&["audit", user]);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout)
+            .unwrap()
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect()
+    }
+}
+
+fn bin_std() -> std::process::Command {
+    let mut cmd = std::process::Command::new(binary());
+    cmd.current_dir(repo()).env_remove("PROFILE_SYNC_LOG");
+    cmd
+}
+
+#[tokio::test]
+async fn no_key_a_wrong_key_and_a_revoked_key_are_401_as_problem_documents() {
+    let s = Served::start("");
+    let key = s.key("engine", "personalization");
+    let (user, _) = s.live_user(&key).await;
+    let path = format!("/v1/profiles/{user}/segments");
+    let (status, problem) = s.get(None, &path).await;
+    assert_eq!(status, 401);
+    assert_eq!(problem["status"], 401);
+    assert!(problem["detail"].as_str().unwrap().contains("Bearer"));
+    let mut wrong = key.clone();
+    wrong.pop();
+    assert_eq!(s.get(Some(&wrong), &path).await.0, 401);
+    assert_eq!(s.get(Some("psk_nothing_here"), &path).await.0, 401);
+    assert_eq!(s.get(Some(&key), &path).await.0, 200);
+    let out = s.cli(&["api-keys", "revoke", "engine"]);
+    assert!(out.status.success());
+    assert_eq!(s.get(Some(&key), &path).await.0, 401);
+}
+
+#[tokio::test]
+async fn each_role_sees_only_what_it_may_and_pii_is_never_in_a_read() {
+    let s = Served::start("");
+    let engine = s.key("engine", "personalization");
+    let officer = s.key("dpo", "privacy_officer");
+    let analyst = s.key("bi", "analyst");
+    let (user, generated) = s.live_user(&engine).await;
+
+    let (status, body) = s.get(Some(&engine), &format!("/v1/profiles/{user}")).await;
+    assert_eq!(status, 200);
+    let profile = &body["profile"];
+    assert_eq!(profile["email"], "***");
+    if generated.contains_key("preferences") {
+        assert_eq!(
+            profile["preferences"], "***",
+            "sensitive is masked for personalization"
+        );
+    }
+    assert_eq!(profile["locale"], generated["locale"]);
+    assert!(body["segments"].is_array());
+
+    let (_, body) = s.get(Some(&officer), &format!("/v1/profiles/{user}")).await;
+    assert_eq!(body["profile"]["email"], "***", "pii is only ever revealed");
+    if let Some(prefs) = generated.get("preferences") {
+        assert_eq!(&body["profile"]["preferences"], prefs);
+    }
+
+    let (status, segments) = s
+        .get(Some(&engine), &format!("/v1/profiles/{user}/segments"))
+        .await;
+    assert_eq!(status, 200);
+    assert_eq!(
+        segments["segments"],
+        s.get(Some(&engine), &format!("/v1/profiles/{user}"))
+            .await
+            .1["segments"]
+    );
+
+    assert_eq!(
+        s.get(Some(&analyst), &format!("/v1/profiles/{user}"))
+            .await
+            .0,
+        403
+    );
+    assert_eq!(s.get(Some(&engine), "/v1/search?q=*").await.0, 403);
+    let (status, found) = s
+        .get(Some(&analyst), "/v1/search?q=segments:high_value&limit=50")
+        .await;
+    assert_eq!(status, 200);
+    assert!(found["total"].as_u64().unwrap() > 0);
+
+    // No generated PII value in any read answer.
+    let canary = Canary::of_generated(&s.input);
+    for key in [&engine, &officer] {
+        let (_, body) = s.get(Some(key), &format!("/v1/profiles/{user}")).await;
+        canary.assert_absent("a read answer", body.to_string());
+    }
+    canary.assert_absent("a search answer", found.to_string());
+}
+
+#[tokio::test]
+async fn a_reveal_needs_a_reason_returns_only_permitted_fields_and_is_audited_once_under_the_key() {
+    let s = Served::start("");
+    let support = s.key("support-desk", "support");
+    let engine = s.key("engine", "personalization");
+    let (user, generated) = s.live_user(&support).await;
+    let path = format!("/v1/profiles/{user}/reveal");
+
+    let r = s.post(&support, &path, json!({"fields": ["email"]})).await;
+    assert_eq!(r.status(), 400);
+    assert_eq!(r.headers()["content-type"], "application/problem+json");
+    assert_eq!(
+        s.post(
+            &support,
+            &path,
+            json!({"fields": ["birth_date"], "reason": "t-1"})
+        )
+        .await
+        .status(),
+        403
+    );
+    assert_eq!(
+        s.post(
+            &engine,
+            &path,
+            json!({"fields": ["email"], "reason": "t-1"})
+        )
+        .await
+        .status(),
+        403
+    );
+    assert!(
+        s.audit(&user).iter().all(|r| r["action"] != "reveal"),
+        "refused reveals leave no record"
+    );
+
+    let r = s
+        .post(
+            &support,
+            &path,
+            json!({"fields": ["email"], "reason": "ticket 42"}),
+        )
+        .await;
+    assert_eq!(r.status(), 200);
+    let body: Json = r.json().await.unwrap();
+    assert_eq!(body["fields"], json!({"email": generated["email"]}));
+    let reveals: Vec<Json> = s
+        .audit(&user)
+        .into_iter()
+        .filter(|r| r["action"] == "reveal")
+        .collect();
+    assert_eq!(reveals.len(), 1, "{reveals:?}");
+    assert_eq!(reveals[0]["actor"], "api-key:support-desk");
+    assert_eq!(reveals[0]["fields"], json!(["email"]));
+    assert_eq!(reveals[0]["reason"], "ticket 42");
+
+    // A lookup by email finds the user and is audited as well.
+    let email = generated["email"].as_str().unwrap();
+    let r = s
+        .post(
+            &support,
+            "/v1/profiles/lookup",
+            json!({"email": email, "reason": "caller on the phone"}),
+        )
+        .await;
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.json::<Json>().await.unwrap()["user_id"], user);
+    let lookups = s
+        .audit(&user)
+        .into_iter()
+        .filter(|r| r["action"] == "lookup")
+        .count();
+    assert_eq!(lookups, 1);
+}
+
+#[tokio::test]
+async fn past_its_reveal_limit_a_key_gets_429_with_retry_after_and_nothing_is_revealed() {
+    let s = Served::start("serve:\n  rate_limit:\n    reveal_per_minute: 2\n");
+    let support = s.key("support-desk", "support");
+    let (user, _) = s.live_user(&support).await;
+    let path = format!("/v1/profiles/{user}/reveal");
+    let body = json!({"fields": ["email"], "reason": "ticket 7"});
+    assert_eq!(s.post(&support, &path, body.clone()).await.status(), 200);
+    assert_eq!(s.post(&support, &path, body.clone()).await.status(), 200);
+    let r = s.post(&support, &path, body.clone()).await;
+    assert_eq!(r.status(), 429);
+    let wait: u64 = r.headers()["retry-after"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!((1..=60).contains(&wait), "{wait}");
+    let reveals = s
+        .audit(&user)
+        .into_iter()
+        .filter(|r| r["action"] == "reveal")
+        .count();
+    assert_eq!(reveals, 2);
+    // Another key has a limit of its own.
+    let other = s.key("support-2", "support");
+    assert_eq!(s.post(&other, &path, body).await.status(), 200);
+}
+
+#[tokio::test]
+async fn when_the_audit_trail_cannot_be_written_a_reveal_answers_503_and_reveals_nothing() {
+    let s = Served::start("");
+    let support = s.key("support-desk", "support");
+    let (user, generated) = s.live_user(&support).await;
+    // The audit store goes down for writes: an outside connection makes every append fail.
+    let db = rusqlite::Connection::open(s.data().join("profiles.sqlite")).unwrap();
+    db.execute_batch(
+        "CREATE TRIGGER audit_down BEFORE INSERT ON audit BEGIN SELECT RAISE(ABORT, 'down'); END;",
+    )
+    .unwrap();
+    let r = s
+        .post(
+            &support,
+            &format!("/v1/profiles/{user}/reveal"),
+            json!({"fields": ["email"], "reason": "ticket 9"}),
+        )
+        .await;
+    assert_eq!(r.status(), 503);
+    let text = r.text().await.unwrap();
+    assert!(
+        !text.contains(generated["email"].as_str().unwrap()),
+        "{text}"
+    );
+    let email = generated["email"].as_str().unwrap();
+    let r = s
+        .post(
+            &support,
+            "/v1/profiles/lookup",
+            json!({"email": email, "reason": "x"}),
+        )
+        .await;
+    assert_eq!(r.status(), 503);
+    assert!(!r.text().await.unwrap().contains(&user));
+    db.execute_batch("DROP TRIGGER audit_down;").unwrap();
+    assert_eq!(
+        s.post(
+            &support,
+            &format!("/v1/profiles/{user}/reveal"),
+            json!({"fields": ["email"], "reason": "ticket 9"})
+        )
+        .await
+        .status(),
+        200
+    );
+}
+
+#[test]
+fn a_key_for_an_unknown_role_or_a_role_with_a_typo_is_a_usage_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = repo().display().to_string();
+    let base = std::fs::read_to_string(local_pipeline())
+        .unwrap()
+        .replace("../", &format!("{root}/"));
+    let pipeline = dir.path().join("p.yaml");
+    std::fs::write(&pipeline, &base).unwrap();
+    let create = |pipeline: &Path, role: &str| {
+        bin_std()
+            .args([
+                "api-keys",
+                "create",
+                "--name",
+                "x",
+                "--role",
+                role,
+                "--pipeline",
+            ])
+            .arg(pipeline)
+            .arg("--data-dir")
+            .arg(dir.path())
+            .output()
+            .unwrap()
+    };
+    let out = create(&pipeline, "superuser");
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("no role `superuser`"));
+    std::fs::write(
+        &pipeline,
+        base + "serve:\n  roles:\n    support:\n      actions: [read, reveal]\n      reveal: [emial]\n",
+    )
+    .unwrap();
+    let out = create(&pipeline, "support");
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("emial"));
+}
