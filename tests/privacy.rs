@@ -1707,6 +1707,7 @@ fn segment_changes_follow_upserts_consents_deletes_and_erasures_and_replays_repe
 ) {
     const CAROL: &str = "cccccccc-3333-4333-8333-333333333333";
     const DAVE: &str = "dddddddd-4444-4444-8444-444444444444";
+    const EVE: &str = "eeeeeeee-5555-4555-8555-555555555555";
     const T: &str = "2026-02-01T00:00:00Z";
     let consent_at = |user: &str, version: i64, granted: bool| {
         let mut e: Json = serde_json::from_str(&consent(user, version, granted)).unwrap();
@@ -1722,7 +1723,7 @@ fn segment_changes_follow_upserts_consents_deletes_and_erasures_and_replays_repe
         shopper(CAROL, 1, 2500.0, "pro", T),
         shopper(CAROL, 2, 500.0, "pro", T),
         shopper(CAROL, 2, 500.0, "pro", T),  // delivered again
-        shopper(CAROL, 1, 2500.0, "pro", T), // out of order: stale
+        shopper(CAROL, 1, 2500.0, "pro", T), // delivered again, after v2
         shopper(CAROL, 3, 600.0, "pro", T),  // same segments: no change
         consent_at(CAROL, 4, true),
         consent_at(CAROL, 5, false),
@@ -1731,6 +1732,8 @@ fn segment_changes_follow_upserts_consents_deletes_and_erasures_and_replays_repe
         shopper(DAVE, 2, 5000.0, "enterprise", T),
         event(DAVE, 3, "ERASE", T),
         shopper(DAVE, 2, 5000.0, "enterprise", T), // older than the erasure: stale
+        shopper(EVE, 2, 5000.0, "pro", T),
+        shopper(EVE, 1, 50.0, "basic", T), // older, never applied: stale, emits nothing
     ];
     stack.run("1.jsonl", &events);
     let change = |user: &str,
@@ -1762,18 +1765,29 @@ fn segment_changes_follow_upserts_consents_deletes_and_erasures_and_replays_repe
     );
     let carol_deleted = change(CAROL, 6, "DELETE", &[], &every, &[], None);
     let dave_erased = change(DAVE, 3, "ERASE", &[], &every, &[], None);
+    let eve_v2 = change(
+        EVE,
+        2,
+        "UPSERT",
+        &["eu_resident", "high_value", "paying"],
+        &[],
+        &["eu_resident", "high_value", "paying"],
+        Some("EU"),
+    );
+    let carol_v1 = change(
+        CAROL,
+        1,
+        "UPSERT",
+        &["eu_resident", "high_value", "paying"],
+        &[],
+        &["eu_resident", "high_value", "paying"],
+        Some("EU"),
+    );
     let first = vec![
-        change(
-            CAROL,
-            1,
-            "UPSERT",
-            &["eu_resident", "high_value", "paying"],
-            &[],
-            &["eu_resident", "high_value", "paying"],
-            Some("EU"),
-        ),
+        carol_v1.clone(),
         carol_v2.clone(),
         carol_v2,
+        carol_v1, // v1 delivered again after v2: the change it made, again
         change(
             CAROL,
             4,
@@ -1812,6 +1826,7 @@ fn segment_changes_follow_upserts_consents_deletes_and_erasures_and_replays_repe
             Some("EU"),
         ),
         dave_erased.clone(),
+        eve_v2.clone(),
     ];
     let by_user = |changes: &[Json], user: &str| -> Vec<Json> {
         changes
@@ -1821,18 +1836,20 @@ fn segment_changes_follow_upserts_consents_deletes_and_erasures_and_replays_repe
             .collect()
     };
     let got = stack.segment_changes();
-    for user in [CAROL, DAVE] {
+    for user in [CAROL, DAVE, EVE] {
         assert_eq!(by_user(&got, user), by_user(&first, user), "{user}");
     }
     assert_eq!(got.len(), first.len());
 
-    // The whole input delivered again: the changes whose version the store holds are emitted
-    // again with the same content; every older one is stale and emits nothing.
+    // The whole input delivered again: every event the store applied re-emits its change with
+    // the same content, as long as the user's stored record keeps it (Carol was deleted and
+    // Dave erased: only their last events re-emit); a never applied one emits nothing.
     stack.run("2.jsonl", &events);
     let again = stack.segment_changes()[first.len()..].to_vec();
     assert_eq!(by_user(&again, CAROL), vec![carol_deleted]);
     assert_eq!(by_user(&again, DAVE), vec![dave_erased]);
-    assert_eq!(again.len(), 2);
+    assert_eq!(by_user(&again, EVE), vec![eve_v2]);
+    assert_eq!(again.len(), 3);
 
     // A user back after a delete enters again; the membership the stream gives is the store's.
     stack.run("3.jsonl", &[shopper(CAROL, 7, 1500.0, "basic", T)]);

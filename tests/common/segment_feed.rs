@@ -38,15 +38,23 @@ pub fn stored_segments(store: &Path) -> HashMap<String, Vec<String>> {
     .collect()
 }
 
-/// The membership a consumer rebuilds from the feed: each user's set after their last change.
+/// The membership a consumer rebuilds from the feed: each user's set after their change with
+/// the highest version (a change delivered again may arrive after newer ones).
 pub fn membership_from_feed(changes: &[Json]) -> HashMap<String, Vec<String>> {
-    let mut members = HashMap::new();
+    let mut latest: HashMap<String, (i64, Vec<String>)> = HashMap::new();
     for c in changes {
+        let version = c["version"].as_i64().unwrap();
         let segments: Vec<String> = serde_json::from_value(c["segments"].clone()).unwrap();
-        members.insert(c["user_id"].as_str().unwrap().to_string(), segments);
+        let user = c["user_id"].as_str().unwrap().to_string();
+        if latest.get(&user).is_none_or(|(v, _)| version >= *v) {
+            latest.insert(user, (version, segments));
+        }
     }
-    members.retain(|_, s: &mut Vec<String>| !s.is_empty());
-    members
+    latest
+        .into_iter()
+        .map(|(user, (_, segments))| (user, segments))
+        .filter(|(_, s)| !s.is_empty())
+        .collect()
 }
 
 fn set(v: &Json) -> BTreeSet<String> {
@@ -54,7 +62,8 @@ fn set(v: &Json) -> BTreeSet<String> {
 }
 
 /// Asserts that, per user, the changes (deduplicated by user, version and cause, as the README
-/// tells consumers to) arrive in version order, each one starting where the one before ended:
+/// tells consumers to; a change delivered again may arrive after newer ones) first arrive in
+/// version order, each one starting where the one before ended:
 /// a lost transition would leave a change whose set before it (its segments without what it
 /// entered, plus what it exited) is not the previous change's set after. A user's first change
 /// starts from no segment, and a delete or an erasure (which exits every declared segment)
