@@ -229,7 +229,7 @@ pub struct SegmentStep {
 
 impl SegmentHistory {
     /// Steps kept per user: a redelivery further back than this emits nothing.
-    pub const KEPT: usize = 8;
+    pub const KEPT: usize = 16;
 
     /// The history of a profile first stored with `before` (empty for a new user).
     pub fn starting_from(before: Vec<String>) -> Self {

@@ -22,9 +22,9 @@ partitions = consumer.list_topics(topic, timeout=10).topics[topic].partitions
 consumer.assign([TopicPartition(topic, p, 0) for p in partitions])  # 0: from the start
 schemas, at_end = {}, set()
 while len(at_end) < len(partitions):
-    msg = consumer.poll(10)
+    msg = consumer.poll(60)  # a broker stand-in may answer a fetch on a long topic slowly
     if msg is None:
-        raise SystemExit("no message and no end of partition within 10 s")
+        raise SystemExit("no message and no end of partition within 60 s")
     if msg.error():
         if msg.error().code() == KafkaError._PARTITION_EOF:
             at_end.add(msg.partition())
