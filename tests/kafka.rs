@@ -228,22 +228,14 @@ impl Setup {
         segment_feed::assert_no_transition_missing(&changes);
         // `segments tail` reads the same changes (the topic through the registry's schemas).
         let pipeline = self.pipeline("tail", &self.group, 2000, "");
-        let out = Command::new(binary())
-            .current_dir(repo())
-            .args(["segments", "tail", "--no-follow", "--pipeline"])
-            .arg(&pipeline)
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
+        let tailed = common::json_lines(
+            &Command::new(binary())
+                .current_dir(repo())
+                .args(["segments", "tail", "--no-follow", "--pipeline"])
+                .arg(&pipeline)
+                .output()
+                .unwrap(),
         );
-        let tailed: Vec<Json> = String::from_utf8(out.stdout)
-            .unwrap()
-            .lines()
-            .map(|l| serde_json::from_str(l).unwrap())
-            .collect();
         let without_envelope = |c: &Json| {
             let mut c = c.clone();
             c.as_object_mut()

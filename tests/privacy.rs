@@ -208,17 +208,7 @@ index:
     }
 
     fn audit(&self, user: &str) -> Vec<Json> {
-        let out = self.cli(&["audit", user]);
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8(out.stdout)
-            .unwrap()
-            .lines()
-            .map(|l| serde_json::from_str(l).unwrap())
-            .collect()
+        json_lines(&self.cli(&["audit", user]))
     }
 
     /// A privacy command run by the data protection officer.

@@ -135,17 +135,7 @@ impl Served {
     }
 
     fn audit(&self, user: &str) -> Vec<Json> {
-        let out = self.cli(&["audit", user]);
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8(out.stdout)
-            .unwrap()
-            .lines()
-            .map(|l| serde_json::from_str(l).unwrap())
-            .collect()
+        json_lines(&self.cli(&["audit", user]))
     }
 }
 

@@ -4,41 +4,23 @@
 //! still created with mode 0600.
 
 use super::{DeadLetter, DeadLetterError, DeadLetterSink, Sealing, SinkProblem};
+use crate::synced_file::SyncedFile;
 use async_trait::async_trait;
 use base64::engine::general_purpose::STANDARD;
 use base64::Engine;
-use std::fs::{File, OpenOptions};
-use std::io::Write;
-use std::os::unix::fs::OpenOptionsExt;
-use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
+use std::path::Path;
 
-pub struct DeadLetterFile {
-    path: PathBuf,
-    file: Arc<Mutex<File>>,
-}
+pub struct DeadLetterFile(SyncedFile);
 
 impl DeadLetterFile {
     pub fn open(path: &Path) -> Result<Self, DeadLetterError> {
-        let err =
-            |e: std::io::Error| DeadLetterError(format!("cannot open {}: {e}", path.display()));
-        if let Some(dir) = path.parent() {
-            std::fs::create_dir_all(dir).map_err(err)?;
-        }
-        let file = OpenOptions::new()
-            .create(true)
-            .append(true)
-            .mode(0o600)
-            .open(path)
-            .map_err(err)?;
-        Ok(Self {
-            path: path.to_path_buf(),
-            file: Arc::new(Mutex::new(file)),
-        })
+        SyncedFile::open(path, 0o600)
+            .map(Self)
+            .map_err(|e| DeadLetterError(format!("cannot open {}: {e}", path.display())))
     }
 
     pub fn path(&self) -> &Path {
-        &self.path
+        self.0.path()
     }
 }
 
@@ -109,7 +91,7 @@ pub fn read_letters(path: &Path) -> Result<Vec<LetterLine>, DeadLetterError> {
 impl DeadLetterSink for DeadLetterFile {
     /// The file was opened for appending when the sink was made.
     async fn check(&self) -> Result<String, SinkProblem> {
-        Ok(format!("{} is open for appending", self.path.display()))
+        Ok(format!("{} is open for appending", self.path().display()))
     }
 
     async fn send(&self, letters: Vec<DeadLetter>) -> Result<(), DeadLetterError> {
@@ -121,17 +103,9 @@ impl DeadLetterSink for DeadLetterFile {
             text.push_str(&to_line(letter));
             text.push('\n');
         }
-        let file = self.file.clone();
-        let path = self.path.clone();
-        tokio::task::spawn_blocking(move || {
-            let mut f = file
-                .lock()
-                .map_err(|_| DeadLetterError("dead-letter file lock poisoned".into()))?;
-            f.write_all(text.as_bytes())
-                .and_then(|_| f.sync_data())
-                .map_err(|e| DeadLetterError(format!("cannot write {}: {e}", path.display())))
-        })
-        .await
-        .map_err(|e| DeadLetterError(e.to_string()))?
+        self.0
+            .append(text)
+            .await
+            .map_err(|e| DeadLetterError(format!("cannot write {}: {e}", self.path().display())))
     }
 }

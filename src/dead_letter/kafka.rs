@@ -17,7 +17,6 @@ use async_trait::async_trait;
 use rdkafka::config::ClientConfig;
 use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
-use rdkafka::types::RDKafkaErrorCode;
 use std::collections::BTreeMap;
 use std::time::Duration;
 
@@ -113,18 +112,6 @@ pub fn headers_of(letter: &DeadLetter, omitted: Option<usize>) -> OwnedHeaders {
     })
 }
 
-/// Produce errors no retry can fix: the topic is not there, or the producer may not write it.
-fn permanent(code: RDKafkaErrorCode) -> bool {
-    matches!(
-        code,
-        RDKafkaErrorCode::UnknownTopicOrPartition
-            | RDKafkaErrorCode::UnknownTopic
-            | RDKafkaErrorCode::TopicAuthorizationFailed
-            | RDKafkaErrorCode::ClusterAuthorizationFailed
-            | RDKafkaErrorCode::InvalidTopic
-    )
-}
-
 #[async_trait]
 impl DeadLetterSink for DeadLetterTopic {
     /// Asks the brokers for the topic's metadata.
@@ -207,7 +194,9 @@ impl DeadLetterTopic {
         });
         for result in futures::future::join_all(sends).await {
             if let Err((e, _)) = result {
-                if e.rdkafka_error_code().is_some_and(permanent) {
+                if e.rdkafka_error_code()
+                    .is_some_and(crate::kafka::refuses_produce)
+                {
                     return Err(Failed::Permanent(DeadLetterError(format!(
                         "dead-letter topic `{}` refuses dead letters ({e}): create it or grant the worker the right to write it, then start the worker again; the source offset is not committed",
                         self.topic

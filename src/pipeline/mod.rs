@@ -220,9 +220,9 @@ pub struct Foreseen {
     history: Option<SegmentHistory>,
     applied: Option<SegmentChange>,
     again: Option<SegmentChange>,
-    /// The segments the user leaves and enters when it is applied (the members gauge; for a
-    /// delete, the segments the user really had).
-    moved: (Vec<String>, Vec<String>),
+    /// For a delete, the segments the user really had (the members gauge; an upsert moves it
+    /// by its change's `entered` and `exited`).
+    left: Option<Vec<String>>,
 }
 
 impl StoredTogether {
@@ -232,25 +232,27 @@ impl StoredTogether {
     }
 
     /// What [`Pipeline::foresee`] decided for [`Self::pending`].
-    pub fn foreseen(&mut self, foreseen: Vec<Foreseen>) {
-        set_history(&mut self.changes, &foreseen);
+    pub fn foreseen(&mut self, mut foreseen: Vec<Foreseen>) {
+        set_history(&mut self.changes, &mut foreseen);
         self.foreseen = foreseen;
     }
 }
 
 impl Protected {
-    fn foreseen(&mut self, foreseen: Vec<Foreseen>) {
-        set_history(&mut self.changes, &foreseen);
+    fn foreseen(&mut self, mut foreseen: Vec<Foreseen>) {
+        set_history(&mut self.changes, &mut foreseen);
         self.foreseen = foreseen;
     }
 }
 
-/// Each upsert's record keeps the user's recent segment changes, so that a redelivery of any
-/// of them emits the same segment change.
-fn set_history(changes: &mut [ProtectedChange], foreseen: &[Foreseen]) {
+/// Each upsert's record keeps the user's recent segment changes (moved out of `foreseen`), so
+/// that a redelivery of any of them emits the same segment change.
+fn set_history(changes: &mut [ProtectedChange], foreseen: &mut [Foreseen]) {
     for (change, f) in changes.iter_mut().zip(foreseen) {
-        if let (Some(record), Some(history)) = (change.record.as_mut(), &f.history) {
-            record.segment_history = Some(history.clone());
+        if let Some(record) = change.record.as_mut() {
+            if let Some(history) = f.history.take() {
+                record.segment_history = Some(history);
+            }
         }
     }
 }
@@ -529,9 +531,19 @@ impl Pipeline {
         users.dedup();
         let mut current = self.profiles.store.segment_sets(&users).await?;
         let declared = self.enricher.segments.names();
+        // Changes of each user still to come: the last one takes the user's state instead of
+        // copying it (a history is up to 16 steps of names).
+        let mut left: HashMap<Uuid, usize> = HashMap::with_capacity(users.len());
+        for c in changes {
+            *left.entry(c.user_id).or_default() += 1;
+        }
         Ok(changes
             .iter()
             .map(|change| {
+                let last = left.get_mut(&change.user_id).is_some_and(|n| {
+                    *n -= 1;
+                    *n == 0
+                });
                 let delete = change.record.is_none() || change.operation == Operation::Delete;
                 let origin = Origin {
                     user_id: change.user_id,
@@ -552,13 +564,19 @@ impl Pipeline {
                         ..Foreseen::default()
                     };
                 }
+                let stored = if last {
+                    current.remove(&change.user_id)
+                } else {
+                    stored.cloned()
+                };
                 let (before, mut history) = match stored {
-                    Some(s) if s.live => (
-                        s.segments.clone(),
-                        s.history
-                            .clone()
-                            .unwrap_or_else(|| SegmentHistory::starting_from(s.segments.clone())),
-                    ),
+                    Some(s) if s.live => {
+                        let history = match s.history {
+                            Some(h) => h,
+                            None => SegmentHistory::starting_from(s.segments.clone()),
+                        };
+                        (s.segments, history)
+                    }
                     Some(s) => (Vec::new(), SegmentHistory::after_delete(s.version)),
                     None => (Vec::new(), SegmentHistory::starting_from(Vec::new())),
                 };
@@ -588,31 +606,23 @@ impl Pipeline {
                     });
                 }
                 let history = (!delete).then_some(history);
-                current.insert(
-                    change.user_id,
-                    crate::stores::StoredSegments {
-                        version: change.version,
-                        live: !delete,
-                        segments: after.clone(),
-                        history: history.clone(),
-                        residency_zone: zone,
-                    },
-                );
-                let exited = before
-                    .iter()
-                    .filter(|s| !after.contains(s))
-                    .cloned()
-                    .collect();
-                let entered = after
-                    .iter()
-                    .filter(|s| !before.contains(s))
-                    .cloned()
-                    .collect();
+                if !last {
+                    current.insert(
+                        change.user_id,
+                        crate::stores::StoredSegments {
+                            version: change.version,
+                            live: !delete,
+                            segments: after.clone(),
+                            history: history.clone(),
+                            residency_zone: zone,
+                        },
+                    );
+                }
                 Foreseen {
                     history,
                     applied,
                     again: None,
-                    moved: (entered, exited),
+                    left: delete.then_some(before),
                 }
             })
             .collect())
@@ -633,7 +643,13 @@ impl Pipeline {
             if let Some(f) = foreseen.get(k) {
                 let emitted = match outcome {
                     WriteOutcome::Applied => {
-                        telemetry::segment_members_moved(&f.moved.0, &f.moved.1);
+                        match (&f.left, &f.applied) {
+                            (Some(left), _) => telemetry::segment_members_moved(&[], left),
+                            (None, Some(c)) => {
+                                telemetry::segment_members_moved(&c.entered, &c.exited)
+                            }
+                            (None, None) => {}
+                        }
                         &f.applied
                     }
                     WriteOutcome::Replayed | WriteOutcome::Stale => &f.again,

@@ -2,36 +2,19 @@
 //! [`SegmentChange`] per line, written and synced before a batch is acknowledged.
 
 use super::{SegmentChange, SegmentChangeError, SegmentChangeSink};
+use crate::synced_file::SyncedFile;
 use async_trait::async_trait;
-use std::fs::{File, OpenOptions};
-use std::io::Write;
-use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
+use std::path::Path;
 
-pub struct SegmentChangeFile {
-    path: PathBuf,
-    file: Arc<Mutex<File>>,
-}
+pub struct SegmentChangeFile(SyncedFile);
 
 impl SegmentChangeFile {
     pub fn open(path: &Path) -> Result<Self, SegmentChangeError> {
-        let err = |e: std::io::Error| {
+        SyncedFile::open(path, 0o644).map(Self).map_err(|e| {
             SegmentChangeError(format!(
                 "cannot open the segment change file {}: {e}",
                 path.display()
             ))
-        };
-        if let Some(dir) = path.parent() {
-            std::fs::create_dir_all(dir).map_err(err)?;
-        }
-        let file = OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(path)
-            .map_err(err)?;
-        Ok(Self {
-            path: path.to_path_buf(),
-            file: Arc::new(Mutex::new(file)),
         })
     }
 }
@@ -47,22 +30,13 @@ impl SegmentChangeSink for SegmentChangeFile {
             text.push_str(&change.to_line());
             text.push('\n');
         }
-        let file = self.file.clone();
-        let path = self.path.clone();
-        tokio::task::spawn_blocking(move || {
-            let mut f = file
-                .lock()
-                .map_err(|_| SegmentChangeError("segment change file lock poisoned".into()))?;
-            f.write_all(text.as_bytes())
-                .and_then(|_| f.sync_data())
-                .map_err(|e| SegmentChangeError(format!("cannot write {}: {e}", path.display())))
+        self.0.append(text).await.map_err(|e| {
+            SegmentChangeError(format!("cannot write {}: {e}", self.0.path().display()))
         })
-        .await
-        .map_err(|e| SegmentChangeError(e.to_string()))?
     }
 
     fn describe(&self) -> String {
-        format!("segment changes to {}", self.path.display())
+        format!("segment changes to {}", self.0.path().display())
     }
 }
 

@@ -10,7 +10,6 @@ use crate::schema::registry::{frame, register, value_subject};
 use async_trait::async_trait;
 use rdkafka::config::ClientConfig;
 use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
-use rdkafka::types::RDKafkaErrorCode;
 use schema_registry_converter::async_impl::schema_registry::SrSettings;
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -121,13 +120,17 @@ impl SegmentChangeTopic {
                     "cannot write to the segment change topic `{}` ({e}); the source offset is not committed",
                     self.topic
                 );
-                return Err(if e.rdkafka_error_code().is_some_and(permanent) {
-                    Failed::Permanent(SegmentChangeError(format!(
-                        "{message}: create the topic or grant the worker the right to write it"
-                    )))
-                } else {
-                    Failed::Transient(SegmentChangeError(message))
-                });
+                return Err(
+                    if e.rdkafka_error_code()
+                        .is_some_and(crate::kafka::refuses_produce)
+                    {
+                        Failed::Permanent(SegmentChangeError(format!(
+                            "{message}: create the topic or grant the worker the right to write it"
+                        )))
+                    } else {
+                        Failed::Transient(SegmentChangeError(message))
+                    },
+                );
             }
         }
         Ok(())
@@ -137,17 +140,6 @@ impl SegmentChangeTopic {
 enum Failed {
     Transient(SegmentChangeError),
     Permanent(SegmentChangeError),
-}
-
-fn permanent(code: RDKafkaErrorCode) -> bool {
-    matches!(
-        code,
-        RDKafkaErrorCode::UnknownTopicOrPartition
-            | RDKafkaErrorCode::UnknownTopic
-            | RDKafkaErrorCode::TopicAuthorizationFailed
-            | RDKafkaErrorCode::ClusterAuthorizationFailed
-            | RDKafkaErrorCode::InvalidTopic
-    )
 }
 
 #[async_trait]

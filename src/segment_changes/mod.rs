@@ -16,7 +16,6 @@ pub use kafka::{SegmentChangeTopic, SegmentChangeTopicSettings};
 use async_trait::async_trait;
 use chrono::{DateTime, SecondsFormat, Utc};
 use serde::{Deserialize, Serialize};
-use std::collections::BTreeSet;
 use uuid::Uuid;
 
 /// The file, inside the schema folder, holding the Avro schema of a segment change.
@@ -80,26 +79,40 @@ pub struct Origin {
 }
 
 impl SegmentChange {
-    /// The change from `before` to `after` (sorted or not); `None` when the set is the same.
+    /// The change from `before` to `after` (sets of a few names; sorted or not); `None` when
+    /// the set is the same.
     pub fn between(
         origin: Origin,
         before: &[String],
         after: &[String],
         residency_zone: Option<&str>,
     ) -> Option<Self> {
-        let before: BTreeSet<&String> = before.iter().collect();
-        let after: BTreeSet<&String> = after.iter().collect();
-        if before == after {
+        let entered: Vec<String> = after
+            .iter()
+            .filter(|s| !before.contains(s))
+            .cloned()
+            .collect();
+        let exited: Vec<String> = before
+            .iter()
+            .filter(|s| !after.contains(s))
+            .cloned()
+            .collect();
+        if entered.is_empty() && exited.is_empty() {
             return None;
         }
+        let sorted = |mut v: Vec<String>| {
+            v.sort_unstable();
+            v.dedup();
+            v
+        };
         Some(Self {
             user_id: origin.user_id,
             version: origin.version,
             occurred_at: origin.occurred_at,
             cause: origin.cause,
-            entered: after.difference(&before).map(|s| s.to_string()).collect(),
-            exited: before.difference(&after).map(|s| s.to_string()).collect(),
-            segments: after.into_iter().cloned().collect(),
+            entered: sorted(entered),
+            exited: sorted(exited),
+            segments: sorted(after.to_vec()),
             residency_zone: residency_zone.map(str::to_string),
         })
     }

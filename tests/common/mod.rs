@@ -103,6 +103,19 @@ pub fn run_with(pipeline: &Path, input: &Path, data_dir: &Path) -> Json {
     serde_json::from_str(stdout.lines().last().expect("a summary line")).expect("summary is JSON")
 }
 
+/// The JSON lines a command printed; a command that failed fails the test with its stderr.
+pub fn json_lines(out: &std::process::Output) -> Vec<Json> {
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
+
 /// The value inside an Avro-JSON union wrapper (`{"string": "x"}` → `"x"`).
 pub fn unwrap(v: &Json) -> &Json {
     match v {

@@ -142,19 +142,11 @@ pub fn outside_python() -> PathBuf {
 
 /// Every message of the segment change topic, read and decoded by the Python consumer.
 pub fn read_topic_from_outside(brokers: &str, registry: &str, topic: &str) -> Vec<Json> {
-    let out = std::process::Command::new(outside_python())
-        .arg(super::repo().join("tests/outside/read_segment_changes.py"))
-        .args([brokers, registry, topic])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "the outside consumer failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout)
-        .unwrap()
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect()
+    super::json_lines(
+        &std::process::Command::new(outside_python())
+            .arg(super::repo().join("tests/outside/read_segment_changes.py"))
+            .args([brokers, registry, topic])
+            .output()
+            .unwrap(),
+    )
 }
