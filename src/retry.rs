@@ -28,6 +28,48 @@ impl Backoff {
     }
 }
 
+/// How one attempt failed: worth another, or not.
+#[derive(Debug)]
+pub enum Failed<E> {
+    Transient(E),
+    Permanent(E),
+}
+
+impl<E> Failed<E> {
+    pub fn into_inner(self) -> E {
+        match self {
+            Failed::Transient(e) | Failed::Permanent(e) => e,
+        }
+    }
+}
+
+/// Runs `attempt` until it succeeds or fails permanently, waiting with the backoff after each
+/// transient failure; `retrying` sees each one with its attempt number and delay (for the
+/// log line and the metric).
+pub async fn until_permanent<T, E, F, Fut>(
+    mut attempt: F,
+    mut retrying: impl FnMut(&E, u32, Duration),
+) -> Result<T, E>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, Failed<E>>>,
+{
+    let backoff = Backoff::default();
+    let mut failures = 0;
+    loop {
+        match attempt().await {
+            Ok(v) => return Ok(v),
+            Err(Failed::Permanent(e)) => return Err(e),
+            Err(Failed::Transient(e)) => {
+                failures += 1;
+                let delay = backoff.delay(failures);
+                retrying(&e, failures, delay);
+                tokio::time::sleep(delay).await;
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

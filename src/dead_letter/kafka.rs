@@ -148,29 +148,18 @@ impl DeadLetterSink for DeadLetterTopic {
     /// attempt is sent again whole: the dead-letter topic is at-least-once too. A permanent
     /// refusal (no such topic, not authorised) stops the worker with the reason instead.
     async fn send(&self, letters: Vec<DeadLetter>) -> Result<(), DeadLetterError> {
-        let backoff = crate::retry::Backoff::default();
-        let mut attempt = 0;
-        loop {
-            match self.send_once(&letters).await {
-                Ok(()) => return Ok(()),
-                Err(Failed::Permanent(e)) => return Err(e),
-                Err(Failed::Transient(e)) => {
-                    attempt += 1;
-                    let delay = backoff.delay(attempt);
-                    tracing::warn!(error = %e, attempt, delay_ms = delay.as_millis() as u64, "dead-letter produce failed; retrying");
-                    metrics::counter!(crate::telemetry::DEAD_LETTER_RETRIES).increment(1);
-                    tokio::time::sleep(delay).await;
-                }
-            }
-        }
+        crate::retry::until_permanent(
+            || self.send_once(&letters),
+            |e, attempt, delay| {
+                tracing::warn!(error = %e, attempt, delay_ms = delay.as_millis() as u64, "dead-letter produce failed; retrying");
+                metrics::counter!(crate::telemetry::DEAD_LETTER_RETRIES).increment(1);
+            },
+        )
+        .await
     }
 }
 
-/// How one attempt to send failed.
-enum Failed {
-    Transient(DeadLetterError),
-    Permanent(DeadLetterError),
-}
+type Failed = crate::retry::Failed<DeadLetterError>;
 
 impl DeadLetterTopic {
     async fn send_once(&self, letters: &[DeadLetter]) -> Result<(), Failed> {

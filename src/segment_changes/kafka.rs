@@ -137,10 +137,7 @@ impl SegmentChangeTopic {
     }
 }
 
-enum Failed {
-    Transient(SegmentChangeError),
-    Permanent(SegmentChangeError),
-}
+type Failed = crate::retry::Failed<SegmentChangeError>;
 
 #[async_trait]
 impl SegmentChangeSink for SegmentChangeTopic {
@@ -150,20 +147,13 @@ impl SegmentChangeSink for SegmentChangeTopic {
         if changes.is_empty() {
             return Ok(());
         }
-        let backoff = crate::retry::Backoff::default();
-        let mut attempt = 0;
-        loop {
-            match self.send_once(&changes).await {
-                Ok(()) => return Ok(()),
-                Err(Failed::Permanent(e)) => return Err(e),
-                Err(Failed::Transient(e)) => {
-                    attempt += 1;
-                    let delay = backoff.delay(attempt);
-                    tracing::warn!(error = %e, attempt, delay_ms = delay.as_millis() as u64, "segment change produce failed; retrying");
-                    tokio::time::sleep(delay).await;
-                }
-            }
-        }
+        crate::retry::until_permanent(
+            || self.send_once(&changes),
+            |e, attempt, delay| {
+                tracing::warn!(error = %e, attempt, delay_ms = delay.as_millis() as u64, "segment change produce failed; retrying");
+            },
+        )
+        .await
     }
 
     fn describe(&self) -> String {
@@ -191,9 +181,7 @@ impl SegmentChangeSink for SegmentChangeTopic {
             ))
             }
         };
-        let id = self.schema_id().await.map_err(|e| match e {
-            Failed::Transient(e) | Failed::Permanent(e) => e.0,
-        })?;
+        let id = self.schema_id().await.map_err(|e| e.into_inner().0)?;
         Ok(format!(
             "topic `{}`, {partitions} partitions, schema id {id}",
             self.topic
