@@ -35,14 +35,6 @@ pub enum Failed<E> {
     Permanent(E),
 }
 
-impl<E> Failed<E> {
-    pub fn into_inner(self) -> E {
-        match self {
-            Failed::Transient(e) | Failed::Permanent(e) => e,
-        }
-    }
-}
-
 /// Runs `attempt` until it succeeds or fails permanently, waiting with the backoff after each
 /// transient failure; `retrying` sees each one with its attempt number and delay (for the
 /// log line and the metric).

@@ -110,6 +110,15 @@ const STOPPED: &[(&str, &str, &[&str])] = &[
             "dead_letter.brokers",
         ],
     ),
+    // So is the segment change topic.
+    (
+        "KAFKA_BROKERS",
+        "segment sink works",
+        &[
+            "no metadata from the segment change brokers",
+            "segment_changes.brokers",
+        ],
+    ),
     (
         "SCHEMA_REGISTRY_URL",
         "source reachable",

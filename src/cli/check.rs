@@ -128,6 +128,16 @@ pub async fn run(args: Args) -> Result<(), Failure> {
         let result = sink.check().await.map_err(|e| e.to_string());
         t.record("dead-letter writes", result, |d| d.clone());
     }
+    if file.config.segment_changes.is_some() {
+        if let Some(Some(sink)) = t.record(
+            "segment changes",
+            crate::pipeline::open_segment_changes(&file, &data_dir).map_err(|e| e.to_string()),
+            |_| "opened".into(),
+        ) {
+            let result = sink.check().await;
+            t.record("segment sink works", result, |d| d.clone());
+        }
+    }
     if let Some(schemas) = &schemas {
         if let Some((_, index)) = t.record(
             "index",

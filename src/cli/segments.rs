@@ -4,7 +4,7 @@
 //! `SNAPSHOT`, as a starting point for a new consumer.
 
 use super::{data_dir, pipeline_file, usage, Failure};
-use crate::config::{self, SegmentChangesConfig, SourceConfig};
+use crate::config::{self, SegmentChangesConfig};
 use crate::segment_changes::{read_lines, SegmentChange};
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::{ClientConfig, Message, Offset, TopicPartitionList};
@@ -68,7 +68,31 @@ async fn tail(args: Tail) -> Result<(), Failure> {
             let path = file.data_path(&data_dir(&file, args.target.data_dir.as_deref()), path);
             tail_file(path, args.no_follow).await
         }
-        SegmentChangesConfig::Kafka { .. } => tail_topic(&file, args.no_follow).await,
+        SegmentChangesConfig::Kafka {
+            topic,
+            brokers,
+            schema_registry,
+            properties,
+        } => {
+            let (brokers, registry) = crate::pipeline::segment_topic_endpoints(
+                &file,
+                brokers.as_deref(),
+                schema_registry.as_ref(),
+            )
+            .map_err(usage)?;
+            let (reader, _) =
+                crate::segment_changes::load_schema(&file.resolve(&file.config.schemas))
+                    .map_err(|e| usage(anyhow::anyhow!(e)))?;
+            tail_topic(
+                topic,
+                &brokers,
+                registry,
+                properties,
+                &reader,
+                args.no_follow,
+            )
+            .await
+        }
     }
 }
 
@@ -115,49 +139,18 @@ async fn tail_file(path: PathBuf, no_follow: bool) -> Result<(), Failure> {
 
 /// Reads every partition of the topic from its start without joining a group (nothing is
 /// committed), decoding each value with the schema its id names in the registry.
-async fn tail_topic(file: &config::Pipeline, no_follow: bool) -> Result<(), Failure> {
-    let Some(SegmentChangesConfig::Kafka {
-        topic,
-        brokers,
-        schema_registry,
-        properties,
-    }) = &file.config.segment_changes
-    else {
-        unreachable!("called for a Kafka feed")
-    };
-    let source = match &file.config.source {
-        SourceConfig::Kafka(k) => Some(k),
-        SourceConfig::File { .. } => None,
-    };
-    let brokers = brokers
-        .clone()
-        .or_else(|| source.map(|k| k.brokers.clone()))
-        .ok_or_else(|| {
-            usage(anyhow::anyhow!(
-                "segment_changes.brokers is required when the source is not Kafka"
-            ))
-        })?;
-    let registry = schema_registry
-        .as_ref()
-        .or(source.map(|k| &k.schema_registry))
-        .ok_or_else(|| {
-            usage(anyhow::anyhow!(
-                "segment_changes.schema_registry is required when the source is not Kafka"
-            ))
-        })?;
-    let settings = crate::schema::registry::settings(
-        &registry.effective_url(),
-        Duration::from_millis(registry.timeout_ms),
-        registry.allow_http,
-    )
-    .map_err(|e| usage(anyhow::anyhow!(e)))?;
-    let writers = crate::schema::registry::WriterSchemas::new(settings);
-    let (reader, _) = crate::segment_changes::load_schema(&file.resolve(&file.config.schemas))
-        .map_err(|e| usage(anyhow::anyhow!(e)))?;
-
+async fn tail_topic(
+    topic: &str,
+    brokers: &str,
+    registry: schema_registry_converter::async_impl::schema_registry::SrSettings,
+    properties: &std::collections::BTreeMap<String, String>,
+    reader: &apache_avro::Schema,
+    no_follow: bool,
+) -> Result<(), Failure> {
+    let writers = crate::schema::registry::WriterSchemas::new(registry);
     let mut config = ClientConfig::new();
     config
-        .set("bootstrap.servers", &brokers)
+        .set("bootstrap.servers", brokers)
         .set("group.id", "profile-sync-segments-tail")
         .set("enable.auto.commit", "false")
         .set("enable.partition.eof", "true");
@@ -212,7 +205,7 @@ async fn tail_topic(file: &config::Pipeline, no_follow: bool) -> Result<(), Fail
             .get(id)
             .await
             .map_err(|e| anyhow::anyhow!("schema id {id}: {e:?}"))?;
-        let change = SegmentChange::from_avro(&bytes[5..], &writer, &reader).map_err(|e| {
+        let change = SegmentChange::from_avro(&bytes[5..], &writer, reader).map_err(|e| {
             anyhow::anyhow!("{topic}/{}@{}: {e}", message.partition(), message.offset())
         })?;
         let mut out = stdout.lock();

@@ -16,7 +16,7 @@ use crate::crypto::SEALED_OVERHEAD;
 use async_trait::async_trait;
 use rdkafka::config::ClientConfig;
 use rdkafka::message::{Header, OwnedHeaders};
-use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
+use rdkafka::producer::{FutureProducer, FutureRecord};
 use std::collections::BTreeMap;
 use std::time::Duration;
 
@@ -116,27 +116,12 @@ pub fn headers_of(letter: &DeadLetter, omitted: Option<usize>) -> OwnedHeaders {
 impl DeadLetterSink for DeadLetterTopic {
     /// Asks the brokers for the topic's metadata.
     async fn check(&self) -> Result<String, SinkProblem> {
-        let producer = self.producer.clone();
-        let topic = self.topic.clone();
-        let metadata = tokio::task::spawn_blocking(move || {
-            producer
-                .client()
-                .fetch_metadata(Some(&topic), Duration::from_secs(10))
-        })
-        .await
-        .map_err(|e| SinkProblem::Unreachable(e.to_string()))?
-        .map_err(|e| {
-            SinkProblem::Unreachable(format!(
+        match crate::kafka::partitions_of(&self.producer, &self.topic).await {
+            Err(e) => Err(SinkProblem::Unreachable(format!(
                 "no metadata from the dead-letter brokers ({e}): check dead_letter.brokers (or the source's) and that the brokers are up"
-            ))
-        })?;
-        match metadata.topics().iter().find(|t| t.name() == self.topic) {
-            Some(t) if t.error().is_none() && !t.partitions().is_empty() => Ok(format!(
-                "topic `{}`, {} partitions",
-                self.topic,
-                t.partitions().len()
-            )),
-            _ => Err(SinkProblem::Refused(format!(
+            ))),
+            Ok(Some(n)) => Ok(format!("topic `{}`, {n} partitions", self.topic)),
+            Ok(None) => Err(SinkProblem::Refused(format!(
                 "dead-letter topic `{}` does not exist: create it (as the source topics), or fix dead_letter.topic",
                 self.topic
             ))),

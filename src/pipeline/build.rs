@@ -21,6 +21,7 @@ use crate::stages::protect::Protector;
 use crate::stages::seal::LetterSealer;
 use crate::stores::{DynamoStore, ProfileStore, SqliteStore, StoreError};
 use base64::Engine as _;
+use schema_registry_converter::async_impl::schema_registry::SrSettings;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -411,35 +412,9 @@ pub fn open_segment_changes(
             schema_registry,
             properties,
         } => {
-            let source = match &file.config.source {
-                SourceConfig::Kafka(k) => Some(k),
-                SourceConfig::File { .. } => None,
-            };
             let own_brokers = brokers.as_deref();
-            let brokers = match (brokers, source) {
-                (Some(b), _) => b.clone(),
-                (None, Some(k)) => k.brokers.clone(),
-                (None, None) => {
-                    return Err(file
-                        .invalid("segment_changes.brokers is required when the source is not Kafka")
-                        .into())
-                }
-            };
-            let registry = match (schema_registry, source) {
-                (Some(r), _) => r,
-                (None, Some(k)) => &k.schema_registry,
-                (None, None) => return Err(file
-                    .invalid(
-                        "segment_changes.schema_registry is required when the source is not Kafka",
-                    )
-                    .into()),
-            };
-            let registry = crate::schema::registry::settings(
-                &registry.effective_url(),
-                std::time::Duration::from_millis(registry.timeout_ms),
-                registry.allow_http,
-            )
-            .map_err(|reason| file.invalid(format!("segment_changes.schema_registry: {reason}")))?;
+            let (brokers, registry) =
+                segment_topic_endpoints(file, own_brokers, schema_registry.as_ref())?;
             let (schema, schema_text) =
                 crate::segment_changes::load_schema(&file.resolve(&file.config.schemas))
                     .map_err(|reason| file.invalid(reason))?;
@@ -453,6 +428,37 @@ pub fn open_segment_changes(
             })?)
         }
     }))
+}
+
+/// Where a Kafka segment change feed goes: its own brokers, else the Kafka source's, and its own
+/// Schema Registry, else the source's. For the sink and for `segments tail`.
+pub fn segment_topic_endpoints(
+    file: &config::Pipeline,
+    brokers: Option<&str>,
+    registry: Option<&config::SchemaRegistryConfig>,
+) -> Result<(String, SrSettings), BuildError> {
+    let source = match &file.config.source {
+        SourceConfig::Kafka(k) => Some(k),
+        SourceConfig::File { .. } => None,
+    };
+    let brokers = brokers
+        .map(str::to_string)
+        .or_else(|| source.map(|k| k.brokers.clone()))
+        .ok_or_else(|| {
+            file.invalid("segment_changes.brokers is required when the source is not Kafka")
+        })?;
+    let registry = registry
+        .or(source.map(|k| &k.schema_registry))
+        .ok_or_else(|| {
+            file.invalid("segment_changes.schema_registry is required when the source is not Kafka")
+        })?;
+    let settings = crate::schema::registry::settings(
+        &registry.effective_url(),
+        std::time::Duration::from_millis(registry.timeout_ms),
+        registry.allow_http,
+    )
+    .map_err(|reason| file.invalid(format!("segment_changes.schema_registry: {reason}")))?;
+    Ok((brokers, settings))
 }
 
 /// A producer's properties (the dead letters', the segment changes'). On the source's cluster

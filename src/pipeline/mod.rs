@@ -13,7 +13,7 @@ mod build;
 pub use build::{
     build, local_keyring, open_data_keys, open_dead_letters, open_dynamodb, open_index, open_kms,
     open_profiles, open_segment_changes, open_source, open_store, opensearch_settings,
-    runtime_settings, schemas, BuildError, Components, IndexAccess,
+    runtime_settings, schemas, segment_topic_endpoints, BuildError, Components, IndexAccess,
 };
 
 use crate::config::{ErasedUserEvents, PrivacyConfig};

@@ -9,7 +9,7 @@ use super::{SegmentChange, SegmentChangeError, SegmentChangeSink};
 use crate::schema::registry::{frame, register, value_subject};
 use async_trait::async_trait;
 use rdkafka::config::ClientConfig;
-use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
+use rdkafka::producer::{FutureProducer, FutureRecord};
 use schema_registry_converter::async_impl::schema_registry::SrSettings;
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -160,31 +160,21 @@ impl SegmentChangeSink for SegmentChangeTopic {
         format!("segment changes to topic `{}`", self.topic)
     }
 
-    /// The topic's metadata and the schema's registration.
+    /// The topic's metadata (preflight registers nothing: the schema is registered on first use).
     async fn check(&self) -> Result<String, String> {
-        let producer = self.producer.clone();
-        let topic = self.topic.clone();
-        let metadata = tokio::task::spawn_blocking(move || {
-            producer
-                .client()
-                .fetch_metadata(Some(&topic), Duration::from_secs(10))
-        })
-        .await
-        .map_err(|e| e.to_string())?
-        .map_err(|e| format!("no metadata from the segment change brokers ({e})"))?;
-        let partitions = match metadata.topics().iter().find(|t| t.name() == self.topic) {
-            Some(t) if t.error().is_none() && !t.partitions().is_empty() => t.partitions().len(),
-            _ => {
-                return Err(format!(
-                "segment change topic `{}` does not exist: create it, or fix segment_changes.topic",
-                self.topic
-            ))
-            }
-        };
-        let id = self.schema_id().await.map_err(|e| e.into_inner().0)?;
-        Ok(format!(
-            "topic `{}`, {partitions} partitions, schema id {id}",
-            self.topic
-        ))
+        let partitions = crate::kafka::partitions_of(&self.producer, &self.topic)
+            .await
+            .map_err(|e| {
+                format!(
+                    "no metadata from the segment change brokers ({e}): check segment_changes.brokers (or the source's) and that the brokers are up"
+                )
+            })?
+            .ok_or_else(|| {
+                format!(
+                    "segment change topic `{}` does not exist: create it, or fix segment_changes.topic",
+                    self.topic
+                )
+            })?;
+        Ok(format!("topic `{}`, {partitions} partitions", self.topic))
     }
 }
