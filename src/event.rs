@@ -181,8 +181,10 @@ pub struct ProtectedRecord {
     pub region: Region,
     pub segments: Vec<String>,
     /// The user's recent segment changes, when the segment change feed is on: a redelivery
-    /// of one of those versions emits its change again, with the same content.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    /// of one of those versions emits its change again, with the same content. Stored beside
+    /// the record (its own column or attribute), not in its JSON: the feed reads it before
+    /// every write, and a small value of its own is read without parsing the whole record.
+    #[serde(skip)]
     pub segment_history: Option<SegmentHistory>,
     /// HMAC of the normalised email, for lookup by email (see `crypto::BlindIndexKey`).
     #[serde(default)]
@@ -258,6 +260,14 @@ impl SegmentHistory {
         if self.steps.len() > Self::KEPT {
             let dropped = self.steps.remove(0);
             self.base = Some(dropped.segments);
+        }
+    }
+
+    /// The set after the last step: the stored set of the record this history is kept with.
+    pub fn current(&self) -> &[String] {
+        match self.steps.last() {
+            Some(step) => &step.segments,
+            None => self.base.as_deref().unwrap_or_default(),
         }
     }
 

@@ -413,3 +413,289 @@ fn a_key_for_an_unknown_role_or_a_role_with_a_typo_is_a_usage_error() {
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("emial"));
 }
+
+/// An identity provider made here: an ES256 key pair (aws-lc-rs), its JWK set, and tokens
+/// signed by hand as JWS compact serialisations (RFC 7515), with no JWT library.
+struct Provider {
+    pair: aws_lc_rs::signature::EcdsaKeyPair,
+    kid: String,
+}
+
+const ISSUER: &str = "https://id.example.test/";
+
+impl Provider {
+    fn new(kid: &str) -> Self {
+        use aws_lc_rs::signature::{EcdsaKeyPair, ECDSA_P256_SHA256_FIXED_SIGNING};
+        Self {
+            pair: EcdsaKeyPair::generate(&ECDSA_P256_SHA256_FIXED_SIGNING).unwrap(),
+            kid: kid.into(),
+        }
+    }
+
+    fn jwk(&self) -> Json {
+        use aws_lc_rs::signature::KeyPair;
+        // An uncompressed P-256 point: 0x04, then x and y (32 bytes each).
+        let point = self.pair.public_key().as_ref().to_vec();
+        assert_eq!((point.len(), point[0]), (65, 4));
+        json!({"kty": "EC", "crv": "P-256", "kid": self.kid, "alg": "ES256", "use": "sig",
+               "x": b64(&point[1..33]), "y": b64(&point[33..])})
+    }
+
+    fn sign(&self, header: &Json, claims: &Json) -> String {
+        let input = format!(
+            "{}.{}",
+            b64(header.to_string().as_bytes()),
+            b64(claims.to_string().as_bytes())
+        );
+        let rng = aws_lc_rs::rand::SystemRandom::new();
+        let signature = self.pair.sign(&rng, input.as_bytes()).unwrap();
+        format!("{input}.{}", b64(signature.as_ref()))
+    }
+
+    /// A token for `sub` with `roles`, valid for an hour, changed by `edit`.
+    fn token(&self, sub: &str, roles: Json, edit: impl FnOnce(&mut Json)) -> String {
+        let now = chrono::Utc::now().timestamp();
+        let mut claims = json!({"iss": ISSUER, "aud": "profile-sync", "sub": sub,
+                                "iat": now, "exp": now + 3600, "roles": roles});
+        edit(&mut claims);
+        self.sign(
+            &json!({"alg": "ES256", "typ": "JWT", "kid": self.kid}),
+            &claims,
+        )
+    }
+}
+
+fn b64(bytes: &[u8]) -> String {
+    use base64::Engine;
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
+}
+
+fn write_jwks(path: &Path, keys: &[Json]) {
+    // Written beside and renamed over, as a key rotation would be deployed.
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, json!({ "keys": keys }).to_string()).unwrap();
+    std::fs::rename(&tmp, path).unwrap();
+}
+
+#[tokio::test]
+async fn oidc_tokens_are_checked_for_signature_issuer_audience_and_time_and_the_audit_names_the_subject(
+) {
+    let idp = Provider::new("k1");
+    let keys_dir = tempfile::tempdir().unwrap();
+    let jwks = keys_dir.path().join("jwks.json");
+    write_jwks(&jwks, &[idp.jwk()]);
+    let s = Served::start(&format!(
+        "serve:\n  oidc:\n    issuer: {ISSUER}\n    audience: profile-sync\n    jwks: {}\n",
+        jwks.display()
+    ));
+    let engine = s.key("engine", "personalization");
+    let (user, generated) = s.live_user(&engine).await;
+    let segments = format!("/v1/profiles/{user}/segments");
+
+    let support = idp.token("agent-7", json!(["support"]), |_| {});
+    assert_eq!(
+        s.get(Some(&support), &format!("/v1/profiles/{user}"))
+            .await
+            .0,
+        200
+    );
+    let r = s
+        .post(
+            &support,
+            &format!("/v1/profiles/{user}/reveal"),
+            json!({"fields": ["email"], "reason": "ticket 7"}),
+        )
+        .await;
+    assert_eq!(r.status(), 200);
+    assert_eq!(
+        r.json::<Json>().await.unwrap()["fields"]["email"],
+        generated["email"]
+    );
+    let reveal = s
+        .audit(&user)
+        .into_iter()
+        .find(|r| r["action"] == "reveal")
+        .expect("the reveal is audited");
+    assert_eq!(
+        reveal["actor"], "oidc:agent-7",
+        "the token's subject, not a typed name"
+    );
+
+    // The first role of this API in the claim counts; API keys keep working beside tokens.
+    let listed = idp.token("engine-2", json!(["viewer", "personalization"]), |_| {});
+    assert_eq!(s.get(Some(&listed), &segments).await.0, 200);
+    assert_eq!(s.get(Some(&engine), &segments).await.0, 200);
+    let (status, problem) = s
+        .get(
+            Some(&idp.token("nobody", json!("viewer"), |_| {})),
+            &segments,
+        )
+        .await;
+    assert_eq!((status, problem["status"].clone()), (403, json!(403)));
+    assert_eq!(
+        s.get(
+            Some(&idp.token("bi", json!(["analyst"]), |_| {})),
+            &segments
+        )
+        .await
+        .0,
+        403,
+        "the role's actions still decide"
+    );
+
+    let now = chrono::Utc::now().timestamp();
+    let refused: Vec<(&str, String)> =
+        vec![
+            (
+                "expired",
+                idp.token("a", json!(["support"]), |c| c["exp"] = json!(now - 3600)),
+            ),
+            (
+                "not yet valid",
+                idp.token("a", json!(["support"]), |c| c["nbf"] = json!(now + 3600)),
+            ),
+            (
+                "another issuer",
+                idp.token("a", json!(["support"]), |c| {
+                    c["iss"] = json!("https://evil.test/")
+                }),
+            ),
+            (
+                "another audience",
+                idp.token("a", json!(["support"]), |c| c["aud"] = json!("billing")),
+            ),
+            (
+                "no expiry",
+                idp.token("a", json!(["support"]), |c| {
+                    c.as_object_mut().unwrap().remove("exp");
+                }),
+            ),
+            (
+                "no subject",
+                idp.token("a", json!(["support"]), |c| {
+                    c.as_object_mut().unwrap().remove("sub");
+                }),
+            ),
+            (
+                "an unknown key",
+                Provider::new("k9").token("a", json!(["support"]), |_| {}),
+            ),
+            ("a key it does not hold", {
+                // The right kid, signed by another key.
+                let other = Provider {
+                    kid: "k1".into(),
+                    ..Provider::new("x")
+                };
+                other.token("a", json!(["support"]), |_| {})
+            }),
+            ("a changed payload", {
+                let token = idp.token("a", json!(["personalization"]), |_| {});
+                let mut parts: Vec<String> = token.split('.').map(str::to_string).collect();
+                parts[1] = b64(
+                    json!({"iss": ISSUER, "aud": "profile-sync", "sub": "a", "exp": now + 3600,
+                       "roles": ["admin"]})
+                    .to_string()
+                    .as_bytes(),
+                );
+                parts.join(".")
+            }),
+            (
+                "alg none",
+                format!(
+                    "{}.{}.",
+                    b64(br#"{"alg":"none","kid":"k1"}"#),
+                    b64(
+                        json!({"iss": ISSUER, "aud": "profile-sync", "sub": "a", "exp": now + 3600,
+                       "roles": ["admin"]})
+                        .to_string()
+                        .as_bytes()
+                    )
+                ),
+            ),
+            ("HS256 with the public key as its secret", {
+                let input =
+                    format!(
+                "{}.{}",
+                b64(br#"{"alg":"HS256","kid":"k1"}"#),
+                b64(json!({"iss": ISSUER, "aud": "profile-sync", "sub": "a", "exp": now + 3600,
+                           "roles": ["admin"]}).to_string().as_bytes())
+            );
+                let secret = std::fs::read(&jwks).unwrap();
+                let key = aws_lc_rs::hmac::Key::new(aws_lc_rs::hmac::HMAC_SHA256, &secret);
+                let tag = aws_lc_rs::hmac::sign(&key, input.as_bytes());
+                format!("{input}.{}", b64(tag.as_ref()))
+            }),
+            ("garbage", "not.a.token".into()),
+        ];
+    for (what, token) in &refused {
+        let (status, problem) = s.get(Some(token), &segments).await;
+        assert_eq!(status, 401, "a token with {what} is refused: {problem}");
+        assert_eq!(problem["status"], 401);
+    }
+    let (_, problem) = s.get(Some(&refused[0].1), &segments).await;
+    assert!(
+        problem["detail"].as_str().unwrap().contains("expired"),
+        "{problem}"
+    );
+
+    // A rotation: the provider publishes a new key; tokens signed with it work at once.
+    let rotated = Provider::new("k2");
+    write_jwks(&jwks, &[idp.jwk(), rotated.jwk()]);
+    assert_eq!(
+        s.get(
+            Some(&rotated.token("a", json!(["personalization"]), |_| {})),
+            &segments
+        )
+        .await
+        .0,
+        200
+    );
+}
+
+#[test]
+fn an_oidc_section_with_a_shared_secret_key_or_no_issuer_stops_serve_with_usage_errors() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = repo().display().to_string();
+    let base = std::fs::read_to_string(local_pipeline())
+        .unwrap()
+        .replace("../", &format!("{root}/"));
+    let jwks = dir.path().join("jwks.json");
+    let serve = |oidc: &str| {
+        let pipeline = dir.path().join("p.yaml");
+        std::fs::write(&pipeline, format!("{base}serve:\n  oidc:\n{oidc}")).unwrap();
+        bin_std()
+            .args(["serve", "--listen", "127.0.0.1:0", "--pipeline"])
+            .arg(&pipeline)
+            .arg("--data-dir")
+            .arg(dir.path().join("data"))
+            .output()
+            .unwrap()
+    };
+    let section = |issuer: &str| {
+        format!(
+            "    issuer: \"{issuer}\"\n    audience: profile-sync\n    jwks: {}\n",
+            jwks.display()
+        )
+    };
+    write_jwks(
+        &jwks,
+        &[json!({"kty": "oct", "kid": "s", "k": b64(b"a shared secret")})],
+    );
+    let out = serve(&section(ISSUER));
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("shared-secret"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    write_jwks(&jwks, &[Provider::new("k1").jwk()]);
+    let out = serve(&section(" "));
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("`issuer` is empty"));
+
+    std::fs::remove_file(&jwks).unwrap();
+    let out = serve(&section(ISSUER));
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("cannot read the JWKS file"));
+}

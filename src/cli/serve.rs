@@ -3,6 +3,7 @@
 
 use super::{data_dir, pipeline_file, usage, Failure, Output};
 use crate::pipeline::{open_profiles, schemas, IndexAccess};
+use crate::serve::oidc::Oidc;
 use crate::serve::{shipped_roles, Api, ApiKeys, Policy};
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -121,11 +122,22 @@ pub async fn run(args: Args) -> Result<(), Failure> {
     let (file, dir, keys, policy) = keys_and_policy(&args.target)?;
     let schemas = schemas(&file).map_err(usage)?;
     let profiles = open_profiles(&file, &dir, &schemas, IndexAccess::Read).map_err(usage)?;
+    let oidc =
+        match &file.config.serve.oidc {
+            Some(config) => {
+                let base = file.path.parent().unwrap_or(std::path::Path::new("."));
+                Some(Oidc::open(config, base).await.map_err(|e| {
+                    usage(anyhow::anyhow!("{}: serve.oidc: {e}", file.path.display()))
+                })?)
+            }
+            None => None,
+        };
     let api = Arc::new(Api::new(
         profiles,
         schemas.catalog,
         policy,
         keys,
+        oidc,
         &file.config.serve.rate_limit,
     ));
     let (listener, bound) = crate::serve::bind(args.listen)

@@ -569,6 +569,9 @@ pub struct ServeConfig {
     pub roles: Option<BTreeMap<String, RoleConfig>>,
     #[serde(default)]
     pub rate_limit: RateLimitConfig,
+    /// OIDC bearer tokens (JWT) accepted beside the API keys.
+    #[serde(default)]
+    pub oidc: Option<OidcConfig>,
 }
 
 impl Default for ServeConfig {
@@ -577,8 +580,29 @@ impl Default for ServeConfig {
             api_keys: default_api_keys(),
             roles: None,
             rate_limit: RateLimitConfig::default(),
+            oidc: None,
         }
     }
+}
+
+/// The identity provider whose tokens the profile API accepts.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OidcConfig {
+    /// The `iss` every token must carry, exactly.
+    pub issuer: String,
+    /// The `aud` every token must carry (one of its audiences).
+    pub audience: String,
+    /// The provider's JWK set: an `https://` URL, or a file (relative to the pipeline file).
+    pub jwks: String,
+    /// The claim naming the caller's role: a string, or a list whose first role of this API
+    /// counts.
+    #[serde(default = "default_role_claim")]
+    pub role_claim: String,
+}
+
+fn default_role_claim() -> String {
+    "roles".into()
 }
 
 fn default_api_keys() -> PathBuf {

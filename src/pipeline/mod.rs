@@ -614,7 +614,6 @@ impl Pipeline {
                             live: !delete,
                             segments: after.clone(),
                             history: history.clone(),
-                            residency_zone: zone,
                         },
                     );
                 }
@@ -639,15 +638,14 @@ impl Pipeline {
         out: &mut Applied,
     ) {
         let now = chrono::Utc::now();
+        let mut moved = telemetry::MembersMoved::default();
         for (k, ((i, change), outcome)) in origin.iter().zip(changes).zip(outcomes).enumerate() {
             if let Some(f) = foreseen.get(k) {
                 let emitted = match outcome {
                     WriteOutcome::Applied => {
                         match (&f.left, &f.applied) {
-                            (Some(left), _) => telemetry::segment_members_moved(&[], left),
-                            (None, Some(c)) => {
-                                telemetry::segment_members_moved(&c.entered, &c.exited)
-                            }
+                            (Some(left), _) => moved.add(&[], left),
+                            (None, Some(c)) => moved.add(&c.entered, &c.exited),
                             (None, None) => {}
                         }
                         &f.applied
@@ -670,6 +668,7 @@ impl Pipeline {
                     .push((*i, self.profiles.projection.op(change)));
             }
         }
+        moved.record();
     }
 
     /// A consent or erase event, and the index operation and segment change that follow it.

@@ -17,6 +17,8 @@ use std::sync::Mutex;
 use std::time::SystemTime;
 
 const FORMAT: &str = "profile-sync-api-keys/v1";
+/// How every API key begins (an OIDC token never does).
+pub const PREFIX: &str = "psk_";
 
 /// One key as stored: never the key itself.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -156,7 +158,7 @@ impl ApiKeys {
         };
         keys.push(stored.clone());
         self.write(keys)?;
-        Ok((format!("psk_{id}_{secret}"), stored))
+        Ok((format!("{PREFIX}{id}_{secret}"), stored))
     }
 
     pub fn list(&self) -> Result<Vec<StoredKey>, ApiKeyError> {
@@ -184,7 +186,7 @@ impl ApiKeys {
     /// revoked or wrong. The error is for a key file that cannot be read.
     pub fn verify(&self, presented: &str) -> Result<Option<Principal>, ApiKeyError> {
         let Some((id, secret)) = presented
-            .strip_prefix("psk_")
+            .strip_prefix(PREFIX)
             .and_then(|rest| rest.split_once('_'))
         else {
             return Ok(None);

@@ -1,11 +1,12 @@
-//! `profile-sync serve`: the profile API. Every request is authenticated (an API key as a
-//! bearer token), authorized at one policy point ([`policy::Policy`]: roles over actions,
+//! `profile-sync serve`: the profile API. Every request is authenticated (an API key, or an
+//! OIDC token from the identity provider the pipeline file names, as a bearer token), authorized at one policy point ([`policy::Policy`]: roles over actions,
 //! field classes and fields), rate limited per key, and every reveal or lookup is written to
 //! the audit trail under the authenticated principal before anything is answered. Errors are
 //! RFC 9457 problem documents that name no values.
 
 pub mod api_keys;
 mod limits;
+pub mod oidc;
 pub mod policy;
 mod problem;
 mod routes;
@@ -25,6 +26,7 @@ pub struct Api {
     pub catalog: Catalog,
     pub policy: Policy,
     pub keys: ApiKeys,
+    pub oidc: Option<oidc::Oidc>,
     limits: limits::Limits,
 }
 
@@ -34,6 +36,7 @@ impl Api {
         catalog: Catalog,
         policy: Policy,
         keys: ApiKeys,
+        oidc: Option<oidc::Oidc>,
         rate: &RateLimitConfig,
     ) -> Self {
         Self {
@@ -41,6 +44,7 @@ impl Api {
             catalog,
             policy,
             keys,
+            oidc,
             limits: limits::Limits::new(rate),
         }
     }

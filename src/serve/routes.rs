@@ -2,6 +2,7 @@
 //! rate limit, then do the work. Reveals and lookups write their audit record first and fail
 //! closed: if the audit trail cannot be written, nothing is revealed.
 
+use super::oidc::TokenError;
 use super::problem::Problem;
 use super::{Action, Api, Principal};
 use crate::indexes::IndexError;
@@ -9,7 +10,7 @@ use crate::privacy::{Actor, MASK};
 use crate::schema::Classification;
 use axum::extract::rejection::{JsonRejection, QueryRejection};
 use axum::extract::{Path, Query, State};
-use axum::http::{HeaderMap, HeaderValue};
+use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
@@ -31,21 +32,45 @@ pub fn router(api: Arc<Api>) -> Router {
         .with_state(api)
 }
 
-/// The caller, if its key is valid, its role may take `action`, and it is within its limits.
-fn authorize(api: &Api, headers: &HeaderMap, action: Action) -> Result<Principal, Problem> {
+/// Who presented this bearer credential: an API key (`psk_…`), or else, when the pipeline file
+/// names an identity provider, an OIDC token.
+async fn authenticate(api: &Api, presented: &str) -> Result<Principal, Problem> {
+    match &api.oidc {
+        Some(oidc) if !presented.starts_with(super::api_keys::PREFIX) => oidc
+            .verify(presented, |role| api.policy.has_role(role))
+            .await
+            .map_err(|e| match e {
+                TokenError::Invalid(why) => Problem::new(StatusCode::UNAUTHORIZED, why),
+                TokenError::Unavailable(why) => {
+                    tracing::error!(error = %why, "the identity provider's keys cannot be read");
+                    Problem::unavailable("the identity provider's keys cannot be read")
+                }
+            }),
+        _ => api
+            .keys
+            .verify(presented)
+            .map_err(|e| {
+                tracing::error!(error = %e, "the API key file cannot be read");
+                Problem::unavailable("the API key store cannot be read")
+            })?
+            .ok_or_else(Problem::unauthorized),
+    }
+}
+
+/// The caller, if its credential is valid, its role may take `action`, and it is within its
+/// limits.
+async fn authorize(api: &Api, headers: &HeaderMap, action: Action) -> Result<Principal, Problem> {
     let presented = headers
         .get(axum::http::header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer "))
         .ok_or_else(Problem::unauthorized)?;
-    let principal = api
-        .keys
-        .verify(presented.trim())
-        .map_err(|e| {
-            tracing::error!(error = %e, "the API key file cannot be read");
-            Problem::unavailable("the API key store cannot be read")
-        })?
-        .ok_or_else(Problem::unauthorized)?;
+    let principal = authenticate(api, presented.trim()).await?;
+    if principal.role.is_empty() {
+        return Err(Problem::forbidden(
+            "the token names no role of this API (see serve.oidc.role_claim)",
+        ));
+    }
     if !api.policy.allows(&principal.role, action) {
         return Err(Problem::forbidden(format!(
             "role `{}` may not {}",
@@ -115,7 +140,7 @@ async fn profile(
     Path(user): Path<String>,
     headers: HeaderMap,
 ) -> Answer {
-    let principal = authorize(&api, &headers, Action::Read)?;
+    let principal = authorize(&api, &headers, Action::Read).await?;
     let user = user_id(&user)?;
     let request_id = Uuid::new_v4();
     let (version, record) = match live_record(&api, user).await {
@@ -164,7 +189,7 @@ async fn segments(
     Path(user): Path<String>,
     headers: HeaderMap,
 ) -> Answer {
-    let principal = authorize(&api, &headers, Action::Read)?;
+    let principal = authorize(&api, &headers, Action::Read).await?;
     if !api
         .policy
         .reads(&principal.role, "segments", Classification::Derived)
@@ -200,7 +225,7 @@ async fn reveal(
     headers: HeaderMap,
     body: Result<Json<RevealRequest>, JsonRejection>,
 ) -> Answer {
-    let principal = authorize(&api, &headers, Action::Reveal)?;
+    let principal = authorize(&api, &headers, Action::Reveal).await?;
     let user = user_id(&user)?;
     let Ok(Json(request)) = body else {
         return Err(Problem::bad_request(
@@ -273,7 +298,7 @@ async fn audit(
     Path(user): Path<String>,
     headers: HeaderMap,
 ) -> Answer {
-    authorize(&api, &headers, Action::Audit)?;
+    authorize(&api, &headers, Action::Audit).await?;
     let user = user_id(&user)?;
     let trail = api
         .profiles
@@ -300,7 +325,7 @@ async fn lookup(
     headers: HeaderMap,
     body: Result<Json<LookupRequest>, JsonRejection>,
 ) -> Answer {
-    let principal = authorize(&api, &headers, Action::Lookup)?;
+    let principal = authorize(&api, &headers, Action::Lookup).await?;
     let Ok(Json(request)) = body else {
         return Err(Problem::bad_request(
             "send {\"email\": \"...\", \"reason\": \"...\"} as JSON",
@@ -362,7 +387,7 @@ async fn search(
     headers: HeaderMap,
     query: Result<Query<SearchQuery>, QueryRejection>,
 ) -> Answer {
-    authorize(&api, &headers, Action::Search)?;
+    authorize(&api, &headers, Action::Search).await?;
     let Ok(Query(query)) = query else {
         return Err(Problem::bad_request(
             "give the query as `q` (and `limit`, a number)",

@@ -93,8 +93,8 @@ pub struct AuditRecord {
     pub request_id: Uuid,
 }
 
-/// What the segment change feed needs of a stored profile: its version, segments and zone, and
-/// its recent segment changes (when the feed was on as it was written).
+/// What the segment change feed needs of a stored profile: its version and segments, and its
+/// recent segment changes (when the feed was on as it was written).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct StoredSegments {
     pub version: i64,
@@ -102,7 +102,6 @@ pub struct StoredSegments {
     pub live: bool,
     pub segments: Vec<String>,
     pub history: Option<crate::event::SegmentHistory>,
-    pub residency_zone: Option<String>,
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]

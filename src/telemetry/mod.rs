@@ -49,11 +49,32 @@ pub fn segment_members(members: &std::collections::BTreeMap<String, u64>) {
 /// A user entered `entered` and left `exited` (segment names are the pipeline file's, never
 /// values).
 pub fn segment_members_moved(entered: &[String], exited: &[String]) {
-    for segment in entered {
-        metrics::gauge!(SEGMENT_MEMBERS, "segment" => segment.clone()).increment(1.0);
+    let mut moved = MembersMoved::default();
+    moved.add(entered, exited);
+    moved.record();
+}
+
+/// The members gauge's moves over a whole write, summed per segment and recorded once each
+/// (a gauge update per change and segment was a label allocation and a registry look-up each).
+#[derive(Debug, Default)]
+pub struct MembersMoved(Vec<(String, i64)>);
+
+impl MembersMoved {
+    pub fn add(&mut self, entered: &[String], exited: &[String]) {
+        for (segments, by) in [(entered, 1), (exited, -1)] {
+            for segment in segments {
+                match self.0.iter_mut().find(|(s, _)| s == segment) {
+                    Some((_, n)) => *n += by,
+                    None => self.0.push((segment.clone(), by)),
+                }
+            }
+        }
     }
-    for segment in exited {
-        metrics::gauge!(SEGMENT_MEMBERS, "segment" => segment.clone()).decrement(1.0);
+
+    pub fn record(self) {
+        for (segment, by) in self.0.into_iter().filter(|(_, by)| *by != 0) {
+            metrics::gauge!(SEGMENT_MEMBERS, "segment" => segment).increment(by as f64);
+        }
     }
 }
 

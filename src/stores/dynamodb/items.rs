@@ -1,7 +1,7 @@
 //! The single-table item layout (documented in ARCHITECTURE.md): how each stored value maps
 //! to a DynamoDB item and back. Nothing here talks to DynamoDB.
 
-use crate::event::{Operation, ProtectedChange, ProtectedRecord};
+use crate::event::{Operation, ProtectedChange, ProtectedRecord, SegmentHistory};
 use crate::keys::WrappedUserKey;
 use crate::stores::{AuditRecord, ConsentRecord, StoreError, StoredProfile, StoredSegments};
 use aws_sdk_dynamodb::primitives::Blob;
@@ -154,11 +154,7 @@ pub fn parse_segments(item: &Item) -> Result<(Uuid, StoredSegments), StoreError>
             version: get_n(item, "profile", "version")?,
             live,
             segments: get_strings(item, "segments"),
-            history: opt_s(item, "segment_history")
-                .map(serde_json::from_str)
-                .transpose()
-                .map_err(|_| bad("profile", "segment_history"))?,
-            residency_zone: opt_s(item, "residency_zone").map(str::to_string),
+            history: segment_history(item)?,
         },
     ))
 }
@@ -174,15 +170,27 @@ pub fn tombstone_item(user: Uuid, fence: i64, at: &DateTime<Utc>) -> Item {
     item
 }
 
+/// The `segment_history` attribute (JSON), written beside the record with the feed on.
+fn segment_history(item: &Item) -> Result<Option<SegmentHistory>, StoreError> {
+    opt_s(item, "segment_history")
+        .map(serde_json::from_str)
+        .transpose()
+        .map_err(|_| bad("profile", "segment_history"))
+}
+
 pub fn parse_profile(item: &Item) -> Result<StoredProfile, StoreError> {
     let user_id = get_uuid(item, "profile", "user_id")?;
     let record = match opt_s(item, "record") {
-        Some(text) => Some(serde_json::from_str::<ProtectedRecord>(text).map_err(|e| {
-            StoreError::Failed(format!(
-                "stored record of user {user_id} does not parse: {}",
-                e.classify_name()
-            ))
-        })?),
+        Some(text) => {
+            let mut record = serde_json::from_str::<ProtectedRecord>(text).map_err(|e| {
+                StoreError::Failed(format!(
+                    "stored record of user {user_id} does not parse: {}",
+                    e.classify_name()
+                ))
+            })?;
+            record.segment_history = segment_history(item)?;
+            Some(record)
+        }
         None => None,
     };
     Ok(StoredProfile {

@@ -920,7 +920,7 @@ impl ProfileStore for DynamoStore {
         users: &[Uuid],
     ) -> Result<HashMap<Uuid, StoredSegments>, StoreError> {
         let keys = users.iter().map(|u| key_of(user_pk(*u), PROFILE)).collect();
-        let projection = "user_id, version, deleted, #segments, segment_history, residency_zone";
+        let projection = "user_id, version, deleted, #segments, segment_history";
         let mut sets = HashMap::new();
         for item in self.batch_get(keys, projection).await? {
             let (user, set) = parse_segments(&item)?;

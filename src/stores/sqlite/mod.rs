@@ -4,7 +4,7 @@ use super::{
     consent_state, AuditRecord, ConsentRecord, ConsentState, ProfileStore, StoreCounts, StoreError,
     StoredProfile, StoredSegments, WriteOutcome,
 };
-use crate::event::{Operation, ProtectedChange, ProtectedRecord};
+use crate::event::{Operation, ProtectedChange, ProtectedRecord, SegmentHistory};
 use crate::keys::WrappedUserKey;
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
@@ -38,6 +38,7 @@ CREATE TABLE IF NOT EXISTS profiles (
     deleted     INTEGER NOT NULL,
     record      TEXT,
     email_index TEXT,
+    segment_history TEXT,
     updated_at  TEXT NOT NULL,
     erased_at   TEXT
 );
@@ -135,13 +136,17 @@ impl SqliteStore {
                 other => break other?,
             }
         }
+        add_segment_history_column(&conn)?;
         let reader = Connection::open(path)
             .map_err(|e| StoreError::Failed(format!("cannot open {}: {e}", path.display())))?;
         reader
             .busy_timeout(std::time::Duration::from_secs(30))
             .map_err(failed)?;
+        // The reader's page cache is the writer's size: it reads the same pages of every
+        // batch's users (fences, consents, keys, the segment feed's sets), and with SQLite's
+        // default 2 MiB it read them back from the OS each time (`readDbPage` in perf).
         reader
-            .execute_batch("PRAGMA query_only = 1;")
+            .execute_batch("PRAGMA query_only = 1; PRAGMA cache_size = -32768;")
             .map_err(failed)?;
         Ok(Self {
             conn: ConnectionThread::start("sqlite-writer", conn)?,
@@ -176,6 +181,20 @@ impl SqliteStore {
     }
 }
 
+/// Files written before the segment history had a column of its own get it (NULL: such rows
+/// are read as if written with the feed off, from the record's segments).
+fn add_segment_history_column(conn: &Connection) -> Result<(), StoreError> {
+    let has_column = conn
+        .prepare("SELECT 1 FROM pragma_table_info('profiles') WHERE name = 'segment_history'")
+        .and_then(|mut stmt| stmt.exists([]))
+        .map_err(failed)?;
+    if !has_column {
+        conn.execute_batch("ALTER TABLE profiles ADD COLUMN segment_history TEXT")
+            .map_err(failed)?;
+    }
+    Ok(())
+}
+
 fn ts(t: &DateTime<Utc>) -> String {
     t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
 }
@@ -190,21 +209,39 @@ fn parse_uuid(s: &str) -> Result<Uuid, StoreError> {
     Uuid::parse_str(s).map_err(|_| StoreError::Failed("a stored user id is not a UUID".into()))
 }
 
+/// The `record` and `segment_history` columns as the stored record.
+fn stored_record(
+    user_id: Uuid,
+    record: Option<String>,
+    history: Option<String>,
+) -> Result<Option<ProtectedRecord>, StoreError> {
+    let Some(text) = record else {
+        return Ok(None);
+    };
+    let mut record = serde_json::from_str::<ProtectedRecord>(&text).map_err(|e| {
+        StoreError::Failed(format!(
+            "stored record of user {user_id} does not parse: {e}"
+        ))
+    })?;
+    record.segment_history = history
+        .map(|h| serde_json::from_str(&h))
+        .transpose()
+        .map_err(|_| {
+            StoreError::Failed(format!(
+                "stored segment history of user {user_id} does not parse"
+            ))
+        })?;
+    Ok(Some(record))
+}
+
 fn stored_profile(
     user_id: Uuid,
     version: i64,
-    record: Option<String>,
+    (record, history): (Option<String>, Option<String>),
     updated_at: &str,
     erased_at: Option<&str>,
 ) -> Result<StoredProfile, StoreError> {
-    let record = match record {
-        Some(text) => Some(serde_json::from_str::<ProtectedRecord>(&text).map_err(|e| {
-            StoreError::Failed(format!(
-                "stored record of user {user_id} does not parse: {e}"
-            ))
-        })?),
-        None => None,
-    };
+    let record = stored_record(user_id, record, history)?;
     Ok(StoredProfile {
         user_id,
         version,
@@ -275,19 +312,28 @@ fn key_from_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<(String, WrappedUse
 #[async_trait]
 impl ProfileStore for SqliteStore {
     async fn apply(&self, changes: &[ProtectedChange]) -> Result<Vec<WriteOutcome>, StoreError> {
-        let rows: Vec<(String, i64, Option<String>, Option<String>, String)> = changes
+        type Row = (
+            String,
+            i64,
+            Option<String>,
+            Option<String>,
+            Option<String>,
+            String,
+        );
+        let rows: Vec<Row> = changes
             .iter()
             .map(|c| {
-                let record = match (c.operation, &c.record) {
-                    (Operation::Upsert, Some(r)) => {
-                        Some(serde_json::to_string(r).expect("serialisable"))
-                    }
-                    _ => None,
-                };
+                let record = c
+                    .record
+                    .as_ref()
+                    .filter(|_| c.operation == Operation::Upsert);
                 (
                     c.user_id.to_string(),
                     c.version,
-                    record,
+                    record.map(|r| serde_json::to_string(r).expect("serialisable")),
+                    record
+                        .and_then(|r| r.segment_history.as_ref())
+                        .map(|h| serde_json::to_string(h).expect("serialisable")),
                     c.record.as_ref().and_then(|r| r.email_index.clone()),
                     ts(&c.occurred_at),
                 )
@@ -317,21 +363,21 @@ impl ProfileStore for SqliteStore {
                 }
                 let mut upsert = tx
                     .prepare_cached(
-                        "INSERT INTO profiles (user_id, version, deleted, record, email_index, updated_at, erased_at)
-                         VALUES (?1, ?2, ?3, ?4, ?5, ?6, NULL)
+                        "INSERT INTO profiles (user_id, version, deleted, record, segment_history, email_index, updated_at, erased_at)
+                         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, NULL)
                          ON CONFLICT(user_id) DO UPDATE SET version = excluded.version, deleted = excluded.deleted,
-                           record = excluded.record, email_index = excluded.email_index, updated_at = excluded.updated_at,
-                           erased_at = NULL",
+                           record = excluded.record, segment_history = excluded.segment_history,
+                           email_index = excluded.email_index, updated_at = excluded.updated_at, erased_at = NULL",
                     )
                     .map_err(failed)?;
-                for (user, version, record, email_index, at) in &rows {
+                for (user, version, record, history, email_index, at) in &rows {
                     let outcome = match stored.get(user.as_str()) {
                         Some((v, _)) if *v > *version => WriteOutcome::Stale,
                         Some((v, _)) if *v == *version => WriteOutcome::Replayed,
                         Some((_, true)) if !revive_erased => WriteOutcome::Erased,
                         _ => {
                             upsert
-                                .execute(params![user, version, record.is_none(), record, email_index, at])
+                                .execute(params![user, version, record.is_none(), record, history, email_index, at])
                                 .map_err(failed)?;
                             stored.insert(user.clone(), (*version, false));
                             WriteOutcome::Applied
@@ -350,14 +396,14 @@ impl ProfileStore for SqliteStore {
         self.with_reader(move |conn| {
             let row = conn
                 .query_row(
-                    "SELECT version, record, updated_at, erased_at FROM profiles WHERE user_id = ?1",
+                    "SELECT version, record, segment_history, updated_at, erased_at FROM profiles WHERE user_id = ?1",
                     [user.to_string()],
                     |r| {
                         Ok((
                             r.get::<_, i64>(0)?,
-                            r.get::<_, Option<String>>(1)?,
-                            r.get::<_, String>(2)?,
-                            r.get::<_, Option<String>>(3)?,
+                            (r.get::<_, Option<String>>(1)?, r.get::<_, Option<String>>(2)?),
+                            r.get::<_, String>(3)?,
+                            r.get::<_, Option<String>>(4)?,
                         ))
                     },
                 )
@@ -529,7 +575,7 @@ impl ProfileStore for SqliteStore {
         self.with_reader(move |conn| {
             let mut stmt = conn
                 .prepare_cached(
-                    "SELECT user_id, version, record, updated_at, erased_at FROM profiles WHERE user_id > ?1 ORDER BY user_id LIMIT ?2",
+                    "SELECT user_id, version, record, segment_history, updated_at, erased_at FROM profiles WHERE user_id > ?1 ORDER BY user_id LIMIT ?2",
                 )
                 .map_err(failed)?;
             let rows = stmt
@@ -537,9 +583,9 @@ impl ProfileStore for SqliteStore {
                     Ok((
                         r.get::<_, String>(0)?,
                         r.get::<_, i64>(1)?,
-                        r.get::<_, Option<String>>(2)?,
-                        r.get::<_, String>(3)?,
-                        r.get::<_, Option<String>>(4)?,
+                        (r.get::<_, Option<String>>(2)?, r.get::<_, Option<String>>(3)?),
+                        r.get::<_, String>(4)?,
+                        r.get::<_, Option<String>>(5)?,
                     ))
                 })
                 .map_err(failed)?;
@@ -605,7 +651,8 @@ impl ProfileStore for SqliteStore {
                 "INSERT INTO profiles (user_id, version, deleted, record, email_index, updated_at, erased_at)
                  VALUES (?1, ?2, 1, NULL, NULL, ?3, ?3)
                  ON CONFLICT(user_id) DO UPDATE SET version = excluded.version, deleted = 1, record = NULL,
-                   email_index = NULL, updated_at = excluded.updated_at, erased_at = excluded.erased_at",
+                   segment_history = NULL, email_index = NULL, updated_at = excluded.updated_at,
+                   erased_at = excluded.erased_at",
                 params![id, fence, ts(&at)],
             )
             .map_err(failed)?;
@@ -700,8 +747,8 @@ impl ProfileStore for SqliteStore {
         self.with_reader(move |conn| {
             let mut stmt = conn
                 .prepare_cached(
-                    "SELECT user_id, version, deleted,
-                       json_extract(record, '$.segments', '$.segment_history', '$.region.residency_zone')
+                    "SELECT user_id, version, deleted, segment_history,
+                       CASE WHEN segment_history IS NULL THEN json_extract(record, '$.segments', '$.segment_history') END
                      FROM profiles WHERE user_id IN (SELECT value FROM json_each(?1))",
                 )
                 .map_err(failed)?;
@@ -712,32 +759,38 @@ impl ProfileStore for SqliteStore {
                         r.get::<_, i64>(1)?,
                         r.get::<_, bool>(2)?,
                         r.get::<_, Option<String>>(3)?,
+                        r.get::<_, Option<String>>(4)?,
                     ))
                 })
                 .map_err(failed)?;
-            // One parse of the record gives the three: `[segments, segment_history, zone]`.
-            type Extracted = (
-                Option<Vec<String>>,
-                Option<crate::event::SegmentHistory>,
-                Option<String>,
-            );
+            let unreadable =
+                || StoreError::Failed("a stored record's segments are not a list of names".into());
             let mut sets = HashMap::new();
             for row in rows {
-                let (user, version, deleted, extracted) = row.map_err(failed)?;
-                let (segments, history, zone): Extracted = match extracted {
-                    Some(text) => serde_json::from_str(&text).map_err(|_| {
-                        StoreError::Failed("a stored record's segments are not a list of names".into())
-                    })?,
-                    None => (None, None, None),
+                let (user, version, deleted, history, from_record) = row.map_err(failed)?;
+                // The history's last set is the stored one: only the small column is parsed.
+                // Rows without it (the feed off, or a file older than the column, which kept
+                // the history in the record) are read from the record.
+                let (segments, history) = match (history, from_record) {
+                    (Some(text), _) => {
+                        let history: SegmentHistory =
+                            serde_json::from_str(&text).map_err(|_| unreadable())?;
+                        (history.current().to_vec(), Some(history))
+                    }
+                    (None, Some(text)) => {
+                        let (segments, history): (Option<Vec<String>>, Option<SegmentHistory>) =
+                            serde_json::from_str(&text).map_err(|_| unreadable())?;
+                        (segments.unwrap_or_default(), history)
+                    }
+                    (None, None) => (Vec::new(), None),
                 };
                 sets.insert(
                     parse_uuid(&user)?,
                     StoredSegments {
                         version,
                         live: !deleted,
-                        segments: segments.unwrap_or_default(),
+                        segments,
                         history,
-                        residency_zone: zone,
                     },
                 );
             }
@@ -1001,6 +1054,95 @@ mod tests {
                 .unwrap(),
             vec![WriteOutcome::Stale]
         );
+    }
+
+    #[tokio::test]
+    async fn the_segment_history_has_a_column_of_its_own_and_older_files_are_read_from_the_record()
+    {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("s.sqlite");
+        // A file from before the column: the history inside the record's JSON.
+        let (u, w) = (Uuid::new_v4(), Uuid::new_v4());
+        {
+            let conn = Connection::open(&path).unwrap();
+            conn.execute_batch(
+                "CREATE TABLE profiles (user_id TEXT PRIMARY KEY, version INTEGER NOT NULL,
+                   deleted INTEGER NOT NULL, record TEXT, email_index TEXT, updated_at TEXT NOT NULL,
+                   erased_at TEXT)",
+            )
+            .unwrap();
+            let mut record = serde_json::to_value(change(u, 2, Operation::Upsert).record).unwrap();
+            record["segments"] = serde_json::json!(["a", "b"]);
+            record["segment_history"] =
+                serde_json::json!({"base": [], "steps": [{"v": 2, "s": ["a", "b"], "z": "EU"}]});
+            conn.execute(
+                "INSERT INTO profiles VALUES (?1, 2, 0, ?2, NULL, '2026-01-01T00:00:00.000Z', NULL)",
+                params![u.to_string(), record.to_string()],
+            )
+            .unwrap();
+        }
+        let store = SqliteStore::open(&path).unwrap();
+        let sets = store.segment_sets(&[u]).await.unwrap();
+        assert_eq!(sets[&u].segments, vec!["a", "b"]);
+        assert_eq!(
+            sets[&u]
+                .history
+                .as_ref()
+                .unwrap()
+                .find(2)
+                .unwrap()
+                .0
+                .segments,
+            vec!["a", "b"]
+        );
+
+        let mut history = SegmentHistory::starting_from(vec!["a".into()]);
+        history.push(crate::event::SegmentStep {
+            version: 3,
+            segments: vec!["c".into()],
+            zone: None,
+            gone: false,
+        });
+        let mut next = change(w, 3, Operation::Upsert);
+        let record = next.record.as_mut().unwrap();
+        record.segments = vec!["c".into()];
+        record.segment_history = Some(history.clone());
+        store.apply(&[next]).await.unwrap();
+        let sets = store.segment_sets(&[w]).await.unwrap();
+        assert_eq!(
+            (sets[&w].segments.clone(), sets[&w].history.clone()),
+            (vec!["c".to_string()], Some(history.clone()))
+        );
+        assert_eq!(
+            store
+                .get(w)
+                .await
+                .unwrap()
+                .unwrap()
+                .record
+                .unwrap()
+                .segment_history,
+            Some(history)
+        );
+        let conn = Connection::open(&path).unwrap();
+        let (record, column): (String, Option<String>) = conn
+            .query_row(
+                "SELECT record, segment_history FROM profiles WHERE user_id = ?1",
+                [w.to_string()],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
+            .unwrap();
+        assert!(!record.contains("segment_history") && column.is_some_and(|c| c.contains("\"c\"")));
+
+        store.erase(w, 4, Utc::now()).await.unwrap();
+        let column: Option<String> = conn
+            .query_row(
+                "SELECT segment_history FROM profiles WHERE user_id = ?1",
+                [w.to_string()],
+                |r| r.get(0),
+            )
+            .unwrap();
+        assert_eq!(column, None, "an erasure keeps no history");
     }
 
     #[tokio::test]
