@@ -33,11 +33,7 @@ impl Served {
     /// `serve` is appended to pipelines/local.yaml as its `serve:` section.
     fn start(serve: &str) -> Self {
         let dir = tempfile::tempdir().unwrap();
-        let root = repo().display().to_string();
-        let text = std::fs::read_to_string(local_pipeline())
-            .unwrap()
-            .replace("../", &format!("{root}/"))
-            + serve;
+        let text = local_pipeline_text() + serve;
         let pipeline = dir.path().join("serve.yaml");
         std::fs::write(&pipeline, text).unwrap();
         let (input, _) = generate(dir.path(), 400, 0.0, "jsonl", 5);
@@ -137,6 +133,14 @@ impl Served {
     fn audit(&self, user: &str) -> Vec<Json> {
         json_lines(&self.cli(&["audit", user]))
     }
+}
+
+/// pipelines/local.yaml with its relative paths made absolute, to be written anywhere.
+fn local_pipeline_text() -> String {
+    let root = repo().display().to_string();
+    std::fs::read_to_string(local_pipeline())
+        .unwrap()
+        .replace("../", &format!("{root}/"))
 }
 
 fn bin_std() -> std::process::Command {
@@ -378,10 +382,7 @@ async fn when_the_audit_trail_cannot_be_written_a_reveal_answers_503_and_reveals
 #[test]
 fn a_key_for_an_unknown_role_or_a_role_with_a_typo_is_a_usage_error() {
     let dir = tempfile::tempdir().unwrap();
-    let root = repo().display().to_string();
-    let base = std::fs::read_to_string(local_pipeline())
-        .unwrap()
-        .replace("../", &format!("{root}/"));
+    let base = local_pipeline_text();
     let pipeline = dir.path().join("p.yaml");
     std::fs::write(&pipeline, &base).unwrap();
     let create = |pipeline: &Path, role: &str| {
@@ -655,10 +656,7 @@ async fn oidc_tokens_are_checked_for_signature_issuer_audience_and_time_and_the_
 #[test]
 fn an_oidc_section_with_a_shared_secret_key_or_no_issuer_stops_serve_with_usage_errors() {
     let dir = tempfile::tempdir().unwrap();
-    let root = repo().display().to_string();
-    let base = std::fs::read_to_string(local_pipeline())
-        .unwrap()
-        .replace("../", &format!("{root}/"));
+    let base = local_pipeline_text();
     let jwks = dir.path().join("jwks.json");
     let serve = |oidc: &str| {
         let pipeline = dir.path().join("p.yaml");
