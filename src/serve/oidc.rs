@@ -115,7 +115,6 @@ impl Oidc {
             return Err(invalid("names an algorithm its key is not for"));
         }
         let mut validation = Validation::new(header.alg);
-        validation.algorithms = vec![header.alg];
         validation.set_issuer(&[&self.config.issuer]);
         validation.set_audience(&[&self.config.audience]);
         validation.set_required_spec_claims(&["exp", "iss", "aud", "sub"]);
