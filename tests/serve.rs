@@ -32,6 +32,11 @@ impl Drop for Served {
 impl Served {
     /// `serve` is appended to pipelines/local.yaml as its `serve:` section.
     fn start(serve: &str) -> Self {
+        Self::start_with(serve, &[]).0
+    }
+
+    /// Also passes `args` to `serve`; returns what it printed before it served.
+    fn start_with(serve: &str, args: &[&str]) -> (Self, Vec<String>) {
         let dir = tempfile::tempdir().unwrap();
         let text = local_pipeline_text() + serve;
         let pipeline = dir.path().join("serve.yaml");
@@ -43,29 +48,40 @@ impl Served {
             .arg(&pipeline)
             .arg("--data-dir")
             .arg(dir.path().join("data"))
+            .args(args)
             .stderr(Stdio::piped())
             .spawn()
             .unwrap();
         let mut stderr = BufReader::new(server.stderr.take().unwrap());
-        let mut line = String::new();
-        stderr.read_line(&mut line).unwrap();
-        let url = line
-            .trim()
-            .rsplit(' ')
-            .next()
-            .filter(|u| u.starts_with("http://"))
-            .unwrap_or_else(|| panic!("serve did not say where it listens: {line:?}"))
-            .to_string();
+        let mut printed = Vec::new();
+        let url = loop {
+            let mut line = String::new();
+            stderr.read_line(&mut line).unwrap();
+            assert!(!line.is_empty(), "serve ended before serving: {printed:?}");
+            printed.push(line.trim().to_string());
+            if line.contains("serving the profile API") {
+                break line
+                    .trim()
+                    .rsplit(' ')
+                    .next()
+                    .filter(|u| u.starts_with("http://"))
+                    .unwrap_or_else(|| panic!("serve did not say where it listens: {line:?}"))
+                    .to_string();
+            }
+        };
         // Keep draining stderr so the server never blocks on a full pipe.
         std::thread::spawn(move || for _ in stderr.lines() {});
-        Self {
-            dir,
-            input,
-            pipeline,
-            server,
-            url,
-            http: reqwest::Client::new(),
-        }
+        (
+            Self {
+                dir,
+                input,
+                pipeline,
+                server,
+                url,
+                http: reqwest::Client::new(),
+            },
+            printed,
+        )
     }
 
     fn data(&self) -> PathBuf {
@@ -333,7 +349,8 @@ async fn past_its_reveal_limit_a_key_gets_429_with_retry_after_and_nothing_is_re
 }
 
 #[tokio::test]
-async fn when_the_audit_trail_cannot_be_written_a_reveal_answers_503_and_reveals_nothing() {
+async fn when_the_audit_trail_cannot_be_written_reveal_lookup_and_export_answer_503_and_reveal_nothing(
+) {
     let s = Served::start("");
     let support = s.key("support-desk", "support");
     let (user, generated) = s.live_user(&support).await;
@@ -366,6 +383,16 @@ async fn when_the_audit_trail_cannot_be_written_a_reveal_answers_503_and_reveals
         .await;
     assert_eq!(r.status(), 503);
     assert!(!r.text().await.unwrap().contains(&user));
+    let officer = s.key("dpo", "privacy_officer");
+    let r = s
+        .post(
+            &officer,
+            &format!("/v1/profiles/{user}/export"),
+            json!({"reason": "DSAR 9"}),
+        )
+        .await;
+    assert_eq!(r.status(), 503);
+    assert!(!r.text().await.unwrap().contains(email));
     db.execute_batch("DROP TRIGGER audit_down;").unwrap();
     assert_eq!(
         s.post(
@@ -696,4 +723,279 @@ fn an_oidc_section_with_a_shared_secret_key_or_no_issuer_stops_serve_with_usage_
     let out = serve(&section(ISSUER));
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("cannot read the JWKS file"));
+}
+
+#[tokio::test]
+async fn a_privacy_officer_exports_and_erases_with_a_reason_and_each_leaves_one_audit_record() {
+    let s = Served::start("");
+    let officer = s.key("dpo", "privacy_officer");
+    let support = s.key("support-desk", "support");
+    let (user, generated) = s.live_user(&officer).await;
+    let export = format!("/v1/profiles/{user}/export");
+    let erase = format!("/v1/profiles/{user}/erase");
+
+    // Only the privacy role, and only with a reason.
+    assert_eq!(
+        s.post(&support, &export, json!({"reason": "x"}))
+            .await
+            .status(),
+        403
+    );
+    assert_eq!(
+        s.post(&support, &erase, json!({"reason": "x"}))
+            .await
+            .status(),
+        403
+    );
+    assert_eq!(s.post(&officer, &export, json!({})).await.status(), 400);
+    assert_eq!(
+        s.post(&officer, &erase, json!({"reason": " "}))
+            .await
+            .status(),
+        400
+    );
+    assert!(s
+        .audit(&user)
+        .iter()
+        .all(|r| r["action"] != "export" && r["action"] != "erase"));
+
+    let r = s
+        .post(&officer, &export, json!({"reason": "DSAR 17"}))
+        .await;
+    assert_eq!(r.status(), 200);
+    let request_id = r.headers()["x-request-id"].to_str().unwrap().to_string();
+    let document: Json = r.json().await.unwrap();
+    assert_eq!(document["state"], "live");
+    assert_eq!(document["profile"]["email"], generated["email"]);
+    let exports: Vec<Json> = s
+        .audit(&user)
+        .into_iter()
+        .filter(|r| r["action"] == "export")
+        .collect();
+    assert_eq!(exports.len(), 1, "{exports:?}");
+    assert_eq!(exports[0]["actor"], "api-key:dpo");
+    assert_eq!(exports[0]["reason"], "DSAR 17");
+    assert_eq!(
+        exports[0]["request_id"], request_id,
+        "the audit record names the request"
+    );
+
+    let r = s.post(&officer, &erase, json!({"reason": "DSAR 18"})).await;
+    assert_eq!(r.status(), 200);
+    let erased: Json = r.json().await.unwrap();
+    assert_eq!(erased["erased"], true);
+    let (status, body) = s.get(Some(&officer), &format!("/v1/profiles/{user}")).await;
+    assert_eq!((status, body["state"].as_str()), (200, Some("erased")));
+    // Gone from the index the server reads, and the key with it: nothing can be revealed.
+    let analyst = s.key("bi", "analyst");
+    let (status, found) = s
+        .get(Some(&analyst), &format!("/v1/search?q=user_id:{user}"))
+        .await;
+    assert_eq!((status, found["total"].as_u64()), (200, Some(0)), "{found}");
+    let r = s
+        .post(
+            &support,
+            &format!("/v1/profiles/{user}/reveal"),
+            json!({"fields": ["email"], "reason": "t"}),
+        )
+        .await;
+    assert_eq!(r.status(), 404);
+    // The feed tells personalization engines the user left every segment.
+    let feed = std::fs::read_to_string(s.data().join("segment-changes.jsonl")).unwrap();
+    let last = feed
+        .lines()
+        .rev()
+        .filter_map(|l| serde_json::from_str::<Json>(l).ok())
+        .find(|c| c["user_id"] == user.as_str())
+        .expect("a segment change for the erased user");
+    assert_eq!(last["segments"], json!([]));
+    assert_eq!(last["version"], erased["version_fence"]);
+    let erasures: Vec<Json> = s
+        .audit(&user)
+        .into_iter()
+        .filter(|r| r["action"] == "erase")
+        .collect();
+    assert_eq!(erasures.len(), 1, "{erasures:?}");
+    assert_eq!(erasures[0]["actor"], "api-key:dpo");
+    // Asked again: the same fence, nothing undone.
+    let again: Json = s
+        .post(&officer, &erase, json!({"reason": "DSAR 18"}))
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(again["version_fence"], erased["version_fence"]);
+}
+
+#[tokio::test]
+async fn an_erase_while_a_worker_holds_the_embedded_index_is_refused_with_409_and_erases_nothing() {
+    use std::os::fd::AsRawFd;
+    let s = Served::start("");
+    let officer = s.key("dpo", "privacy_officer");
+    let (user, _) = s.live_user(&officer).await;
+    // What a running worker does to the index folder: hold its writer lock (flock).
+    let lock = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(s.data().join("index/.tantivy-writer.lock"))
+        .unwrap();
+    assert_eq!(
+        unsafe { libc::flock(lock.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) },
+        0
+    );
+    let r = s
+        .post(
+            &officer,
+            &format!("/v1/profiles/{user}/erase"),
+            json!({"reason": "DSAR 3"}),
+        )
+        .await;
+    assert_eq!(r.status(), 409);
+    assert!(r.text().await.unwrap().contains("ERASE event"));
+    let (_, body) = s.get(Some(&officer), &format!("/v1/profiles/{user}")).await;
+    assert_eq!(body["state"], "live");
+    assert!(s.audit(&user).iter().all(|r| r["action"] != "erase"));
+    drop(lock);
+    let r = s
+        .post(
+            &officer,
+            &format!("/v1/profiles/{user}/erase"),
+            json!({"reason": "DSAR 3"}),
+        )
+        .await;
+    assert_eq!(r.status(), 200);
+}
+
+#[tokio::test]
+async fn requests_about_one_user_are_limited_across_keys_and_other_users_are_not() {
+    let s =
+        Served::start("serve:\n  rate_limit:\n    per_user_per_second: 1\n    per_user_burst: 2\n");
+    let engine = s.key("engine", "personalization");
+    let other = s.key("engine-2", "personalization");
+    let users: Vec<String> = expected_state(&s.input)
+        .into_iter()
+        .filter(|(_, e)| !e.deleted)
+        .map(|(u, _)| u)
+        .take(2)
+        .collect();
+    let path = |u: &str| format!("/v1/profiles/{u}/segments");
+    assert_eq!(s.get(Some(&engine), &path(&users[0])).await.0, 200);
+    assert_eq!(s.get(Some(&other), &path(&users[0])).await.0, 200);
+    let (status, problem) = s.get(Some(&other), &path(&users[0])).await;
+    assert_eq!(status, 429);
+    assert!(
+        problem["detail"].as_str().unwrap().contains("this user"),
+        "{problem}"
+    );
+    assert_eq!(s.get(Some(&engine), &path(&users[1])).await.0, 200);
+}
+
+/// Reads a Prometheus text page.
+async fn scrape(url: &str) -> String {
+    reqwest::get(format!("{url}/metrics"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap()
+}
+
+#[tokio::test]
+async fn each_route_has_request_and_latency_metrics_without_ids_and_an_unusual_reveal_rate_is_counted(
+) {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let metrics = format!("127.0.0.1:{port}");
+    let (s, _) = Served::start_with(
+        "serve:\n  rate_limit:\n    reveal_per_minute: 10\n    unusual_reveals_per_minute: 1\n",
+        &["--metrics-addr", &metrics],
+    );
+    let support = s.key("support-desk", "support");
+    let (user, generated) = s.live_user(&support).await;
+    let reveal = format!("/v1/profiles/{user}/reveal");
+    for _ in 0..2 {
+        let r = s
+            .post(
+                &support,
+                &reveal,
+                json!({"fields": ["email"], "reason": "t"}),
+            )
+            .await;
+        assert_eq!(r.status(), 200);
+        assert!(r.headers().contains_key("x-request-id"));
+    }
+    assert_eq!(s.get(None, &format!("/v1/profiles/{user}")).await.0, 401);
+    let page = scrape(&format!("http://{metrics}")).await;
+    let line = |prefix: &str| {
+        page.lines()
+            .find(|l| l.starts_with(prefix))
+            .unwrap_or_else(|| panic!("no {prefix} in {page}"))
+            .to_string()
+    };
+    let reveals = line("profile_sync_api_requests_total{route=\"/v1/profiles/{user_id}/reveal\",method=\"POST\",status=\"200\"}");
+    assert!(reveals.ends_with(" 2"), "{reveals}");
+    line("profile_sync_api_requests_total{route=\"/v1/profiles/{user_id}\",method=\"GET\",status=\"401\"}");
+    line("profile_sync_api_request_seconds_bucket{route=\"/v1/profiles/{user_id}/reveal\",method=\"POST\"");
+    let unusual = line("profile_sync_api_unusual_reveal_rate_total{role=\"support\"}");
+    assert!(unusual.ends_with(" 1"), "{unusual}");
+    assert!(!page.contains(&user), "a user id in the metrics");
+    assert!(!page.contains(generated["email"].as_str().unwrap()));
+}
+
+#[tokio::test]
+async fn the_openapi_document_describes_every_route_and_matches_what_the_routes_answer() {
+    let s = Served::start("");
+    let doc: Json = reqwest::get(format!("{}/v1/openapi.json", s.url))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert!(doc["openapi"].as_str().unwrap().starts_with("3."));
+    let paths = doc["paths"].as_object().unwrap();
+    for (path, method) in [
+        ("/v1/profiles/{user_id}", "get"),
+        ("/v1/profiles/{user_id}/segments", "get"),
+        ("/v1/profiles/{user_id}/reveal", "post"),
+        ("/v1/profiles/{user_id}/audit", "get"),
+        ("/v1/profiles/{user_id}/export", "post"),
+        ("/v1/profiles/{user_id}/erase", "post"),
+        ("/v1/profiles/lookup", "post"),
+        ("/v1/search", "get"),
+    ] {
+        assert!(
+            paths.get(path).and_then(|p| p.get(method)).is_some(),
+            "{method} {path} undocumented"
+        );
+    }
+    assert!(doc["components"]["securitySchemes"]["bearer"].is_object());
+    // The documented shapes are the answered ones.
+    let schemas = &doc["components"]["schemas"];
+    let properties = |name: &str| -> std::collections::BTreeSet<String> {
+        schemas[name]["properties"]
+            .as_object()
+            .unwrap_or_else(|| panic!("no schema {name}"))
+            .keys()
+            .cloned()
+            .collect()
+    };
+    let engine = s.key("engine", "personalization");
+    let (user, _) = s.live_user(&engine).await;
+    let (_, segments) = s
+        .get(Some(&engine), &format!("/v1/profiles/{user}/segments"))
+        .await;
+    let answered: std::collections::BTreeSet<String> =
+        segments.as_object().unwrap().keys().cloned().collect();
+    assert!(
+        answered.is_subset(&properties("SegmentsView")),
+        "{answered:?}"
+    );
+    let (_, problem) = s.get(None, &format!("/v1/profiles/{user}")).await;
+    let answered: std::collections::BTreeSet<String> =
+        problem.as_object().unwrap().keys().cloned().collect();
+    assert_eq!(answered, properties("ProblemDocument"));
 }

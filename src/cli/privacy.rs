@@ -98,13 +98,6 @@ pub async fn erase(args: EraseArgs) -> Result<(), Failure> {
     let reason = reason(&args.reason)?;
     let (file, profiles) = open(&args.target, IndexAccess::Write)?;
     let catalog = schemas(&file).map_err(usage)?.catalog;
-    // A user with no profile may still have a key: their events were all dead-lettered, sealed
-    // under it. The erasure shreds it (and fences the user) all the same.
-    let version = match profiles.store.get(args.user).await? {
-        Some(stored) => stored.version,
-        None if !profiles.store.user_keys(&[args.user]).await?.is_empty() => 0,
-        None => return Err(failure(PrivacyError::NotFound(args.user))),
-    };
     let actor = Actor {
         name: actor(args.actor),
         reason,
@@ -112,12 +105,13 @@ pub async fn erase(args: EraseArgs) -> Result<(), Failure> {
     };
     let fields = catalog.top_level().iter().map(|(n, _)| n.clone()).collect();
     let fence = profiles
-        .erase(args.user, version, "erase", fields, &actor)
+        .erase_on_request(args.user, fields, &actor)
         .await
         .map_err(failure)?;
-    profiles.index.commit().await?;
     let dir = data_dir(&file, args.target.data_dir.as_deref());
-    super::segments::announce_erasures(&file, &dir, &[(args.user, fence)]).await?;
+    crate::pipeline::announce_erasures(&file, &dir, &[(args.user, fence)])
+        .await
+        .map_err(Failure::Runtime)?;
     println!(
         "{}",
         serde_json::json!({"user_id": args.user, "erased": true, "version_fence": fence, "request_id": actor.request_id})
@@ -199,7 +193,9 @@ pub async fn retention(command: RetentionCommand) -> Result<(), Failure> {
     .map_err(failure)?;
     profiles.index.commit().await?;
     let dir = data_dir(&file, target.data_dir.as_deref());
-    super::segments::announce_erasures(&file, &dir, &report.fences).await?;
+    crate::pipeline::announce_erasures(&file, &dir, &report.fences)
+        .await
+        .map_err(Failure::Runtime)?;
     println!("{}", serde_json::to_string(&report)?);
     Ok(())
 }

@@ -214,37 +214,6 @@ async fn tail_topic(
     }
 }
 
-/// After `erase` or `retention run` (outside the pipeline): each erased user, with the fence
-/// of its tombstone, leaves every declared segment, as an `ERASE` event through the pipeline
-/// does. Nothing is written when the pipeline file has no feed.
-pub async fn announce_erasures(
-    file: &config::Pipeline,
-    data_dir: &std::path::Path,
-    erased: &[(uuid::Uuid, i64)],
-) -> Result<(), Failure> {
-    let Some(sink) = crate::pipeline::open_segment_changes(file, data_dir).map_err(usage)? else {
-        return Ok(());
-    };
-    let declared: Vec<String> = file.config.enrich.segments.keys().cloned().collect();
-    let at = chrono::Utc::now();
-    let changes = erased
-        .iter()
-        .map(|(user, fence)| {
-            SegmentChange::gone(
-                crate::segment_changes::Origin {
-                    user_id: *user,
-                    version: *fence,
-                    occurred_at: at,
-                    cause: crate::segment_changes::Cause::Erase,
-                },
-                &declared,
-            )
-        })
-        .collect();
-    sink.send(changes).await?;
-    Ok(())
-}
-
 /// Pages through the store and writes one snapshot per live profile.
 async fn backfill(args: Target) -> Result<(), Failure> {
     let file = pipeline_file(args.pipeline.as_deref())?;

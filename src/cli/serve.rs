@@ -14,6 +14,9 @@ pub struct Args {
     /// Address to listen on (port 0 picks a free one; the address is printed).
     #[arg(long, default_value = "127.0.0.1:8080")]
     listen: SocketAddr,
+    /// Serve Prometheus metrics (per route: requests by status, latency) on this address.
+    #[arg(long)]
+    metrics_addr: Option<SocketAddr>,
     #[command(flatten)]
     target: super::privacy::Target,
 }
@@ -132,13 +135,22 @@ pub async fn run(args: Args) -> Result<(), Failure> {
             }
             None => None,
         };
+    if let Some(addr) = args.metrics_addr {
+        let health = Arc::new(crate::telemetry::Health::default());
+        health.set_ready(true);
+        let bound = crate::telemetry::server::serve(addr, health)
+            .await
+            .map_err(|e| usage(anyhow::anyhow!("cannot serve metrics on {addr}: {e}")))?;
+        eprintln!("profile-sync: metrics on http://{bound}/metrics");
+    }
     let api = Arc::new(Api::new(
+        file,
+        dir,
         profiles,
         schemas.catalog,
         policy,
         keys,
         oidc,
-        &file.config.serve.rate_limit,
     ));
     let (listener, bound) = crate::serve::bind(args.listen)
         .await

@@ -633,6 +633,15 @@ pub struct RateLimitConfig {
     /// Reveals and lookups per key per minute.
     #[serde(default = "default_reveal_per_minute")]
     pub reveal_per_minute: u32,
+    /// Reveals and lookups per key per minute above which the rate is reported as unusual (a
+    /// warning and `profile_sync_api_unusual_reveal_rate_total`); nothing is refused for it.
+    #[serde(default = "default_unusual_reveals_per_minute")]
+    pub unusual_reveals_per_minute: u32,
+    /// Requests for one user's profile per second, from all clients together, and its burst.
+    #[serde(default = "default_per_user_per_second")]
+    pub per_user_per_second: u32,
+    #[serde(default = "default_per_user_burst")]
+    pub per_user_burst: u32,
 }
 
 impl Default for RateLimitConfig {
@@ -641,6 +650,9 @@ impl Default for RateLimitConfig {
             per_second: default_per_second(),
             burst: default_burst(),
             reveal_per_minute: default_reveal_per_minute(),
+            unusual_reveals_per_minute: default_unusual_reveals_per_minute(),
+            per_user_per_second: default_per_user_per_second(),
+            per_user_burst: default_per_user_burst(),
         }
     }
 }
@@ -653,6 +665,15 @@ fn default_burst() -> u32 {
 }
 fn default_reveal_per_minute() -> u32 {
     60
+}
+fn default_unusual_reveals_per_minute() -> u32 {
+    20
+}
+fn default_per_user_per_second() -> u32 {
+    100
+}
+fn default_per_user_burst() -> u32 {
+    200
 }
 
 /// Consent purposes, what happens to events for erased users, and retention.

@@ -32,6 +32,9 @@ pub enum IndexError {
     Failed(String),
     #[error("query is not valid: {0}")]
     Query(String),
+    /// Another process holds the index's writer (a running worker holds the embedded index).
+    #[error("{0}")]
+    InUse(String),
 }
 
 impl IndexError {

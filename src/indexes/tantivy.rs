@@ -105,7 +105,7 @@ impl TantivyIndex {
             .transpose()
             .map_err(|e| match e {
                 tantivy::TantivyError::LockFailure(tantivy::directory::error::LockError::LockBusy, _) => {
-                    IndexError::Failed(format!(
+                    IndexError::InUse(format!(
                         "the embedded index at {} is in use by another profile-sync process (a running worker holds it): stop the worker first, or let the worker do it (an ERASE or CONSENT event in its input goes through the same steps)",
                         path.display()
                     ))

@@ -8,8 +8,10 @@
 //! Every store write is versioned, so applying the same batch again after a transient failure
 //! is harmless.
 
+mod announce;
 mod build;
 
+pub use announce::announce_erasures;
 pub use build::{
     build, local_keyring, open_data_keys, open_dead_letters, open_dynamodb, open_index, open_kms,
     open_profiles, open_segment_changes, open_source, open_store, opensearch_settings,

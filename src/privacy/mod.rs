@@ -128,6 +128,26 @@ impl Profiles {
         Ok(fence)
     }
 
+    /// Erases a user on a person's request (the `erase` command, the API), outside the
+    /// pipeline: at the stored version, or fenced at 0 for a user with no profile but a key
+    /// (their events were all dead-lettered, sealed under it); the index deletion committed.
+    /// `fields` are the profile fields the audit record names.
+    pub async fn erase_on_request(
+        &self,
+        user: Uuid,
+        fields: Vec<String>,
+        actor: &Actor,
+    ) -> Result<i64, PrivacyError> {
+        let version = match self.store.get(user).await? {
+            Some(stored) => stored.version,
+            None if !self.store.user_keys(&[user]).await?.is_empty() => 0,
+            None => return Err(PrivacyError::NotFound(user)),
+        };
+        let fence = self.erase(user, version, "erase", fields, actor).await?;
+        self.index.commit().await?;
+        Ok(fence)
+    }
+
     /// The store's part of an erasure (tombstone, key deleted, audit record) and the index
     /// deletion still to apply. The pipeline hands that deletion to its index stage, behind
     /// the operations of earlier batches, so an older upsert can never bring the document back.

@@ -6,7 +6,9 @@
 
 pub mod api_keys;
 mod limits;
+mod observe;
 pub mod oidc;
+mod openapi;
 pub mod policy;
 mod problem;
 mod routes;
@@ -14,11 +16,14 @@ mod routes;
 pub use api_keys::{ApiKeys, Principal};
 pub use policy::{shipped_roles, Action, Policy};
 
-use crate::config::RateLimitConfig;
+use crate::config;
+use crate::indexes::{IndexError, SearchIndex};
 use crate::privacy::Profiles;
 use crate::schema::Catalog;
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::sync::Arc;
+use uuid::Uuid;
 
 /// Everything a request may need, shared by the handlers.
 pub struct Api {
@@ -28,25 +33,52 @@ pub struct Api {
     pub keys: ApiKeys,
     pub oidc: Option<oidc::Oidc>,
     limits: limits::Limits,
+    /// The pipeline file and data folder served: an erasure opens the index for writing and
+    /// announces itself on the segment change feed, as `profile-sync erase` does.
+    pipeline: config::Pipeline,
+    data_dir: PathBuf,
 }
 
 impl Api {
     pub fn new(
+        pipeline: config::Pipeline,
+        data_dir: PathBuf,
         profiles: Profiles,
         catalog: Catalog,
         policy: Policy,
         keys: ApiKeys,
         oidc: Option<oidc::Oidc>,
-        rate: &RateLimitConfig,
     ) -> Self {
         Self {
+            limits: limits::Limits::new(&pipeline.config.serve.rate_limit),
             profiles,
             catalog,
             policy,
             keys,
             oidc,
-            limits: limits::Limits::new(rate),
+            pipeline,
+            data_dir,
         }
+    }
+
+    /// The index, opened for writing for one erasure (the server otherwise only reads it).
+    fn writable_index(&self) -> Result<Arc<dyn SearchIndex>, IndexError> {
+        let schemas = crate::pipeline::schemas(&self.pipeline)
+            .map_err(|e| IndexError::Failed(e.to_string()))?;
+        match crate::pipeline::open_index(
+            &self.pipeline,
+            &self.data_dir,
+            &schemas,
+            crate::pipeline::IndexAccess::Write,
+        ) {
+            Ok((_, index)) => Ok(index),
+            Err(crate::pipeline::BuildError::Index(e)) => Err(e),
+            Err(e) => Err(IndexError::Failed(e.to_string())),
+        }
+    }
+
+    async fn announce_erasure(&self, user: Uuid, fence: i64) -> anyhow::Result<()> {
+        crate::pipeline::announce_erasures(&self.pipeline, &self.data_dir, &[(user, fence)]).await
     }
 }
 

@@ -20,15 +20,21 @@ pub enum Action {
     Lookup,
     /// A user's audit trail.
     Audit,
+    /// Everything held about a user, PII decrypted (audited first).
+    Export,
+    /// Crypto-shred a user (audited).
+    Erase,
 }
 
 impl Action {
-    const ALL: [Action; 5] = [
+    const ALL: [Action; 7] = [
         Action::Read,
         Action::Reveal,
         Action::Search,
         Action::Lookup,
         Action::Audit,
+        Action::Export,
+        Action::Erase,
     ];
 
     fn parse(name: &str) -> Option<Self> {
@@ -42,6 +48,8 @@ impl Action {
             Action::Search => "search",
             Action::Lookup => "lookup",
             Action::Audit => "audit",
+            Action::Export => "export",
+            Action::Erase => "erase",
         }
     }
 }
@@ -80,7 +88,7 @@ pub fn shipped_roles() -> BTreeMap<String, RoleConfig> {
         (
             "privacy_officer".into(),
             role(
-                &[Read, Reveal, Lookup, Audit],
+                &[Read, Reveal, Lookup, Audit, Export, Erase],
                 &["public", "derived", "sensitive"],
                 &["pii", "sensitive"],
             ),
@@ -88,7 +96,7 @@ pub fn shipped_roles() -> BTreeMap<String, RoleConfig> {
         (
             "admin".into(),
             role(
-                &[Read, Reveal, Search, Lookup, Audit],
+                &[Read, Reveal, Search, Lookup, Audit, Export, Erase],
                 &["public", "derived", "sensitive"],
                 &["pii", "sensitive"],
             ),
@@ -125,8 +133,10 @@ impl Policy {
                 .iter()
                 .map(|a| {
                     Action::parse(a).ok_or_else(|| {
+                        let names: Vec<&str> = Action::ALL.iter().map(|a| a.as_str()).collect();
                         format!(
-                            "serve.roles.{name}: unknown action `{a}` (actions: read, reveal, search, lookup, audit)"
+                            "serve.roles.{name}: unknown action `{a}` (actions: {})",
+                            names.join(", ")
                         )
                     })
                 })
@@ -166,6 +176,14 @@ impl Policy {
 
     pub fn role_names(&self) -> Vec<&str> {
         self.roles.keys().map(String::as_str).collect()
+    }
+
+    /// The actions `role` may take.
+    pub fn actions(&self, role: &str) -> Vec<Action> {
+        self.roles
+            .get(role)
+            .map(|r| r.actions.clone())
+            .unwrap_or_default()
     }
 
     pub fn allows(&self, role: &str, action: Action) -> bool {
