@@ -999,3 +999,243 @@ async fn the_openapi_document_describes_every_route_and_matches_what_the_routes_
         problem.as_object().unwrap().keys().cloned().collect();
     assert_eq!(answered, properties("ProblemDocument"));
 }
+
+/// A headless Chromium driven over WebDriver (Debian's `chromium` and `chromium-driver`,
+/// installed by `scripts/services`).
+struct Browser {
+    client: fantoccini::Client,
+    driver: Child,
+}
+
+impl Browser {
+    async fn start() -> Self {
+        for program in ["chromium", "chromedriver"] {
+            let found = std::process::Command::new("sh")
+                .args(["-c", &format!("command -v {program}")])
+                .output()
+                .map(|o| o.status.success())
+                .unwrap_or(false);
+            assert!(
+                found,
+                "`{program}` is not installed: `scripts/services start` installs chromium and chromium-driver for the console's browser test"
+            );
+        }
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let driver = std::process::Command::new("chromedriver")
+            .arg(format!("--port={port}"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start chromedriver");
+        // Two rustls crypto providers are in the tree; WebDriver (plain HTTP here) needs one.
+        let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+        let mut capabilities = serde_json::Map::new();
+        capabilities.insert(
+            "goog:chromeOptions".into(),
+            json!({"args": ["--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--window-size=1200,1000"]}),
+        );
+        let started = std::time::Instant::now();
+        let client = loop {
+            match fantoccini::ClientBuilder::rustls()
+                .unwrap()
+                .capabilities(capabilities.clone())
+                .connect(&format!("http://127.0.0.1:{port}"))
+                .await
+            {
+                Ok(client) => break client,
+                Err(e) if started.elapsed() < std::time::Duration::from_secs(30) => {
+                    let _ = e;
+                    tokio::time::sleep(std::time::Duration::from_millis(250)).await;
+                }
+                Err(e) => panic!("chromedriver did not start a browser within 30 s: {e}"),
+            }
+        };
+        Self { client, driver }
+    }
+
+    async fn css(&self, selector: &str) -> fantoccini::elements::Element {
+        self.client
+            .wait()
+            .at_most(std::time::Duration::from_secs(20))
+            .for_element(fantoccini::Locator::Css(selector))
+            .await
+            .unwrap_or_else(|e| panic!("no `{selector}` on the page: {e}"))
+    }
+
+    async fn fill(&self, selector: &str, text: &str) {
+        let input = self.css(selector).await;
+        input.clear().await.unwrap();
+        input.send_keys(text).await.unwrap();
+    }
+
+    /// Waits until the script returns true.
+    async fn until(&self, script: &str, what: &str) {
+        let started = std::time::Instant::now();
+        loop {
+            if self.client.execute(script, vec![]).await.unwrap() == json!(true) {
+                return;
+            }
+            if started.elapsed() > std::time::Duration::from_secs(20) {
+                let text = self
+                    .client
+                    .execute("return document.body.innerText", vec![])
+                    .await
+                    .unwrap();
+                panic!("{what} did not happen within 20 s; the page says: {text}");
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        }
+    }
+
+    async fn text(&self, script: &str) -> Json {
+        self.client.execute(script, vec![]).await.unwrap()
+    }
+}
+
+impl Drop for Browser {
+    fn drop(&mut self) {
+        let _ = self.driver.kill();
+        let _ = self.driver.wait();
+    }
+}
+
+#[tokio::test]
+async fn the_support_console_finds_a_user_by_email_shows_pii_masked_and_reveals_only_permitted_fields_with_a_reason(
+) {
+    let s = Served::start("");
+    let support = s.key("support-desk", "support");
+    let engine = s.key("engine", "personalization");
+    let (user, generated) = s.live_user(&support).await;
+    let email = generated["email"].as_str().unwrap().to_string();
+    let b = Browser::start().await;
+    b.client.goto(&format!("{}/console", s.url)).await.unwrap();
+
+    // A wrong key is refused and says so.
+    b.fill("#credential", "psk_wrong").await;
+    b.css("#sign-in-form button").await.click().await.unwrap();
+    b.until(
+        "return !document.getElementById('message').hidden",
+        "the refusal",
+    )
+    .await;
+
+    b.fill("#credential", &support).await;
+    b.css("#sign-in-form button").await.click().await.unwrap();
+    b.until(
+        "return document.getElementById('who-name').textContent === 'api-key:support-desk (support)'",
+        "signing in",
+    )
+    .await;
+    // A search by email needs a reason.
+    b.fill("#query", &email).await;
+    b.css("#find-form button").await.click().await.unwrap();
+    b.until(
+        "return document.getElementById('message').textContent.includes('reason')",
+        "the reason prompt",
+    )
+    .await;
+    b.fill("#find-reason", "ticket 5").await;
+    b.css("#find-form button").await.click().await.unwrap();
+    b.until(
+        "return !document.getElementById('profile').hidden",
+        "the profile",
+    )
+    .await;
+    assert_eq!(
+        b.text("return document.getElementById('profile-id').textContent")
+            .await,
+        json!(user)
+    );
+    let cell = |field: &str| {
+        format!("return (document.querySelector('tr[data-field=\"{field}\"]') || {{cells: [0, {{textContent: null}}]}}).cells[1].textContent")
+    };
+    assert_eq!(b.text(&cell("email")).await, json!("***"));
+    let offered = b
+        .text("return [...document.querySelectorAll('tr[data-field]')].filter(r => r.querySelector('button.reveal')).map(r => r.dataset.field)")
+        .await;
+    let offered: Vec<String> = serde_json::from_value(offered).unwrap();
+    assert!(offered.contains(&"email".to_string()), "{offered:?}");
+    assert!(
+        offered
+            .iter()
+            .all(|f| ["email", "phone", "display_name"].contains(&f.as_str())),
+        "the console offers only what support may reveal: {offered:?}"
+    );
+    let page = b.client.source().await.unwrap();
+    assert!(
+        !page.contains(&email),
+        "the email is on the page before a reveal"
+    );
+
+    b.css("tr[data-field=\"email\"] button.reveal")
+        .await
+        .click()
+        .await
+        .unwrap();
+    b.fill("#reveal-reason", "ticket 5").await;
+    b.css("#reveal-form button[type=submit]")
+        .await
+        .click()
+        .await
+        .unwrap();
+    b.until(
+        &format!(
+            "return document.querySelector('tr[data-field=\"email\"]').cells[1].textContent === {}",
+            json!(email)
+        ),
+        "the reveal",
+    )
+    .await;
+    if let Ok(dir) = std::env::var("PROFILE_SYNC_SCREENSHOTS") {
+        std::fs::write(
+            Path::new(&dir).join("console.png"),
+            b.client.screenshot().await.unwrap(),
+        )
+        .unwrap();
+    }
+    let trail = s.audit(&user);
+    let by_console: Vec<&Json> = trail
+        .iter()
+        .filter(|r| r["actor"] == "api-key:support-desk")
+        .collect();
+    assert_eq!(by_console.len(), 2, "one lookup and one reveal: {trail:?}");
+    assert!(by_console
+        .iter()
+        .any(|r| r["action"] == "lookup" && r["reason"] == "ticket 5"));
+    assert!(by_console
+        .iter()
+        .any(|r| r["action"] == "reveal" && r["fields"] == json!(["email"])));
+
+    // Another role sees no reveal button at all, and no audit trail.
+    b.css("#sign-out").await.click().await.unwrap();
+    b.fill("#credential", &engine).await;
+    b.css("#sign-in-form button").await.click().await.unwrap();
+    b.until(
+        "return !document.getElementById('find').hidden",
+        "signing in again",
+    )
+    .await;
+    b.fill("#query", &user).await;
+    b.css("#find-form button").await.click().await.unwrap();
+    b.until(
+        "return !document.getElementById('profile').hidden",
+        "the profile",
+    )
+    .await;
+    assert_eq!(
+        b.text("return document.querySelectorAll('button.reveal').length")
+            .await,
+        json!(0)
+    );
+    assert_eq!(
+        b.text("return document.getElementById('audit-section').hidden")
+            .await,
+        json!(true)
+    );
+    assert_eq!(b.text(&cell("email")).await, json!("***"));
+    b.client.clone().close().await.unwrap();
+}

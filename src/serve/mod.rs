@@ -5,6 +5,7 @@
 //! RFC 9457 problem documents that name no values.
 
 pub mod api_keys;
+mod console;
 mod limits;
 mod observe;
 pub mod oidc;

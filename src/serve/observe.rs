@@ -4,6 +4,7 @@
 //! string ever reaches a log or a metric label.
 
 use axum::extract::{MatchedPath, Request};
+use axum::http::header::CACHE_CONTROL;
 use axum::http::HeaderValue;
 use axum::middleware::Next;
 use axum::response::Response;
@@ -37,8 +38,11 @@ pub async fn observe(mut request: Request, next: Next) -> Response {
     metrics::histogram!(LATENCY, "route" => route.clone(), "method" => method.clone())
         .record(seconds);
     tracing::info!(request_id = %id, %method, %route, status, ms = seconds * 1000.0, "api request");
+    let headers = response.headers_mut();
     if let Ok(v) = HeaderValue::from_str(&id.to_string()) {
-        response.headers_mut().insert("x-request-id", v);
+        headers.insert("x-request-id", v);
     }
+    // Answers may hold revealed personal data: no cache keeps them.
+    headers.insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
     response
 }

@@ -41,6 +41,7 @@ pub fn router(api: Arc<Api>) -> Router {
         )
         .route_layer(axum::middleware::from_fn(observe))
         .with_state(api)
+        .merge(super::console::router())
 }
 
 /// Who presented this bearer credential: an API key (`psk_…`), or else, when the pipeline file
