@@ -88,70 +88,14 @@ impl Stack {
     /// `pipelines/local.yaml` (its consent purposes, retention rules and segments) with the
     /// keys, store and index swapped for KMS, DynamoDB and OpenSearch, then bootstrapped.
     fn services() -> Self {
-        aws_test_env();
-        require("DynamoDB Local", &dynamodb_endpoint(), "dynamodb");
-        require("The KMS emulator", &kms_endpoint(), "kms");
-        require(
-            "The OpenSearch test server",
-            &opensearch_url(),
-            "opensearch",
-        );
         let dir = tempfile::tempdir().unwrap();
-        let id = &uuid::Uuid::new_v4().simple().to_string()[..12];
-        let services = Services {
-            table: format!("privacy-{id}"),
-            index: format!("ps-privacy-{id}"),
-        };
-        let local = std::fs::read_to_string(local_pipeline()).unwrap();
-        let (head, rest) = local.split_at(local.find("\nkeys:").unwrap());
-        let tail = &rest[rest.find("\ndead_letter:").unwrap()..];
-        let adapters = format!(
-            "
-keys:
-  type: kms
-  key_id: alias/{table}
-  region: us-east-1
-  endpoint: {kms}
-  create_for_development: true
-store:
-  type: dynamodb
-  table: {table}
-  region: us-east-1
-  endpoint: {dynamodb}
-index:
-  type: opensearch
-  url: {opensearch}
-  name: {index}
-  read_alias: {index}
-  write_alias: {index}-write
-  fields: [status, locale, time_zone, last_seen_at, lifetime_value, order_count, last_order_at, plan]
-",
-            table = services.table,
-            index = services.index,
-            kms = kms_endpoint(),
-            dynamodb = dynamodb_endpoint(),
-            opensearch = opensearch_url(),
-        );
-        let text =
-            format!("{head}{adapters}{tail}").replace("../", &format!("{}/", repo().display()));
         let pipeline = dir.path().join("services.yaml");
-        std::fs::write(&pipeline, text).unwrap();
-        let out = bin()
-            .arg("bootstrap")
-            .arg("--pipeline")
-            .arg(&pipeline)
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "bootstrap failed: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        let (table, index) = services_pipeline("privacy", &pipeline);
         Self {
             data: dir.path().join("data"),
             pipeline,
             dir,
-            services: Some(services),
+            services: Some(Services { table, index }),
         }
     }
 

@@ -6,6 +6,7 @@
 mod common;
 
 use common::canary::Canary;
+use common::services::services_pipeline;
 use common::*;
 use serde_json::{json, Value as Json};
 use std::io::{BufRead, BufReader};
@@ -35,11 +36,26 @@ impl Served {
         Self::start_with(serve, &[]).0
     }
 
+    /// On `backend`'s store, index and keys.
+    fn start_on(backend: Backend, serve: &str) -> Self {
+        Self::start_on_with(backend, serve, &[]).0
+    }
+
     /// Also passes `args` to `serve`; returns what it printed before it served.
     fn start_with(serve: &str, args: &[&str]) -> (Self, Vec<String>) {
+        Self::start_on_with(Backend::Embedded, serve, args)
+    }
+
+    fn start_on_with(backend: Backend, serve: &str, args: &[&str]) -> (Self, Vec<String>) {
         let dir = tempfile::tempdir().unwrap();
-        let text = local_pipeline_text() + serve;
         let pipeline = dir.path().join("serve.yaml");
+        let text = match backend {
+            Backend::Embedded => local_pipeline_text(),
+            Backend::Services => {
+                services_pipeline("serve", &pipeline);
+                std::fs::read_to_string(&pipeline).unwrap()
+            }
+        } + serve;
         std::fs::write(&pipeline, text).unwrap();
         let (input, _) = generate(dir.path(), 400, 0.0, "jsonl", 5);
         run_with(&pipeline, &input, &dir.path().join("data"));
@@ -151,6 +167,38 @@ impl Served {
     }
 }
 
+/// Where `serve` reads: the embedded store, index and keyring, or DynamoDB Local, the
+/// OpenSearch-API server and the KMS emulator.
+#[derive(Clone, Copy)]
+enum Backend {
+    Embedded,
+    Services,
+}
+
+/// Each scenario runs once per backend: `<scenario>::embedded` and
+/// `<scenario>::dynamodb_kms_opensearch`.
+macro_rules! on_both_backends {
+    ($($scenario:ident),* $(,)?) => {$(
+        mod $scenario {
+            #[tokio::test]
+            async fn embedded() {
+                super::$scenario(super::Backend::Embedded).await;
+            }
+            #[tokio::test]
+            async fn dynamodb_kms_opensearch() {
+                super::$scenario(super::Backend::Services).await;
+            }
+        }
+    )*};
+}
+
+on_both_backends!(
+    no_key_a_wrong_key_and_a_revoked_key_are_401_as_problem_documents,
+    each_role_sees_only_what_it_may_and_pii_is_never_in_a_read,
+    a_reveal_needs_a_reason_returns_only_permitted_fields_and_is_audited_once_under_the_key,
+    a_privacy_officer_exports_and_erases_with_a_reason_and_each_leaves_one_audit_record,
+);
+
 /// pipelines/local.yaml with its relative paths made absolute, to be written anywhere.
 fn local_pipeline_text() -> String {
     let root = repo().display().to_string();
@@ -165,9 +213,8 @@ fn bin_std() -> std::process::Command {
     cmd
 }
 
-#[tokio::test]
-async fn no_key_a_wrong_key_and_a_revoked_key_are_401_as_problem_documents() {
-    let s = Served::start("");
+async fn no_key_a_wrong_key_and_a_revoked_key_are_401_as_problem_documents(backend: Backend) {
+    let s = Served::start_on(backend, "");
     let key = s.key("engine", "personalization");
     let (user, _) = s.live_user(&key).await;
     let path = format!("/v1/profiles/{user}/segments");
@@ -185,9 +232,8 @@ async fn no_key_a_wrong_key_and_a_revoked_key_are_401_as_problem_documents() {
     assert_eq!(s.get(Some(&key), &path).await.0, 401);
 }
 
-#[tokio::test]
-async fn each_role_sees_only_what_it_may_and_pii_is_never_in_a_read() {
-    let s = Served::start("");
+async fn each_role_sees_only_what_it_may_and_pii_is_never_in_a_read(backend: Backend) {
+    let s = Served::start_on(backend, "");
     let engine = s.key("engine", "personalization");
     let officer = s.key("dpo", "privacy_officer");
     let analyst = s.key("bi", "analyst");
@@ -245,9 +291,10 @@ async fn each_role_sees_only_what_it_may_and_pii_is_never_in_a_read() {
     canary.assert_absent("a search answer", found.to_string());
 }
 
-#[tokio::test]
-async fn a_reveal_needs_a_reason_returns_only_permitted_fields_and_is_audited_once_under_the_key() {
-    let s = Served::start("");
+async fn a_reveal_needs_a_reason_returns_only_permitted_fields_and_is_audited_once_under_the_key(
+    backend: Backend,
+) {
+    let s = Served::start_on(backend, "");
     let support = s.key("support-desk", "support");
     let engine = s.key("engine", "personalization");
     let (user, generated) = s.live_user(&support).await;
@@ -725,9 +772,10 @@ fn an_oidc_section_with_a_shared_secret_key_or_no_issuer_stops_serve_with_usage_
     assert!(String::from_utf8_lossy(&out.stderr).contains("cannot read the JWKS file"));
 }
 
-#[tokio::test]
-async fn a_privacy_officer_exports_and_erases_with_a_reason_and_each_leaves_one_audit_record() {
-    let s = Served::start("");
+async fn a_privacy_officer_exports_and_erases_with_a_reason_and_each_leaves_one_audit_record(
+    backend: Backend,
+) {
+    let s = Served::start_on(backend, "");
     let officer = s.key("dpo", "privacy_officer");
     let support = s.key("support-desk", "support");
     let (user, generated) = s.live_user(&officer).await;
@@ -780,6 +828,11 @@ async fn a_privacy_officer_exports_and_erases_with_a_reason_and_each_leaves_one_
         "the audit record names the request"
     );
 
+    let analyst = s.key("bi", "analyst");
+    let by_id = format!("/v1/search?q=user_id:%22{user}%22");
+    let (_, found) = s.get(Some(&analyst), &by_id).await;
+    assert_eq!(found["total"].as_u64(), Some(1), "indexed before: {found}");
+
     let r = s.post(&officer, &erase, json!({"reason": "DSAR 18"})).await;
     assert_eq!(r.status(), 200);
     let erased: Json = r.json().await.unwrap();
@@ -787,10 +840,7 @@ async fn a_privacy_officer_exports_and_erases_with_a_reason_and_each_leaves_one_
     let (status, body) = s.get(Some(&officer), &format!("/v1/profiles/{user}")).await;
     assert_eq!((status, body["state"].as_str()), (200, Some("erased")));
     // Gone from the index the server reads, and the key with it: nothing can be revealed.
-    let analyst = s.key("bi", "analyst");
-    let (status, found) = s
-        .get(Some(&analyst), &format!("/v1/search?q=user_id:{user}"))
-        .await;
+    let (status, found) = s.get(Some(&analyst), &by_id).await;
     assert_eq!((status, found["total"].as_u64()), (200, Some(0)), "{found}");
     let r = s
         .post(

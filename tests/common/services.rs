@@ -78,6 +78,67 @@ pub fn stopped_endpoint() -> String {
     format!("127.0.0.1:{port}")
 }
 
+/// `pipelines/local.yaml` (its consent purposes, retention rules, segments and feed) with the
+/// keys, store and index swapped for KMS, DynamoDB and OpenSearch under fresh names (a table,
+/// a KMS alias and an index named after `label`), its relative paths made absolute, and
+/// bootstrapped. Returns the text written to `path` and the table and index names.
+pub fn services_pipeline(label: &str, path: &std::path::Path) -> (String, String) {
+    aws_test_env();
+    require("DynamoDB Local", &dynamodb_endpoint(), "dynamodb");
+    require("The KMS emulator", &kms_endpoint(), "kms");
+    require(
+        "The OpenSearch test server",
+        &opensearch_url(),
+        "opensearch",
+    );
+    let id = &uuid::Uuid::new_v4().simple().to_string()[..12];
+    let table = format!("{label}-{id}");
+    let index = format!("ps-{label}-{id}");
+    let local = std::fs::read_to_string(super::local_pipeline()).unwrap();
+    let (head, rest) = local.split_at(local.find("\nkeys:").unwrap());
+    let tail = &rest[rest.find("\ndead_letter:").unwrap()..];
+    let adapters = format!(
+        "
+keys:
+  type: kms
+  key_id: alias/{table}
+  region: us-east-1
+  endpoint: {kms}
+  create_for_development: true
+store:
+  type: dynamodb
+  table: {table}
+  region: us-east-1
+  endpoint: {dynamodb}
+index:
+  type: opensearch
+  url: {opensearch}
+  name: {index}
+  read_alias: {index}
+  write_alias: {index}-write
+  fields: [status, locale, time_zone, last_seen_at, lifetime_value, order_count, last_order_at, plan]
+",
+        kms = kms_endpoint(),
+        dynamodb = dynamodb_endpoint(),
+        opensearch = opensearch_url(),
+    );
+    let text =
+        format!("{head}{adapters}{tail}").replace("../", &format!("{}/", super::repo().display()));
+    std::fs::write(path, &text).unwrap();
+    let out = super::bin()
+        .arg("bootstrap")
+        .arg("--pipeline")
+        .arg(path)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "bootstrap failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (table, index)
+}
+
 /// Dummy credentials and region for the emulators, never the developer's AWS configuration
 /// (and no instance-metadata lookups).
 pub fn aws_test_env() {
