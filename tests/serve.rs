@@ -21,6 +21,8 @@ struct Served {
     server: Child,
     url: String,
     http: reqwest::Client,
+    /// What the server has logged so far (at debug level).
+    log: std::sync::Arc<std::sync::Mutex<String>>,
 }
 
 impl Drop for Served {
@@ -65,6 +67,7 @@ impl Served {
             .arg("--data-dir")
             .arg(dir.path().join("data"))
             .args(args)
+            .env("PROFILE_SYNC_LOG", "debug")
             .stderr(Stdio::piped())
             .spawn()
             .unwrap();
@@ -85,8 +88,16 @@ impl Served {
                     .to_string();
             }
         };
-        // Keep draining stderr so the server never blocks on a full pipe.
-        std::thread::spawn(move || for _ in stderr.lines() {});
+        // Keep reading stderr (the server's log) so the server never blocks on a full pipe.
+        let log = std::sync::Arc::new(std::sync::Mutex::new(printed.join("\n")));
+        let kept = log.clone();
+        std::thread::spawn(move || {
+            for line in stderr.lines().map_while(Result::ok) {
+                let mut log = kept.lock().unwrap();
+                log.push_str(&line);
+                log.push('\n');
+            }
+        });
         (
             Self {
                 dir,
@@ -95,6 +106,7 @@ impl Served {
                 server,
                 url,
                 http: reqwest::Client::new(),
+                log,
             },
             printed,
         )
@@ -993,7 +1005,25 @@ async fn each_route_has_request_and_latency_metrics_without_ids_and_an_unusual_r
     let unusual = line("profile_sync_api_unusual_reveal_rate_total{role=\"support\"}");
     assert!(unusual.ends_with(" 1"), "{unusual}");
     assert!(!page.contains(&user), "a user id in the metrics");
-    assert!(!page.contains(generated["email"].as_str().unwrap()));
+    // A lookup (the email in the request) and the reveals (in the answers) leave no PII in the
+    // metrics or the server's log, at debug level.
+    let email = generated["email"].as_str().unwrap();
+    let r = s
+        .post(
+            &support,
+            "/v1/profiles/lookup",
+            json!({"email": email, "reason": "t"}),
+        )
+        .await;
+    assert_eq!(r.status(), 200);
+    let canary = Canary::of_generated(&s.input);
+    canary.assert_absent("the metrics", scrape(&format!("http://{metrics}")).await);
+    let log = s.log.lock().unwrap().clone();
+    assert!(
+        log.contains("api request"),
+        "the server logs each request: {log}"
+    );
+    canary.assert_absent("the server's log", log);
 }
 
 #[tokio::test]
@@ -1288,4 +1318,84 @@ async fn the_support_console_finds_a_user_by_email_shows_pii_masked_and_reveals_
     );
     assert_eq!(b.text(&cell("email")).await, json!("***"));
     b.client.clone().close().await.unwrap();
+}
+
+/// An identity provider's JWKS endpoint: answers every GET with the current key set, and
+/// counts the fetches.
+struct JwksServer {
+    url: String,
+    keys: std::sync::Arc<std::sync::Mutex<String>>,
+    fetches: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+}
+
+impl JwksServer {
+    fn start(keys: &[Json]) -> Self {
+        use std::io::{Read, Write};
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let url = format!(
+            "http://{}/.well-known/jwks.json",
+            listener.local_addr().unwrap()
+        );
+        let set = std::sync::Arc::new(std::sync::Mutex::new(json!({ "keys": keys }).to_string()));
+        let fetches = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let (served, counted) = (set.clone(), fetches.clone());
+        std::thread::spawn(move || {
+            for stream in listener.incoming() {
+                let Ok(mut stream) = stream else { continue };
+                let mut request = [0u8; 4096];
+                let _ = stream.read(&mut request);
+                counted.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                let body = served.lock().unwrap().clone();
+                let _ = write!(
+                    stream,
+                    "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                    body.len()
+                );
+            }
+        });
+        Self {
+            url,
+            keys: set,
+            fetches,
+        }
+    }
+
+    fn publish(&self, keys: &[Json]) {
+        *self.keys.lock().unwrap() = json!({ "keys": keys }).to_string();
+    }
+
+    fn fetches(&self) -> usize {
+        self.fetches.load(std::sync::atomic::Ordering::SeqCst)
+    }
+}
+
+#[tokio::test]
+async fn a_jwks_url_is_fetched_at_start_and_again_for_a_new_key_at_most_every_30_seconds() {
+    let idp = Provider::new("k1");
+    let provider = JwksServer::start(&[idp.jwk()]);
+    let s = Served::start(&format!(
+        "serve:\n  oidc:\n    issuer: {ISSUER}\n    audience: profile-sync\n    jwks: {}\n",
+        provider.url
+    ));
+    assert_eq!(provider.fetches(), 1, "fetched once at start");
+    let engine = s.key("engine", "personalization");
+    let (user, _) = s.live_user(&engine).await;
+    let segments = format!("/v1/profiles/{user}/segments");
+    let token = |p: &Provider| p.token("engine-3", json!(["personalization"]), |_| {});
+    assert_eq!(s.get(Some(&token(&idp)), &segments).await.0, 200);
+
+    // The provider rotates. Within 30 s of the last fetch, an unknown key is refused without
+    // asking the provider again, so a flood of made-up key ids cannot hammer it.
+    let rotated = Provider::new("k2");
+    provider.publish(&[idp.jwk(), rotated.jwk()]);
+    for _ in 0..5 {
+        assert_eq!(s.get(Some(&token(&rotated)), &segments).await.0, 401);
+    }
+    assert_eq!(provider.fetches(), 1);
+    // Past the 30 s, the first token naming the new key fetches the set again and is accepted.
+    tokio::time::sleep(std::time::Duration::from_secs(31)).await;
+    assert_eq!(s.get(Some(&token(&rotated)), &segments).await.0, 200);
+    assert_eq!(provider.fetches(), 2);
+    assert_eq!(s.get(Some(&token(&idp)), &segments).await.0, 200);
+    assert_eq!(provider.fetches(), 2, "known keys need no fetch");
 }
