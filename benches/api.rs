@@ -62,6 +62,27 @@ struct Load {
     failed: u64,
     seconds: f64,
     latencies_us: Vec<u32>,
+    /// CPU seconds the server (all its threads) used meanwhile.
+    server_cpu: f64,
+}
+
+/// CPU seconds (user + system) process `pid` has used, from /proc.
+fn cpu_seconds(pid: u32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // The fields after the command name (in parentheses, and it may hold spaces).
+    let fields: Vec<&str> = stat
+        .rsplit_once(')')
+        .map(|(_, rest)| rest.split_whitespace().collect())
+        .unwrap_or_default();
+    let ticks = |i: usize| {
+        fields
+            .get(i)
+            .and_then(|f| f.parse::<f64>().ok())
+            .unwrap_or(0.0)
+    };
+    let per_second = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
+    // utime and stime: fields 14 and 15 of the line, 12 and 13 after the name.
+    (ticks(11) + ticks(12)) / per_second
 }
 
 impl Load {
@@ -78,16 +99,25 @@ impl Load {
             "route": self.route, "requests_per_second": (self.ok as f64 / self.seconds).round(),
             "ok": self.ok, "failed": self.failed,
             "p50_ms": self.percentile(0.50), "p95_ms": self.percentile(0.95), "p99_ms": self.percentile(0.99),
+            "server_cpu_us_per_request": (self.server_cpu * 1e6 / self.ok.max(1) as f64).round(),
+            "requests_per_server_cpu_second": (self.ok as f64 / self.server_cpu.max(1e-9)).round(),
         })
     }
 }
 
 /// Calls `request(i)` from `concurrency` tasks until `seconds` have passed.
-async fn load<F>(route: &'static str, concurrency: u64, seconds: f64, request: F) -> Load
+async fn load<F>(
+    route: &'static str,
+    server: u32,
+    concurrency: u64,
+    seconds: f64,
+    request: F,
+) -> Load
 where
     F: Fn(u64) -> reqwest::RequestBuilder + Send + Sync + 'static,
 {
     let request = Arc::new(request);
+    let cpu_before = cpu_seconds(server);
     let started = Instant::now();
     let deadline = started + Duration::from_secs_f64(seconds);
     let mut tasks = Vec::new();
@@ -132,6 +162,7 @@ where
         failed: 0,
         seconds: 0.0,
         latencies_us: Vec::new(),
+        server_cpu: 0.0,
     };
     for task in tasks {
         let (ok, failed, latencies) = task.await.expect("a load task");
@@ -140,6 +171,7 @@ where
         result.latencies_us.extend(latencies);
     }
     result.seconds = started.elapsed().as_secs_f64();
+    result.server_cpu = cpu_seconds(server) - cpu_before;
     result.latencies_us.sort_unstable();
     result
 }
@@ -207,7 +239,8 @@ async fn main() {
         .arg(&pipeline)
         .arg("--data-dir")
         .arg(&data)
-        .env("PROFILE_SYNC_LOG", "warn")
+        // The shipped default (info: one line per request), read and dropped by a thread here.
+        .env_remove("PROFILE_SYNC_LOG")
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
@@ -225,6 +258,7 @@ async fn main() {
         }
     };
     std::thread::spawn(move || for _ in stderr.lines() {});
+    let pid = child.id();
     let _server = Server(child);
 
     let http = reqwest::Client::builder()
@@ -255,6 +289,7 @@ async fn main() {
     results.push(
         load(
             "GET /v1/profiles/{id}/segments",
+            pid,
             concurrency,
             seconds,
             move |i| {
@@ -271,6 +306,7 @@ async fn main() {
     results.push(
         load(
             "GET /v1/profiles/{id} (masked)",
+            pid,
             concurrency,
             seconds,
             move |i| {
@@ -284,6 +320,7 @@ async fn main() {
     results.push(
         load(
             "POST /v1/profiles/{id}/reveal (audited)",
+            pid,
             concurrency,
             seconds,
             move |i| {

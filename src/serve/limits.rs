@@ -12,9 +12,6 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 use uuid::Uuid;
 
-/// Reveals and lookups counted as unusual, by role.
-pub const UNUSUAL_REVEALS: &str = "profile_sync_api_unusual_reveal_rate_total";
-
 pub struct Limits {
     requests: DefaultKeyedRateLimiter<String>,
     reveals: DefaultKeyedRateLimiter<String>,
@@ -91,7 +88,8 @@ impl Limits {
         if self.unusual.check_key(&client).is_ok() {
             return;
         }
-        metrics::counter!(UNUSUAL_REVEALS, "role" => role.to_string()).increment(1);
+        metrics::counter!(crate::telemetry::API_UNUSUAL_REVEALS, "role" => role.to_string())
+            .increment(1);
         let mut reported = self.reported.lock().expect("limits lock");
         let now = Instant::now();
         if reported

@@ -3,6 +3,7 @@
 //! are named by their template (`/v1/profiles/{user_id}`), so neither a user id nor a query
 //! string ever reaches a log or a metric label.
 
+use crate::telemetry;
 use axum::extract::{MatchedPath, Request};
 use axum::http::header::CACHE_CONTROL;
 use axum::http::HeaderValue;
@@ -14,11 +15,6 @@ use uuid::Uuid;
 /// The id of the request being answered; handlers put it into the audit records they write.
 #[derive(Debug, Clone, Copy)]
 pub struct RequestId(pub Uuid);
-
-/// Requests answered, by route template, method and status.
-pub const REQUESTS: &str = "profile_sync_api_requests_total";
-/// Seconds from the request's arrival to its answer, by route template and method.
-pub const LATENCY: &str = "profile_sync_api_request_seconds";
 
 pub async fn observe(mut request: Request, next: Next) -> Response {
     let started = Instant::now();
@@ -33,9 +29,9 @@ pub async fn observe(mut request: Request, next: Next) -> Response {
     let mut response = next.run(request).await;
     let status = response.status().as_u16();
     let seconds = started.elapsed().as_secs_f64();
-    metrics::counter!(REQUESTS, "route" => route.clone(), "method" => method.clone(), "status" => status.to_string())
+    metrics::counter!(telemetry::API_REQUESTS, "route" => route.clone(), "method" => method.clone(), "status" => status.to_string())
         .increment(1);
-    metrics::histogram!(LATENCY, "route" => route.clone(), "method" => method.clone())
+    metrics::histogram!(telemetry::API_REQUEST_SECONDS, "route" => route.clone(), "method" => method.clone())
         .record(seconds);
     tracing::info!(request_id = %id, %method, %route, status, ms = seconds * 1000.0, "api request");
     let headers = response.headers_mut();

@@ -38,6 +38,12 @@ pub const DEAD_LETTER_RETRIES: &str = "profile_sync_dead_letter_retries_total";
 pub const SEGMENT_MEMBERS: &str = "profile_sync_segment_members";
 /// Segment changes made durable in the feed's sink.
 pub const SEGMENT_CHANGES: &str = "profile_sync_segment_changes_total";
+/// The profile API (`serve`): requests answered, by route template, method and status.
+pub const API_REQUESTS: &str = "profile_sync_api_requests_total";
+/// The profile API: seconds from a request's arrival to its answer, by route template and method.
+pub const API_REQUEST_SECONDS: &str = "profile_sync_api_request_seconds";
+/// The profile API: reveals and lookups over a key's unusual rate, by role.
+pub const API_UNUSUAL_REVEALS: &str = "profile_sync_api_unusual_reveal_rate_total";
 
 /// The members gauge's starting point: the store's count per segment.
 pub fn segment_members(members: &std::collections::BTreeMap<String, u64>) {

@@ -395,8 +395,11 @@ impl ProfileStore for SqliteStore {
     async fn get(&self, user: Uuid) -> Result<Option<StoredProfile>, StoreError> {
         self.with_reader(move |conn| {
             let row = conn
-                .query_row(
+                .prepare_cached(
                     "SELECT version, record, segment_history, updated_at, erased_at FROM profiles WHERE user_id = ?1",
+                )
+                .map_err(failed)?
+                .query_row(
                     [user.to_string()],
                     |r| {
                         Ok((
@@ -421,11 +424,11 @@ impl ProfileStore for SqliteStore {
         let email_index = email_index.to_string();
         self.with_reader(move |conn| {
             let user: Option<String> = conn
-                .query_row(
+                .prepare_cached(
                     "SELECT user_id FROM profiles WHERE email_index = ?1 AND deleted = 0",
-                    [email_index],
-                    |r| r.get(0),
                 )
+                .map_err(failed)?
+                .query_row([email_index], |r| r.get(0))
                 .optional()
                 .map_err(failed)?;
             user.map(|u| parse_uuid(&u)).transpose()
@@ -493,9 +496,11 @@ impl ProfileStore for SqliteStore {
     async fn append_audit(&self, record: &AuditRecord) -> Result<(), StoreError> {
         let r = record.clone();
         self.with_conn(move |conn| {
-            conn.execute(
+            conn.prepare_cached(
                 "INSERT OR IGNORE INTO audit (id, at, actor, action, user_id, fields, reason, request_id) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
-                params![
+            )
+            .map_err(failed)?
+            .execute(params![
                     r.id.to_string(),
                     ts(&r.at),
                     r.actor,
