@@ -160,6 +160,16 @@ impl Served {
             .unwrap()
     }
 
+    /// `POST /v1/profiles/lookup` of `email` with `reason`.
+    async fn lookup(&self, key: &str, email: &str, reason: &str) -> reqwest::Response {
+        self.post(
+            key,
+            "/v1/profiles/lookup",
+            json!({"email": email, "reason": reason}),
+        )
+        .await
+    }
+
     /// A live user with an email, and the generated profile.
     async fn live_user(&self, key: &str) -> (String, serde_json::Map<String, Json>) {
         for (user, expected) in expected_state(&self.input) {
@@ -362,13 +372,7 @@ async fn a_reveal_needs_a_reason_returns_only_permitted_fields_and_is_audited_on
 
     // A lookup by email finds the user and is audited as well.
     let email = generated["email"].as_str().unwrap();
-    let r = s
-        .post(
-            &support,
-            "/v1/profiles/lookup",
-            json!({"email": email, "reason": "caller on the phone"}),
-        )
-        .await;
+    let r = s.lookup(&support, email, "caller on the phone").await;
     assert_eq!(r.status(), 200);
     assert_eq!(r.json::<Json>().await.unwrap()["user_id"], user);
     let lookups = s
@@ -433,13 +437,7 @@ async fn when_the_audit_trail_cannot_be_written_reveal_lookup_and_export_answer_
         "{text}"
     );
     let email = generated["email"].as_str().unwrap();
-    let r = s
-        .post(
-            &support,
-            "/v1/profiles/lookup",
-            json!({"email": email, "reason": "x"}),
-        )
-        .await;
+    let r = s.lookup(&support, email, "x").await;
     assert_eq!(r.status(), 503);
     assert!(!r.text().await.unwrap().contains(&user));
     let officer = s.key("dpo", "privacy_officer");
@@ -1008,13 +1006,7 @@ async fn each_route_has_request_and_latency_metrics_without_ids_and_an_unusual_r
     // A lookup (the email in the request) and the reveals (in the answers) leave no PII in the
     // metrics or the server's log, at debug level.
     let email = generated["email"].as_str().unwrap();
-    let r = s
-        .post(
-            &support,
-            "/v1/profiles/lookup",
-            json!({"email": email, "reason": "t"}),
-        )
-        .await;
+    let r = s.lookup(&support, email, "t").await;
     assert_eq!(r.status(), 200);
     let canary = Canary::of_generated(&s.input);
     canary.assert_absent("the metrics", scrape(&format!("http://{metrics}")).await);
@@ -1174,6 +1166,33 @@ impl Browser {
     async fn text(&self, script: &str) -> Json {
         self.client.execute(script, vec![]).await.unwrap()
     }
+
+    /// Signs in to the console with `key` and waits until it has (the find form shows).
+    async fn sign_in(&self, key: &str) {
+        self.fill("#credential", key).await;
+        self.css("#sign-in-form button")
+            .await
+            .click()
+            .await
+            .unwrap();
+        self.until(
+            "return !document.getElementById('find').hidden",
+            "signing in",
+        )
+        .await;
+    }
+
+    /// Looks up `query` (an email, with `reason`, or a user id) and waits for the profile.
+    async fn find(&self, query: &str, reason: &str) {
+        self.fill("#query", query).await;
+        self.fill("#find-reason", reason).await;
+        self.css("#find-form button").await.click().await.unwrap();
+        self.until(
+            "return !document.getElementById('profile').hidden",
+            "the profile",
+        )
+        .await;
+    }
 }
 
 impl Drop for Browser {
@@ -1203,13 +1222,12 @@ async fn the_support_console_finds_a_user_by_email_shows_pii_masked_and_reveals_
     )
     .await;
 
-    b.fill("#credential", &support).await;
-    b.css("#sign-in-form button").await.click().await.unwrap();
-    b.until(
-        "return document.getElementById('who-name').textContent === 'api-key:support-desk (support)'",
-        "signing in",
-    )
-    .await;
+    b.sign_in(&support).await;
+    assert_eq!(
+        b.text("return document.getElementById('who-name').textContent")
+            .await,
+        json!("api-key:support-desk (support)")
+    );
     // A search by email needs a reason.
     b.fill("#query", &email).await;
     b.css("#find-form button").await.click().await.unwrap();
@@ -1218,13 +1236,7 @@ async fn the_support_console_finds_a_user_by_email_shows_pii_masked_and_reveals_
         "the reason prompt",
     )
     .await;
-    b.fill("#find-reason", "ticket 5").await;
-    b.css("#find-form button").await.click().await.unwrap();
-    b.until(
-        "return !document.getElementById('profile').hidden",
-        "the profile",
-    )
-    .await;
+    b.find(&email, "ticket 5").await;
     assert_eq!(
         b.text("return document.getElementById('profile-id').textContent")
             .await,
@@ -1292,20 +1304,8 @@ async fn the_support_console_finds_a_user_by_email_shows_pii_masked_and_reveals_
 
     // Another role sees no reveal button at all, and no audit trail.
     b.css("#sign-out").await.click().await.unwrap();
-    b.fill("#credential", &engine).await;
-    b.css("#sign-in-form button").await.click().await.unwrap();
-    b.until(
-        "return !document.getElementById('find').hidden",
-        "signing in again",
-    )
-    .await;
-    b.fill("#query", &user).await;
-    b.css("#find-form button").await.click().await.unwrap();
-    b.until(
-        "return !document.getElementById('profile').hidden",
-        "the profile",
-    )
-    .await;
+    b.sign_in(&engine).await;
+    b.find(&user, "").await;
     assert_eq!(
         b.text("return document.querySelectorAll('button.reveal').length")
             .await,

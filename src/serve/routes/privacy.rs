@@ -53,6 +53,27 @@ fn privacy_problem(e: PrivacyError) -> Problem {
     }
 }
 
+/// A privacy officer's request about one user: authorized for `action`, within the limits,
+/// with a reason. The user and who acts, for the audit record.
+async fn privacy_request(
+    api: &Api,
+    headers: &HeaderMap,
+    user: &str,
+    body: Result<Json<ReasonRequest>, JsonRejection>,
+    action: Action,
+    request_id: uuid::Uuid,
+) -> Result<(uuid::Uuid, Actor), Problem> {
+    let principal = authorize(api, headers, action).await?;
+    let user = about(api, user)?;
+    let reason = reason_of(body, &format!("an {}", action.as_str()))?;
+    let actor = Actor {
+        name: principal.name,
+        reason,
+        request_id,
+    };
+    Ok((user, actor))
+}
+
 /// Everything held about the user, PII decrypted. The audit record is written first: if it
 /// cannot be, nothing is exported.
 #[utoipa::path(
@@ -77,14 +98,8 @@ pub(crate) async fn export(
     headers: HeaderMap,
     body: Result<Json<ReasonRequest>, JsonRejection>,
 ) -> Answer {
-    let principal = authorize(&api, &headers, Action::Export).await?;
-    let user = about(&api, &user)?;
-    let reason = reason_of(body, "an export")?;
-    let actor = Actor {
-        name: principal.name,
-        reason,
-        request_id,
-    };
+    let (user, actor) =
+        privacy_request(&api, &headers, &user, body, Action::Export, request_id).await?;
     let document = crate::privacy::export(&api.profiles, &api.catalog, user, &actor)
         .await
         .map_err(privacy_problem)?;
@@ -116,9 +131,8 @@ pub(crate) async fn erase(
     headers: HeaderMap,
     body: Result<Json<ReasonRequest>, JsonRejection>,
 ) -> Answer {
-    let principal = authorize(&api, &headers, Action::Erase).await?;
-    let user = about(&api, &user)?;
-    let reason = reason_of(body, "an erasure")?;
+    let (user, actor) =
+        privacy_request(&api, &headers, &user, body, Action::Erase, request_id).await?;
     // The index is written by this erasure alone; an embedded index held by a running worker
     // refuses it before anything is erased.
     let index = api.writable_index().map_err(|e| match e {
@@ -134,11 +148,6 @@ pub(crate) async fn erase(
     let profiles = crate::privacy::Profiles {
         index,
         ..api.profiles.clone()
-    };
-    let actor = Actor {
-        name: principal.name,
-        reason,
-        request_id,
     };
     let fields = api
         .catalog
