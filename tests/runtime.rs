@@ -135,7 +135,7 @@ fn settings(file: &PipelineFile, batch: usize) -> Settings {
     Settings {
         batch_size: batch,
         max_batches_in_flight: 4,
-        ..profile_sync::pipeline::runtime_settings(file)
+        ..profile_sync::runtime::Settings::of(file)
     }
 }
 

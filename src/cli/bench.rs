@@ -139,7 +139,7 @@ async fn throughput(
     let counts = crate::runtime::run(
         pipeline.clone(),
         components.source,
-        components.runtime,
+        crate::runtime::Settings::of(file),
         shutdown,
         |c: &Counts| {
             while (rss_by_tenth.len() as u64 + 1) * events <= c.read * 10 {
@@ -216,7 +216,7 @@ async fn latency(
     crate::runtime::run(
         Arc::new(components.pipeline),
         Box::new(source),
-        components.runtime,
+        crate::runtime::Settings::of(file),
         shutdown,
         |_| {},
     )

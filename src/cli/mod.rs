@@ -158,7 +158,7 @@ pub fn main() -> ExitCode {
             .unwrap_or_default();
         eprintln!("profile-sync: internal error{at}. This is a bug: please report it with the command you ran.");
     }));
-    crate::stages::decode::limit_allocations();
+    crate::schema::limit_allocations();
     let cli = Cli::parse();
     init_logging(cli.log_format);
     let runtime = match tokio::runtime::Builder::new_multi_thread()

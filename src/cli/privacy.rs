@@ -109,9 +109,7 @@ pub async fn erase(args: EraseArgs) -> Result<(), Failure> {
         .await
         .map_err(failure)?;
     let dir = data_dir(&file, args.target.data_dir.as_deref());
-    crate::pipeline::announce_erasures(&file, &dir, &[(args.user, fence)])
-        .await
-        .map_err(Failure::Runtime)?;
+    crate::pipeline::announce_erasures(&file, &dir, &[(args.user, fence)]).await?;
     println!(
         "{}",
         serde_json::json!({"user_id": args.user, "erased": true, "version_fence": fence, "request_id": actor.request_id})
@@ -193,9 +191,7 @@ pub async fn retention(command: RetentionCommand) -> Result<(), Failure> {
     .map_err(failure)?;
     profiles.index.commit().await?;
     let dir = data_dir(&file, target.data_dir.as_deref());
-    crate::pipeline::announce_erasures(&file, &dir, &report.fences)
-        .await
-        .map_err(Failure::Runtime)?;
+    crate::pipeline::announce_erasures(&file, &dir, &report.fences).await?;
     println!("{}", serde_json::to_string(&report)?);
     Ok(())
 }

@@ -118,7 +118,7 @@ pub async fn run(args: Args) -> Result<(), Failure> {
     let counts = crate::runtime::run(
         pipeline.clone(),
         components.source,
-        components.runtime,
+        crate::runtime::Settings::of(&file),
         on_signals(std::time::Duration::from_secs(args.drain_deadline_secs)),
         |c: &Counts| {
             bar.set_position(c.read);

@@ -15,7 +15,7 @@ use super::{KeyError, KeyProvider, WrappedUserKey};
 use crate::aws::{self, classify, retrying, Endpoint, Failure};
 use crate::config::KekCacheConfig;
 use crate::crypto::{unwrap_data_key, wrap_data_key, BlindIndexKey, DataKey};
-use crate::stores::DynamoStore;
+use crate::stores::SettingsStore;
 use async_trait::async_trait;
 use aws_sdk_kms::config::http::HttpResponse;
 use aws_sdk_kms::error::{ProvideErrorMetadata, SdkError};
@@ -190,7 +190,7 @@ impl KmsKeyProvider {
         key_id: &str,
         at: &Endpoint,
         limits: &KekCacheConfig,
-        settings: &DynamoStore,
+        settings: &dyn SettingsStore,
     ) -> Result<Self, KeyError> {
         aws::block_on(Self::connect(key_id, at, limits, settings)).map_err(KeyError::Refused)?
     }
@@ -199,7 +199,7 @@ impl KmsKeyProvider {
         key_id: &str,
         at: &Endpoint,
         limits: &KekCacheConfig,
-        settings: &DynamoStore,
+        settings: &dyn SettingsStore,
     ) -> Result<Self, KeyError> {
         if key_id.trim().is_empty() {
             return Err(KeyError::Refused(

@@ -13,27 +13,11 @@ pub use data_keys::{DataKeys, KeyLookup, NewKeys, UserKey};
 pub use kms::KmsKeyProvider;
 pub use local_keyring::{KeyringError, KeyringKeks, LocalKeyring, PROVIDER as LOCAL_PROVIDER};
 
+pub use crate::stores::WrappedUserKey;
+
 use crate::crypto::{BlindIndexKey, DataKey};
 use async_trait::async_trait;
-use chrono::{DateTime, Utc};
 use uuid::Uuid;
-
-/// A user's data key as stored: wrapped, with what is needed to unwrap it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct WrappedUserKey {
-    pub user_id: Uuid,
-    /// Bound into every field ciphertext's AAD; a new key for the same user gets a new version.
-    pub key_version: u32,
-    /// Which provider wrapped it (`local`, `kms`).
-    pub provider: String,
-    /// The KEK's id: a keyring key id, or a KMS key ARN.
-    pub kek_id: String,
-    /// The KEK itself, encrypted by the provider (KMS data-key ciphertext); empty for a keyring.
-    pub encrypted_kek: Vec<u8>,
-    /// `nonce ‖ ciphertext ‖ tag` of the DEK under the KEK.
-    pub wrapped_key: Vec<u8>,
-    pub created_at: DateTime<Utc>,
-}
 
 #[derive(Debug, thiserror::Error)]
 pub enum KeyError {

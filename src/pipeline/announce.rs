@@ -2,7 +2,7 @@
 //! announced on the segment change feed, as an `ERASE` event through the pipeline would be.
 
 use crate::config;
-use crate::segment_changes::{Cause, Origin, SegmentChange};
+use crate::segment_changes::{Cause, Origin, SegmentChange, SegmentChangeError};
 use std::path::Path;
 use uuid::Uuid;
 
@@ -12,8 +12,10 @@ pub async fn announce_erasures(
     file: &config::Pipeline,
     data_dir: &Path,
     erased: &[(Uuid, i64)],
-) -> anyhow::Result<()> {
-    let Some(sink) = super::open_segment_changes(file, data_dir)? else {
+) -> Result<(), SegmentChangeError> {
+    let opened = super::open_segment_changes(file, data_dir)
+        .map_err(|e| SegmentChangeError(e.to_string()))?;
+    let Some(sink) = opened else {
         return Ok(());
     };
     let declared: Vec<String> = file.config.enrich.segments.keys().cloned().collect();
@@ -32,6 +34,5 @@ pub async fn announce_erasures(
             )
         })
         .collect();
-    sink.send(changes).await?;
-    Ok(())
+    sink.send(changes).await
 }

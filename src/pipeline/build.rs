@@ -59,36 +59,6 @@ pub enum BuildError {
 pub struct Components {
     pub pipeline: Pipeline,
     pub source: Box<dyn EventSource>,
-    /// How the runtime runs them.
-    pub runtime: crate::runtime::Settings,
-}
-
-/// The runtime's settings from a pipeline file.
-pub fn runtime_settings(file: &config::Pipeline) -> crate::runtime::Settings {
-    let c = &file.config;
-    let index_commit = match &c.index {
-        IndexConfig::Tantivy {
-            commit_interval_ms,
-            commit_every_docs,
-            ..
-        } => crate::runtime::Cadence {
-            interval: std::time::Duration::from_millis(*commit_interval_ms),
-            max_ops: (*commit_every_docs).max(1),
-        },
-        // Bulk writes are durable when they return: nothing to wait for.
-        IndexConfig::Opensearch { .. } => crate::runtime::Cadence {
-            interval: std::time::Duration::ZERO,
-            max_ops: 1,
-        },
-    };
-    crate::runtime::Settings {
-        batch_size: c.batch_size,
-        max_batches_in_flight: c.max_batches_in_flight,
-        decode_workers: c
-            .decode_workers
-            .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get())),
-        index_commit,
-    }
 }
 
 /// The store, index and keys of a pipeline file, for operators' commands.
@@ -569,11 +539,7 @@ pub fn build(
         privacy: file.config.privacy.clone(),
         health: Arc::default(),
     };
-    Ok(Components {
-        pipeline,
-        source,
-        runtime: runtime_settings(file),
-    })
+    Ok(Components { pipeline, source })
 }
 
 #[cfg(test)]

@@ -2,7 +2,7 @@
 //! own. [`Pipeline::decode`] is pure; [`Pipeline::derive`] enriches and protects, and
 //! [`Pipeline::store`] makes the versioned writes and applies privacy events, returning the
 //! index operations that follow;
-//! the index and dead-letter writes are the runtime's (`crate::runtime`), which runs these
+//! the index and dead-letter writes are the runtime module's, which runs these
 //! pieces concurrently for different batches and decides when a batch is acknowledged.
 //!
 //! Every store write is versioned, so applying the same batch again after a transient failure
@@ -14,8 +14,8 @@ mod build;
 pub use announce::announce_erasures;
 pub use build::{
     build, local_keyring, open_data_keys, open_dead_letters, open_dynamodb, open_index, open_kms,
-    open_profiles, open_segment_changes, open_source, open_store, opensearch_settings,
-    runtime_settings, schemas, segment_topic_endpoints, BuildError, Components, IndexAccess,
+    open_profiles, open_segment_changes, open_source, open_store, opensearch_settings, schemas,
+    segment_topic_endpoints, BuildError, Components, IndexAccess,
 };
 
 use crate::config::{ErasedUserEvents, PrivacyConfig};

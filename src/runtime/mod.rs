@@ -58,6 +58,36 @@ pub struct Settings {
     pub index_commit: Cadence,
 }
 
+impl Settings {
+    /// The settings a pipeline file asks for.
+    pub fn of(file: &crate::config::Pipeline) -> Self {
+        let c = &file.config;
+        let index_commit = match &c.index {
+            crate::config::IndexConfig::Tantivy {
+                commit_interval_ms,
+                commit_every_docs,
+                ..
+            } => Cadence {
+                interval: std::time::Duration::from_millis(*commit_interval_ms),
+                max_ops: (*commit_every_docs).max(1),
+            },
+            // Bulk writes are durable when they return: nothing to wait for.
+            crate::config::IndexConfig::Opensearch { .. } => Cadence {
+                interval: std::time::Duration::ZERO,
+                max_ops: 1,
+            },
+        };
+        Settings {
+            batch_size: c.batch_size,
+            max_batches_in_flight: c.max_batches_in_flight,
+            decode_workers: c
+                .decode_workers
+                .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get())),
+            index_commit,
+        }
+    }
+}
+
 /// A batch as the source gave it.
 struct Fetched {
     batch: u64,

@@ -78,7 +78,11 @@ impl Api {
         }
     }
 
-    async fn announce_erasure(&self, user: Uuid, fence: i64) -> anyhow::Result<()> {
+    async fn announce_erasure(
+        &self,
+        user: Uuid,
+        fence: i64,
+    ) -> Result<(), crate::segment_changes::SegmentChangeError> {
         crate::pipeline::announce_erasures(&self.pipeline, &self.data_dir, &[(user, fence)]).await
     }
 }

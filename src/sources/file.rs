@@ -43,7 +43,7 @@ impl FileSource {
             .map(|n| n.to_string_lossy().into_owned())
             .unwrap_or_else(|| path.display().to_string());
         let (records, total) = if is_avro {
-            crate::stages::decode::limit_allocations();
+            crate::schema::limit_allocations();
             let reader = apache_avro::Reader::new(BufReader::new(file))
                 .map_err(|e| read_err(format!("not an Avro object container file ({e})")))?;
             let writer = Arc::new(reader.writer_schema().clone());

@@ -11,12 +11,28 @@ pub use dynamodb::DynamoStore;
 pub use sqlite::SqliteStore;
 
 use crate::event::{ProtectedChange, ProtectedRecord};
-use crate::keys::WrappedUserKey;
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, HashMap};
 use uuid::Uuid;
+
+/// A user's data key as stored: wrapped, with what is needed to unwrap it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WrappedUserKey {
+    pub user_id: Uuid,
+    /// Bound into every field ciphertext's AAD; a new key for the same user gets a new version.
+    pub key_version: u32,
+    /// Which provider wrapped it (`local`, `kms`).
+    pub provider: String,
+    /// The KEK's id: a keyring key id, or a KMS key ARN.
+    pub kek_id: String,
+    /// The KEK itself, encrypted by the provider (KMS data-key ciphertext); empty for a keyring.
+    pub encrypted_kek: Vec<u8>,
+    /// `nonce ‖ ciphertext ‖ tag` of the DEK under the KEK.
+    pub wrapped_key: Vec<u8>,
+    pub created_at: DateTime<Utc>,
+}
 
 /// What a versioned write did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -123,6 +139,21 @@ impl StoreError {
     pub fn is_transient(&self) -> bool {
         matches!(self, StoreError::Unavailable(_))
     }
+}
+
+/// Where a key provider keeps its own encrypted settings (the KMS provider's blind-index key):
+/// the key provider's view of the store, so that it depends on this port, not on an adapter.
+#[async_trait]
+pub trait SettingsStore: Send + Sync {
+    /// The setting `name`, if stored.
+    async fn setting(&self, name: &str) -> Result<Option<Vec<u8>>, StoreError>;
+
+    /// Stores a setting unless one exists; returns the stored value (another writer's wins).
+    async fn put_setting_if_absent(
+        &self,
+        name: &str,
+        value: Vec<u8>,
+    ) -> Result<Vec<u8>, StoreError>;
 }
 
 #[async_trait]

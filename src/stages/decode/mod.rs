@@ -21,18 +21,7 @@ use uuid::Uuid;
 /// Emails longer than this are refused (RFC 5321 path limit).
 const MAX_EMAIL_LEN: usize = 254;
 
-/// The most one Avro length prefix (a string, bytes, an array or a map) may make the decoder
-/// allocate. apache-avro's default is 512 MiB, which a ten-byte datum could claim; profile
-/// events are kilobytes, and `source.max_event_bytes` defaults to 1 MiB.
-pub const MAX_DATUM_ALLOCATION: usize = 32 << 20;
-
-/// Caps apache-avro's allocations at [`MAX_DATUM_ALLOCATION`]. The cap is process-wide and is
-/// fixed by whichever Avro read comes first, so this runs at the binary's startup and, for
-/// library users, before the library's own Avro reads (building a decoder, opening an Avro
-/// file); later calls do nothing.
-pub fn limit_allocations() {
-    apache_avro::util::max_allocation_bytes(MAX_DATUM_ALLOCATION);
-}
+pub use crate::schema::{limit_allocations, MAX_DATUM_ALLOCATION};
 
 /// Writer schemas remembered (sources hold one `Arc` per schema they know, so a handful
 /// suffice); past this the oldest is forgotten.

@@ -2,7 +2,7 @@
 //! to a DynamoDB item and back. Nothing here talks to DynamoDB.
 
 use crate::event::{Operation, ProtectedChange, ProtectedRecord, SegmentHistory};
-use crate::keys::WrappedUserKey;
+use crate::stores::WrappedUserKey;
 use crate::stores::{AuditRecord, ConsentRecord, StoreError, StoredProfile, StoredSegments};
 use aws_sdk_dynamodb::primitives::Blob;
 use aws_sdk_dynamodb::types::AttributeValue;

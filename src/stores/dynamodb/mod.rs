@@ -19,7 +19,7 @@ use super::{
 };
 use crate::aws::{self, classify, retrying, Endpoint, Failure};
 use crate::event::ProtectedChange;
-use crate::keys::WrappedUserKey;
+use crate::stores::WrappedUserKey;
 use async_trait::async_trait;
 use aws_sdk_dynamodb::config::http::HttpResponse;
 use aws_sdk_dynamodb::error::{ProvideErrorMetadata, SdkError};
@@ -430,43 +430,6 @@ impl DynamoStore {
             out.push((i, outcome));
         }
         Ok(out)
-    }
-
-    /// The KMS-encrypted settings item `name` (e.g. the blind-index key), if stored.
-    pub async fn setting(&self, name: &str) -> Result<Option<Vec<u8>>, StoreError> {
-        match self.get_item(key_of(SETTINGS_PK.into(), name)).await? {
-            Some(item) => Ok(Some(get_b(&item, "setting", "value")?.to_vec())),
-            None => Ok(None),
-        }
-    }
-
-    /// Stores a setting unless one exists; returns the stored value (another writer's wins).
-    pub async fn put_setting_if_absent(
-        &self,
-        name: &str,
-        value: Vec<u8>,
-    ) -> Result<Vec<u8>, StoreError> {
-        let mut item = key_of(SETTINGS_PK.into(), name);
-        item.insert("value".into(), AttributeValue::B(Blob::new(value.clone())));
-        item.insert("created_at".into(), AttributeValue::S(ts(&Utc::now())));
-        let call = self
-            .client
-            .put_item()
-            .table_name(&self.table)
-            .set_item(Some(item))
-            .condition_expression("attribute_not_exists(pk)");
-        match retrying("PutItem", || call.clone().send(), transient).await {
-            Ok(_) => Ok(value),
-            Err(e)
-                if e.as_service_error()
-                    .is_some_and(|s| s.is_conditional_check_failed_exception()) =>
-            {
-                self.setting(name).await?.ok_or_else(|| {
-                    StoreError::Unavailable("setting vanished after a conflict; retrying".into())
-                })
-            }
-            Err(e) => Err(dynamo_err("PutItem", &e)),
-        }
     }
 
     /// One page of stored user keys (for `keys rotate` / `keys rewrap`).
@@ -1035,6 +998,47 @@ fn is_condition_cancel<E: ProvideErrorMetadata>(e: &SdkError<E, HttpResponse>) -
     e.code() == Some("TransactionCanceledException")
         && e.message()
             .is_some_and(|m| m.contains("ConditionalCheckFailed"))
+}
+
+/// The KMS provider keeps its blind-index key here, KMS-encrypted.
+#[async_trait::async_trait]
+impl crate::stores::SettingsStore for DynamoStore {
+    /// The KMS-encrypted settings item `name` (e.g. the blind-index key), if stored.
+    async fn setting(&self, name: &str) -> Result<Option<Vec<u8>>, StoreError> {
+        match self.get_item(key_of(SETTINGS_PK.into(), name)).await? {
+            Some(item) => Ok(Some(get_b(&item, "setting", "value")?.to_vec())),
+            None => Ok(None),
+        }
+    }
+
+    /// Stores a setting unless one exists; returns the stored value (another writer's wins).
+    async fn put_setting_if_absent(
+        &self,
+        name: &str,
+        value: Vec<u8>,
+    ) -> Result<Vec<u8>, StoreError> {
+        let mut item = key_of(SETTINGS_PK.into(), name);
+        item.insert("value".into(), AttributeValue::B(Blob::new(value.clone())));
+        item.insert("created_at".into(), AttributeValue::S(ts(&Utc::now())));
+        let call = self
+            .client
+            .put_item()
+            .table_name(&self.table)
+            .set_item(Some(item))
+            .condition_expression("attribute_not_exists(pk)");
+        match retrying("PutItem", || call.clone().send(), transient).await {
+            Ok(_) => Ok(value),
+            Err(e)
+                if e.as_service_error()
+                    .is_some_and(|s| s.is_conditional_check_failed_exception()) =>
+            {
+                self.setting(name).await?.ok_or_else(|| {
+                    StoreError::Unavailable("setting vanished after a conflict; retrying".into())
+                })
+            }
+            Err(e) => Err(dynamo_err("PutItem", &e)),
+        }
+    }
 }
 
 #[cfg(test)]

@@ -5,7 +5,7 @@ use super::{
     StoredProfile, StoredSegments, WriteOutcome,
 };
 use crate::event::{Operation, ProtectedChange, ProtectedRecord, SegmentHistory};
-use crate::keys::WrappedUserKey;
+use crate::stores::WrappedUserKey;
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use rusqlite::{params, Connection, OptionalExtension, Transaction, TransactionBehavior};
@@ -1030,7 +1030,7 @@ mod tests {
             .apply(&[change(u, 4, Operation::Upsert)])
             .await
             .unwrap();
-        let key = crate::keys::WrappedUserKey {
+        let key = crate::stores::WrappedUserKey {
             user_id: u,
             key_version: 1,
             provider: "local".into(),
