@@ -121,3 +121,28 @@ fn a_cycle_is_found_when_two_modules_name_each_other() {
         BTreeSet::from(["keys".to_string()])
     );
 }
+
+#[test]
+fn ports_and_their_adapters_name_no_stage_and_no_runtime() {
+    // A port owns the types it is called with, so an adapter can be written, read and tested
+    // without the stages, the pipeline or the runtime that call it.
+    let graph = module_graph(&Path::new(env!("CARGO_MANIFEST_DIR")).join("src"));
+    let callers = ["stages", "pipeline", "runtime", "privacy", "cli", "serve"];
+    for port in [
+        "sources",
+        "keys",
+        "stores",
+        "indexes",
+        "dead_letter",
+        "segment_changes",
+    ] {
+        let named = graph
+            .get(port)
+            .unwrap_or_else(|| panic!("no module {port}"));
+        let above: Vec<&String> = named
+            .iter()
+            .filter(|n| callers.contains(&n.as_str()))
+            .collect();
+        assert!(above.is_empty(), "the {port} port names {above:?}");
+    }
+}

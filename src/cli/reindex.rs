@@ -27,7 +27,7 @@ pub async fn run(args: Args) -> Result<(), Failure> {
     let data_dir = data_dir(&file, args.data_dir.as_deref());
     let schemas = schemas(&file).map_err(usage)?;
     let (projection, settings) = opensearch_settings(&file, &schemas).map_err(usage)?;
-    let index = OpenSearchIndex::attach(settings, &projection).map_err(usage)?;
+    let index = OpenSearchIndex::attach(settings, projection.fields()).map_err(usage)?;
     let store = open_store(&file, &data_dir).map_err(usage)?;
     let total = store
         .counts()
@@ -44,7 +44,7 @@ pub async fn run(args: Args) -> Result<(), Failure> {
     let counts = reindex(
         &index,
         store.as_ref(),
-        &projection,
+        |p| projection.stored_op(p),
         args.page_size,
         |c: &ReindexCounts| {
             bar.set_position(c.scanned);

@@ -10,8 +10,8 @@
 //! dropped by a merge) and then removes the files no longer used.
 
 use super::{Aggregation, Bucket, IndexError, IndexOutcome, SearchIndex, SearchResults};
+use super::{IndexDocument, IndexOp};
 use crate::schema::{FieldKind, FieldSpec};
-use crate::stages::project::{IndexOp, Projection};
 use async_trait::async_trait;
 use serde_json::Value as Json;
 use std::path::Path;
@@ -54,22 +54,22 @@ impl TantivyIndex {
     }
 
     /// Opens (or creates) the index for writing; one process at a time holds its writer.
-    pub fn open(path: &Path, projection: &Projection) -> Result<Self, IndexError> {
-        Self::open_with(path, projection, true)
+    pub fn open(path: &Path, fields: &[FieldSpec]) -> Result<Self, IndexError> {
+        Self::open_with(path, fields, true)
     }
 
     /// Opens the index for searching only, beside a worker that writes it.
-    pub fn open_for_reading(path: &Path, projection: &Projection) -> Result<Self, IndexError> {
-        Self::open_with(path, projection, false)
+    pub fn open_for_reading(path: &Path, fields: &[FieldSpec]) -> Result<Self, IndexError> {
+        Self::open_with(path, fields, false)
     }
 
-    fn open_with(path: &Path, projection: &Projection, write: bool) -> Result<Self, IndexError> {
+    fn open_with(path: &Path, projected: &[FieldSpec], write: bool) -> Result<Self, IndexError> {
         let mut builder = SchemaBuilder::new();
         let user_id = builder.add_text_field("user_id", STRING | STORED);
         let version = builder.add_i64_field("version", INDEXED | STORED | FAST);
         let occurred_at = builder.add_date_field("occurred_at", INDEXED | STORED | FAST);
         let mut fields = Vec::new();
-        for spec in projection.fields() {
+        for spec in projected {
             let name = spec.flat_name.as_str();
             let field = match spec.kind {
                 FieldKind::String | FieldKind::StringList | FieldKind::Date => {
@@ -140,7 +140,7 @@ impl TantivyIndex {
         })
     }
 
-    fn document(&self, doc: &crate::stages::project::IndexDocument) -> TantivyDocument {
+    fn document(&self, doc: &IndexDocument) -> TantivyDocument {
         let mut out = TantivyDocument::new();
         out.add_text(self.user_id, doc.user_id.to_string());
         out.add_i64(self.version, doc.version);
@@ -444,7 +444,7 @@ fn purge(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::stages::project::IndexDocument;
+    use crate::stages::project::Projection;
 
     fn doc(n: u128, country: &str, segments: &[&str]) -> IndexOp {
         let mut fields = crate::event::Fields::new();
@@ -467,7 +467,7 @@ mod tests {
                 .catalog;
         let projection = Projection::new(&catalog, &["plan".into()]).unwrap();
         let dir = tempfile::tempdir().unwrap();
-        let index = TantivyIndex::open(dir.path(), &projection).unwrap();
+        let index = TantivyIndex::open(dir.path(), projection.fields()).unwrap();
         (dir, index)
     }
 

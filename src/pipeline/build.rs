@@ -237,15 +237,15 @@ pub fn open_index(
         IndexConfig::Tantivy { path, .. } => {
             let path = file.data_path(data_dir, path);
             Arc::new(match access {
-                IndexAccess::Write => TantivyIndex::open(&path, &projection)?,
-                IndexAccess::Read => TantivyIndex::open_for_reading(&path, &projection)?,
+                IndexAccess::Write => TantivyIndex::open(&path, projection.fields())?,
+                IndexAccess::Read => TantivyIndex::open_for_reading(&path, projection.fields())?,
             })
         }
         IndexConfig::Opensearch { .. } => {
             let (_, settings) = opensearch_settings(file, schemas)?;
             Arc::new(match access {
-                IndexAccess::Write => OpenSearchIndex::open(settings, &projection)?,
-                IndexAccess::Read => OpenSearchIndex::attach(settings, &projection)?,
+                IndexAccess::Write => OpenSearchIndex::open(settings, projection.fields())?,
+                IndexAccess::Read => OpenSearchIndex::attach(settings, projection.fields())?,
             })
         }
     };

@@ -5,9 +5,7 @@
 use crate::event::{Fields, Operation, ProtectedChange};
 use crate::schema::{Catalog, Classification, FieldKind, FieldSpec};
 use crate::stores::StoredProfile;
-use chrono::{DateTime, Utc};
 use serde_json::Value as Json;
-use uuid::Uuid;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ProjectionError {
@@ -25,46 +23,7 @@ pub struct Projection {
     fields: Vec<FieldSpec>,
 }
 
-/// A PII-free document for the search index.
-#[derive(Debug, Clone, PartialEq)]
-pub struct IndexDocument {
-    pub user_id: Uuid,
-    pub version: i64,
-    pub occurred_at: DateTime<Utc>,
-    /// Projected fields by flat name.
-    pub fields: Fields,
-}
-
-#[derive(Debug, Clone, PartialEq)]
-pub enum IndexOp {
-    Upsert(IndexDocument),
-    Delete {
-        user_id: Uuid,
-        version: i64,
-    },
-    /// An erasure: the document deleted, and every copy of it purged from the index's files
-    /// and from every version of the index, not only marked deleted in the current one.
-    Erase {
-        user_id: Uuid,
-        version: i64,
-    },
-}
-
-impl IndexOp {
-    pub fn user_id(&self) -> Uuid {
-        match self {
-            IndexOp::Upsert(d) => d.user_id,
-            IndexOp::Delete { user_id, .. } | IndexOp::Erase { user_id, .. } => *user_id,
-        }
-    }
-
-    pub fn version(&self) -> i64 {
-        match self {
-            IndexOp::Upsert(d) => d.version,
-            IndexOp::Delete { version, .. } | IndexOp::Erase { version, .. } => *version,
-        }
-    }
-}
+pub use crate::indexes::{IndexDocument, IndexOp};
 
 impl Projection {
     /// The projection of `requested` public fields (every public field when empty) plus all

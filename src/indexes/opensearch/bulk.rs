@@ -6,7 +6,7 @@
 //! mapped field, never a value (OpenSearch quotes document values in its parse errors).
 
 use super::mapping::Mapping;
-use crate::stages::project::IndexOp;
+use crate::indexes::IndexOp;
 use serde_json::{json, Value as Json};
 use std::ops::Range;
 
@@ -153,7 +153,11 @@ mod tests {
         ))
         .unwrap()
         .catalog;
-        Mapping::new(&crate::stages::project::Projection::new(&catalog, &["plan".into()]).unwrap())
+        Mapping::new(
+            crate::stages::project::Projection::new(&catalog, &["plan".into()])
+                .unwrap()
+                .fields(),
+        )
     }
 
     #[test]

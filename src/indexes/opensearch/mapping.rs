@@ -2,8 +2,8 @@
 //! only the fields the schema classifies public or derived, and `dynamic: strict` makes the
 //! server refuse any other field even if a document carried one.
 
+use crate::indexes::IndexDocument;
 use crate::schema::{FieldKind, FieldSpec};
-use crate::stages::project::{IndexDocument, Projection};
 use serde_json::{json, Map, Value as Json};
 
 /// Fields every document has besides the projected ones.
@@ -32,9 +32,8 @@ fn type_of(kind: FieldKind) -> Option<&'static str> {
 }
 
 impl Mapping {
-    pub fn new(projection: &Projection) -> Self {
-        let fields = projection
-            .fields()
+    pub fn new(projected: &[FieldSpec]) -> Self {
+        let fields = projected
             .iter()
             .filter_map(|f| type_of(f.kind).map(|t| (f.clone(), t)))
             .collect();
@@ -124,6 +123,7 @@ pub fn fingerprint_of(mapping_response: &Json, index: &str) -> Option<String> {
 mod tests {
     use super::*;
     use crate::schema::Classification;
+    use crate::stages::project::Projection;
 
     fn projection(fields: &[&str]) -> Projection {
         let catalog = crate::schema::ProfileSchemas::parse(include_str!(
@@ -138,7 +138,7 @@ mod tests {
     #[test]
     fn the_mapping_is_strict_and_holds_only_ids_and_projected_fields() {
         let p = projection(&["plan", "lifetime_value", "last_seen_at"]);
-        let m = Mapping::new(&p).to_json();
+        let m = Mapping::new(p.fields()).to_json();
         assert_eq!(m["dynamic"], "strict");
         let props = m["properties"].as_object().unwrap();
         assert_eq!(props["user_id"]["type"], "keyword");
@@ -173,15 +173,18 @@ mod tests {
 
     #[test]
     fn a_different_projection_has_a_different_fingerprint() {
-        let a = Mapping::new(&projection(&["plan"])).fingerprint();
-        let b = Mapping::new(&projection(&["plan", "status"])).fingerprint();
+        let a = Mapping::new(projection(&["plan"]).fields()).fingerprint();
+        let b = Mapping::new(projection(&["plan", "status"]).fields()).fingerprint();
         assert_ne!(a, b);
-        assert_eq!(a, Mapping::new(&projection(&["plan"])).fingerprint());
+        assert_eq!(
+            a,
+            Mapping::new(projection(&["plan"]).fields()).fingerprint()
+        );
     }
 
     #[test]
     fn the_document_builder_emits_only_mapped_fields() {
-        let mapping = Mapping::new(&projection(&["plan"]));
+        let mapping = Mapping::new(projection(&["plan"]).fields());
         let mut fields = crate::event::Fields::new();
         fields.insert("plan".into(), Json::from("pro"));
         fields.insert("email".into(), Json::from("someone@example.com"));
@@ -201,7 +204,7 @@ mod tests {
 
     #[test]
     fn the_fingerprint_is_read_back_from_a_mapping_response() {
-        let m = Mapping::new(&projection(&["plan"]));
+        let m = Mapping::new(projection(&["plan"]).fields());
         let response = json!({ "profiles-v1": { "mappings": m.to_json() } });
         assert_eq!(
             fingerprint_of(&response, "profiles-v1"),

@@ -17,8 +17,9 @@ pub use reindex::{reindex, ReindexCounts, ReindexError};
 use self::bulk::ItemStatus;
 use self::client::{Answer, Body, Client};
 use super::{Aggregation, Bucket, IndexError, IndexOutcome, SearchIndex, SearchResults};
+use crate::indexes::IndexOp;
 use crate::retry::Backoff;
-use crate::stages::project::{IndexOp, Projection};
+use crate::schema::FieldSpec;
 use async_trait::async_trait;
 use futures::StreamExt;
 use opensearch::http::Method;
@@ -76,28 +77,25 @@ impl AliasState {
 impl OpenSearchIndex {
     /// Connects, installs the template and the first index version if there is none, and checks
     /// that the write alias points at an index built for this projection.
-    pub fn open(settings: OpenSearchSettings, projection: &Projection) -> Result<Self, IndexError> {
-        Self::connect(settings, projection, true)
+    pub fn open(settings: OpenSearchSettings, fields: &[FieldSpec]) -> Result<Self, IndexError> {
+        Self::connect(settings, fields, true)
     }
 
     /// Connects without creating or checking anything: `reindex` builds the version it needs,
     /// also when the write alias is missing or holds another mapping; `search` and `check`
     /// only look.
-    pub fn attach(
-        settings: OpenSearchSettings,
-        projection: &Projection,
-    ) -> Result<Self, IndexError> {
-        Self::connect(settings, projection, false)
+    pub fn attach(settings: OpenSearchSettings, fields: &[FieldSpec]) -> Result<Self, IndexError> {
+        Self::connect(settings, fields, false)
     }
 
     fn connect(
         settings: OpenSearchSettings,
-        projection: &Projection,
+        fields: &[FieldSpec],
         prepare: bool,
     ) -> Result<Self, IndexError> {
         let index = Self {
             client: Client::new(&settings.url, settings.credentials.clone())?,
-            mapping: Mapping::new(projection),
+            mapping: Mapping::new(fields),
             settings,
             backoff: Backoff::default(),
         };

@@ -16,7 +16,6 @@
 use super::client::Body;
 use super::{OpenSearchIndex, ATTEMPTS};
 use crate::indexes::{IndexError, IndexOutcome};
-use crate::stages::project::Projection;
 use crate::stores::{ProfileStore, StoreError};
 use opensearch::http::Method;
 use serde::Serialize;
@@ -138,7 +137,7 @@ impl OpenSearchIndex {
 pub async fn reindex(
     index: &OpenSearchIndex,
     store: &dyn ProfileStore,
-    projection: &Projection,
+    op_of: impl Fn(&crate::stores::StoredProfile) -> crate::indexes::IndexOp,
     page_size: usize,
     mut progress: impl FnMut(&ReindexCounts),
 ) -> Result<ReindexCounts, ReindexError> {
@@ -151,7 +150,7 @@ pub async fn reindex(
     let mut cursor = None;
     loop {
         let (page, next) = store.scan(cursor, page_size.max(1)).await?;
-        let ops: Vec<_> = page.iter().map(|p| projection.stored_op(p)).collect();
+        let ops: Vec<_> = page.iter().map(&op_of).collect();
         let outcomes = index.write(&target, &ops).await?;
         for (profile, outcome) in page.iter().zip(outcomes) {
             counts.scanned += 1;
