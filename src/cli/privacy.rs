@@ -103,9 +103,8 @@ pub async fn erase(args: EraseArgs) -> Result<(), Failure> {
         reason,
         request_id: Uuid::new_v4(),
     };
-    let fields = catalog.top_level().iter().map(|(n, _)| n.clone()).collect();
     let fence = profiles
-        .erase_on_request(args.user, fields, &actor)
+        .erase_on_request(args.user, catalog.top_level_names(), &actor)
         .await
         .map_err(failure)?;
     let dir = data_dir(&file, args.target.data_dir.as_deref());

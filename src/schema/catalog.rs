@@ -210,6 +210,11 @@ impl Catalog {
         &self.top_level
     }
 
+    /// The names of the top-level profile fields.
+    pub fn top_level_names(&self) -> Vec<String> {
+        self.top_level.iter().map(|(n, _)| n.clone()).collect()
+    }
+
     /// Classification of a top-level profile field.
     pub fn class_of_top_level(&self, name: &str) -> Option<Classification> {
         self.top_level

@@ -17,7 +17,6 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use serde_json::Value;
 use std::sync::Arc;
 use uuid::Uuid;
 
@@ -121,7 +120,7 @@ pub(crate) async fn me(
         .check(&principal.id, &principal.role, false)
         .map_err(too_many)?;
     let role = &principal.role;
-    Ok(typed(Caller {
+    Ok(answer(Caller {
         principal: principal.name.clone(),
         actions: api
             .policy
@@ -163,10 +162,17 @@ fn store_unavailable(e: impl std::fmt::Display) -> Problem {
     Problem::unavailable("the profile store is unavailable; try again")
 }
 
-fn answer(body: Value) -> Response {
+/// A JSON answer.
+fn answer(body: impl serde::Serialize) -> Response {
     Json(body).into_response()
 }
 
-fn typed(body: impl serde::Serialize) -> Response {
-    Json(body).into_response()
+/// A reason for the audit trail is required: `what` names the request (`a reveal`).
+fn require_reason(reason: &str, what: &str) -> Result<(), Problem> {
+    if reason.trim().is_empty() {
+        return Err(Problem::bad_request(format!(
+            "{what} needs a non-empty reason"
+        )));
+    }
+    Ok(())
 }

@@ -1,6 +1,6 @@
 //! The privacy officer's routes: a user's audit trail, export and erasure.
 
-use super::{about, answer, authorize, store_unavailable, typed, Answer};
+use super::{about, answer, authorize, require_reason, store_unavailable, Answer};
 use crate::indexes::IndexError;
 use crate::privacy::{Actor, PrivacyError};
 use crate::serve::observe::RequestId;
@@ -29,11 +29,7 @@ fn reason_of(
     let Ok(Json(request)) = body else {
         return Err(Problem::bad_request("send {\"reason\": \"...\"} as JSON"));
     };
-    if request.reason.trim().is_empty() {
-        return Err(Problem::bad_request(format!(
-            "{what} needs a non-empty reason"
-        )));
-    }
+    require_reason(&request.reason, what)?;
     Ok(request.reason)
 }
 
@@ -149,14 +145,8 @@ pub(crate) async fn erase(
         index,
         ..api.profiles.clone()
     };
-    let fields = api
-        .catalog
-        .top_level()
-        .iter()
-        .map(|(n, _)| n.clone())
-        .collect();
     let fence = profiles
-        .erase_on_request(user, fields, &actor)
+        .erase_on_request(user, api.catalog.top_level_names(), &actor)
         .await
         .map_err(privacy_problem)?;
     if let Err(e) = api.announce_erasure(user, fence).await {
@@ -167,7 +157,7 @@ pub(crate) async fn erase(
             "the user is erased, but the segment change feed could not be told; send the request again",
         ));
     }
-    Ok(typed(Erased {
+    Ok(answer(Erased {
         user_id: user,
         erased: true,
         version_fence: fence,

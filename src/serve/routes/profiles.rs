@@ -1,6 +1,6 @@
 //! Profile reads: the masked profile, the personalization read, and consent records.
 
-use super::{about, authorize, store_unavailable, typed, Answer};
+use super::{about, answer, authorize, store_unavailable, Answer};
 use crate::privacy::MASK;
 use crate::schema::Classification;
 use crate::serve::openapi::{
@@ -69,7 +69,7 @@ pub(crate) async fn profile(
         Ok(found) => found,
         Err(other) => {
             let gone = other?;
-            return Ok(typed(ProfileView {
+            return Ok(answer(ProfileView {
                 user_id: user,
                 version: gone.version,
                 state: gone.state,
@@ -104,7 +104,7 @@ pub(crate) async fn profile(
             Value::from(MASK)
         }
     };
-    Ok(typed(ProfileView {
+    Ok(answer(ProfileView {
         user_id: user,
         version,
         state: ProfileState::Live,
@@ -147,7 +147,7 @@ pub(crate) async fn segments(
         )));
     }
     let user = about(&api, &user)?;
-    Ok(typed(match live_record(&api, user).await {
+    Ok(answer(match live_record(&api, user).await {
         Ok((version, record)) => SegmentsView {
             user_id: user,
             version,
@@ -196,7 +196,7 @@ pub(crate) async fn consent(
         .consent_history(user)
         .await
         .map_err(store_unavailable)?;
-    Ok(typed(ConsentView {
+    Ok(answer(ConsentView {
         user_id: user,
         current: crate::stores::consent_state(&history),
         history: serde_json::to_value(&history).unwrap_or_default(),

@@ -2,7 +2,7 @@
 //! (find a user by email). Each writes its audit record first and fails closed.
 
 use super::profiles::live_record;
-use super::{about, authorize, store_unavailable, typed, Answer};
+use super::{about, answer, authorize, require_reason, store_unavailable, Answer};
 use crate::privacy::Actor;
 use crate::serve::observe::RequestId;
 use crate::serve::openapi::{Found, ProblemDocument, Revealed};
@@ -55,9 +55,7 @@ pub(crate) async fn reveal(
             "send {\"fields\": [...], \"reason\": \"...\"} as JSON",
         ));
     };
-    if request.reason.trim().is_empty() {
-        return Err(Problem::bad_request("a reveal needs a non-empty reason"));
-    }
+    require_reason(&request.reason, "a reveal")?;
     if request.fields.is_empty() {
         return Err(Problem::bad_request("name the fields to reveal"));
     }
@@ -109,7 +107,7 @@ pub(crate) async fn reveal(
         .iter()
         .map(|f| (f.clone(), all.remove(f).unwrap_or(Value::Null)))
         .collect();
-    Ok(typed(Revealed {
+    Ok(answer(Revealed {
         user_id: user,
         version,
         fields,
@@ -151,9 +149,7 @@ pub(crate) async fn lookup(
             "send {\"email\": \"...\", \"reason\": \"...\"} as JSON",
         ));
     };
-    if request.reason.trim().is_empty() {
-        return Err(Problem::bad_request("a lookup needs a non-empty reason"));
-    }
+    require_reason(&request.reason, "a lookup")?;
     if !request.email.contains('@') {
         return Err(Problem::bad_request("`email` is not an email address"));
     }
@@ -187,5 +183,5 @@ pub(crate) async fn lookup(
             "the audit trail cannot be written, so the lookup is not answered; try again",
         ));
     }
-    Ok(typed(Found { user_id: user }))
+    Ok(answer(Found { user_id: user }))
 }
