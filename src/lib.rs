@@ -27,6 +27,7 @@ pub mod kafka;
 pub mod keys;
 pub mod pipeline;
 pub mod privacy;
+pub mod residency;
 pub mod retry;
 pub mod runtime;
 pub mod schema;

@@ -15,16 +15,27 @@ pub struct Args {
     pipeline: Option<PathBuf>,
 }
 
+/// Bootstraps each residency zone's adapters (one JSON line per zone, naming it), or the
+/// pipeline's when it has no zones.
 pub async fn run(args: Args) -> Result<(), Failure> {
     let file = pipeline_file(args.pipeline.as_deref())?;
-    if !matches!(file.config.store, StoreConfig::Dynamodb { .. }) {
-        println!(
-            "{}",
-            serde_json::json!({"created": [], "note": "the embedded store and keyring create their files on first run: nothing to bootstrap"})
-        );
-        return Ok(());
+    for (zone, zone_file) in file.zone_files() {
+        let mut said = bootstrap(&zone_file).await?;
+        if file.config.residency.is_some() {
+            said["zone"] = serde_json::Value::from(zone);
+        }
+        println!("{said}");
     }
-    let store = open_dynamodb(&file, false).map_err(usage)?;
+    Ok(())
+}
+
+async fn bootstrap(file: &crate::config::Pipeline) -> Result<serde_json::Value, Failure> {
+    if !matches!(file.config.store, StoreConfig::Dynamodb { .. }) {
+        return Ok(
+            serde_json::json!({"created": [], "note": "the embedded store and keyring create their files on first run: nothing to bootstrap"}),
+        );
+    }
+    let store = open_dynamodb(file, false).map_err(usage)?;
     let table = store.ensure_table().await?;
     let mut kms_key_created = false;
     let mut kms_calls = 0;
@@ -47,18 +58,14 @@ pub async fn run(args: Args) -> Result<(), Failure> {
             })?;
         }
         // Loads the blind-index key, creating it when the table has none.
-        let provider = open_kms(&file, None)?;
+        let provider = open_kms(file, None)?;
         kms_calls = crate::keys::KeyProvider::calls(&provider);
     }
-    println!(
-        "{}",
-        serde_json::json!({
-            "table": table,
-            "kms_key_created": kms_key_created,
-            "kms_calls": kms_calls,
-        })
-    );
-    Ok(())
+    Ok(serde_json::json!({
+        "table": table,
+        "kms_key_created": kms_key_created,
+        "kms_calls": kms_calls,
+    }))
 }
 
 enum DevKeyError {

@@ -16,7 +16,7 @@ use super::privacy::Target;
 use super::{data_dir, pipeline_file, usage, Failure};
 use crate::config::DeadLetterConfig;
 use crate::dead_letter::{read_letters, Sealing, HEADER_PREFIX, SEALING_HEADER, VALUE_OMITTED};
-use crate::pipeline::{open_profiles, schemas, IndexAccess};
+use crate::pipeline::{open_profiles, schemas, zone_file, IndexAccess};
 use crate::privacy::Profiles;
 use crate::stages::seal::{LetterSealer, OpenError};
 use base64::engine::general_purpose::STANDARD;
@@ -50,6 +50,10 @@ struct Show {
     /// The pipeline file (default: pipelines/local.yaml) and data folder.
     #[command(flatten)]
     target: Target,
+    /// With residency zones: the letters in this zone's dead-letter sink (default: the
+    /// pipeline's, which holds every zone's without a sink of its own).
+    #[arg(long)]
+    zone: Option<String>,
 }
 
 #[derive(clap::Args)]
@@ -98,7 +102,11 @@ async fn show(args: Show) -> Result<(), Failure> {
         args.target.pipeline.as_deref(),
         args.target.data_dir.as_deref(),
     )?;
-    let letters = match &file.config.dead_letter {
+    let sink = match &args.zone {
+        None => file.clone(),
+        Some(zone) => zone_file(&file, Some(zone)).map_err(usage)?,
+    };
+    let letters = match &sink.config.dead_letter {
         DeadLetterConfig::File { path, .. } => {
             let dir = data_dir(&file, args.target.data_dir.as_deref());
             let path = file.data_path(&dir, path);

@@ -67,14 +67,10 @@ pub async fn run(args: Args) -> Result<(), Failure> {
     let profiles = open_profiles(&file, &data_dir, &schemas, IndexAccess::Read).map_err(usage)?;
     let user = match Uuid::parse_str(&args.user) {
         Ok(u) => u,
-        Err(_) if args.user.contains('@') => {
-            let index = profiles.keys.provider().blind_index().email(&args.user);
-            profiles
-                .store
-                .find_by_email_index(&index)
-                .await?
-                .ok_or_else(|| usage(anyhow::anyhow!("no live profile has that email address")))?
-        }
+        Err(_) if args.user.contains('@') => profiles
+            .find_by_email(&args.user)
+            .await?
+            .ok_or_else(|| usage(anyhow::anyhow!("no live profile has that email address")))?,
         Err(_) => {
             return Err(usage(anyhow::anyhow!(
                 "{:?} is neither a user id (UUID) nor an email address",

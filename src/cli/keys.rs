@@ -9,13 +9,33 @@
 //! unwrapped. After erasures, `rotate` then `retire` closes the window backups keep open.
 //! `seal` seals a plaintext local keyring under the master key of `keys.master_key_env`.
 
-use super::privacy::Target;
 use super::{data_dir, pipeline_file, usage, Failure};
 use crate::config::KeysConfig;
 use crate::keys::{KeyProvider, LocalKeyring};
-use crate::pipeline::{local_keyring, open_data_keys, open_kms, open_store};
+use crate::pipeline::{local_keyring, open_data_keys, open_kms, open_store, zone_file};
 use crate::stores::ProfileStore;
 use std::collections::BTreeMap;
+
+/// The pipeline file and data folder, and with residency zones the zone whose keys to act on.
+#[derive(clap::Args)]
+pub struct Target {
+    #[arg(long)]
+    pipeline: Option<std::path::PathBuf>,
+    #[arg(long)]
+    data_dir: Option<std::path::PathBuf>,
+    /// With residency zones: the zone whose key provider and stored keys to act on (required).
+    #[arg(long)]
+    zone: Option<String>,
+}
+
+impl Target {
+    /// The pipeline file as the zone sees it, and the data folder.
+    fn open(&self) -> Result<(crate::config::Pipeline, std::path::PathBuf), Failure> {
+        let file = pipeline_file(self.pipeline.as_deref())?;
+        let dir = data_dir(&file, self.data_dir.as_deref());
+        Ok((zone_file(&file, self.zone.as_deref()).map_err(usage)?, dir))
+    }
+}
 
 #[derive(clap::Subcommand)]
 pub enum Command {
@@ -70,8 +90,7 @@ pub async fn run(command: Command) -> Result<(), Failure> {
 }
 
 async fn rotate(target: &Target, to_key: Option<&str>) -> Result<(), Failure> {
-    let file = pipeline_file(target.pipeline.as_deref())?;
-    let dir = data_dir(&file, target.data_dir.as_deref());
+    let (file, dir) = target.open()?;
     let new_kek = match (&file.config.keys, to_key) {
         (KeysConfig::LocalKeyring { .. }, Some(_)) => {
             return Err(usage(anyhow::anyhow!(
@@ -156,8 +175,7 @@ async fn inventory(store: &dyn ProfileStore) -> Result<BTreeMap<(String, String)
 }
 
 async fn generations(target: &Target) -> Result<(), Failure> {
-    let file = pipeline_file(target.pipeline.as_deref())?;
-    let dir = data_dir(&file, target.data_dir.as_deref());
+    let (file, dir) = target.open()?;
     let store = open_store(&file, &dir).map_err(usage)?;
     let counts = inventory(store.as_ref()).await?;
     let mut out: Vec<serde_json::Value> = counts
@@ -192,8 +210,7 @@ async fn generations(target: &Target) -> Result<(), Failure> {
 }
 
 async fn retire(target: &Target, kek: &str) -> Result<(), Failure> {
-    let file = pipeline_file(target.pipeline.as_deref())?;
-    let dir = data_dir(&file, target.data_dir.as_deref());
+    let (file, dir) = target.open()?;
     let Some((path, master)) = local_keyring(&file, &dir).map_err(usage)? else {
         return Err(usage(anyhow::anyhow!(
             "keys retire removes a KEK from the local keyring; with KMS, a generation lives only in the stored keys: `keys rotate` (or `rewrap --to-key`), then disable or schedule the deletion of the old KMS key once `keys generations` no longer lists it and the backup window has passed"
@@ -216,8 +233,7 @@ async fn retire(target: &Target, kek: &str) -> Result<(), Failure> {
 }
 
 fn seal(target: &Target) -> Result<(), Failure> {
-    let file = pipeline_file(target.pipeline.as_deref())?;
-    let dir = data_dir(&file, target.data_dir.as_deref());
+    let (file, dir) = target.open()?;
     let Some((path, Some(master))) = local_keyring(&file, &dir).map_err(usage)? else {
         return Err(usage(anyhow::anyhow!(
             "keys seal needs `keys: {{type: local_keyring, master_key_env: NAME}}` and that variable set to a 32-byte key in base64 (e.g. `openssl rand -base64 32`)"

@@ -20,6 +20,7 @@ mod search;
 mod segments;
 mod serve;
 mod validate;
+mod zones;
 
 use clap::{Parser, Subcommand, ValueEnum};
 use std::path::{Path, PathBuf};
@@ -103,6 +104,9 @@ enum Command {
     /// Key-encryption key rotation and re-wrapping (KMS).
     #[command(subcommand)]
     Keys(keys::Command),
+    /// Residency zones: list them, locate a user, move a user to another zone (audited).
+    #[command(subcommand)]
+    Zones(zones::Command),
 }
 
 /// How a command failed.
@@ -194,6 +198,7 @@ pub fn main() -> ExitCode {
             Command::Dev(args) => dev::run(args).await,
             Command::Bootstrap(args) => bootstrap::run(args).await,
             Command::Keys(command) => keys::run(command).await,
+            Command::Zones(command) => zones::run(command).await,
         }
     });
     match result {

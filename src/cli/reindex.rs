@@ -4,7 +4,7 @@
 use super::{data_dir, pipeline_file, usage, Failure, Output};
 use crate::indexes::opensearch::{reindex, ReindexCounts};
 use crate::indexes::OpenSearchIndex;
-use crate::pipeline::{open_store, opensearch_settings, schemas};
+use crate::pipeline::{open_store, opensearch_settings, schemas, zone_file};
 use std::path::PathBuf;
 
 #[derive(clap::Args)]
@@ -18,12 +18,19 @@ pub struct Args {
     /// Profiles read from the store per page.
     #[arg(long, default_value_t = 2000)]
     page_size: usize,
+    /// With residency zones: the zone whose index to rebuild from its store (required).
+    #[arg(long)]
+    zone: Option<String>,
     #[arg(long, value_enum, default_value_t = Output::Text)]
     output: Output,
 }
 
 pub async fn run(args: Args) -> Result<(), Failure> {
-    let file = pipeline_file(args.pipeline.as_deref())?;
+    let file = zone_file(
+        &pipeline_file(args.pipeline.as_deref())?,
+        args.zone.as_deref(),
+    )
+    .map_err(usage)?;
     let data_dir = data_dir(&file, args.data_dir.as_deref());
     let schemas = schemas(&file).map_err(usage)?;
     let (projection, settings) = opensearch_settings(&file, &schemas).map_err(usage)?;

@@ -2,7 +2,7 @@
 
 use super::{data_dir, pipeline_file, usage, Failure, Output};
 use crate::indexes::{Aggregation, IndexError};
-use crate::pipeline::{open_index, schemas, IndexAccess};
+use crate::pipeline::{open_index, schemas, zone_file, IndexAccess};
 use serde_json::Value as Json;
 use std::path::PathBuf;
 
@@ -21,6 +21,9 @@ pub struct Args {
     /// `text` (also `table`) or `json`.
     #[arg(long, value_enum, default_value_t = Output::Text)]
     output: Output,
+    /// With residency zones: search this zone only (default: every zone, each hit naming its zone).
+    #[arg(long)]
+    zone: Option<String>,
     #[arg(long)]
     pipeline: Option<PathBuf>,
     #[arg(long)]
@@ -41,6 +44,11 @@ pub async fn run(args: Args) -> Result<(), Failure> {
     let file = pipeline_file(args.pipeline.as_deref())?;
     let data_dir = data_dir(&file, args.data_dir.as_deref());
     let schemas = schemas(&file).map_err(usage)?;
+    let zoned = file.config.residency.is_some();
+    let file = match &args.zone {
+        Some(zone) => zone_file(&file, Some(zone)).map_err(usage)?,
+        None => file,
+    };
     let (_, index) = open_index(&file, &data_dir, &schemas, IndexAccess::Read).map_err(usage)?;
     let invalid = |reason: String| {
         usage(anyhow::anyhow!(
@@ -76,12 +84,26 @@ pub async fn run(args: Args) -> Result<(), Failure> {
                 results.total,
                 results.hits.len()
             );
+            // With zones, the zone each hit's data lives in (searching one zone: that zone).
+            let columns: Vec<&str> = COLUMNS
+                .iter()
+                .copied()
+                .chain(zoned.then_some("zone"))
+                .collect();
             let rows: Vec<Vec<String>> = results
                 .hits
                 .iter()
-                .map(|hit| COLUMNS.iter().map(|c| cell(hit.get(*c))).collect())
+                .map(|hit| {
+                    columns
+                        .iter()
+                        .map(|c| match (*c, &args.zone) {
+                            ("zone", Some(zone)) => zone.clone(),
+                            (c, _) => cell(hit.get(c)),
+                        })
+                        .collect()
+                })
                 .collect();
-            let widths: Vec<usize> = COLUMNS
+            let widths: Vec<usize> = columns
                 .iter()
                 .enumerate()
                 .map(|(i, c)| {
@@ -100,7 +122,7 @@ pub async fn run(args: Args) -> Result<(), Failure> {
                     .collect::<Vec<_>>()
                     .join("  ")
             };
-            println!("{}", line(COLUMNS.iter().map(|c| c.to_string()).collect()));
+            println!("{}", line(columns.iter().map(|c| c.to_string()).collect()));
             for row in rows {
                 println!("{}", line(row));
             }

@@ -34,6 +34,10 @@ pub struct PipelineConfig {
     /// Where segment changes go (users entering and leaving segments); absent: no feed.
     #[serde(default)]
     pub segment_changes: Option<SegmentChangesConfig>,
+    /// Data residency: the zones whose users' data stays in their own store, index and keys.
+    /// Absent: one zone, the `keys`, `store` and `index` above, for every user.
+    #[serde(default)]
+    pub residency: Option<ResidencyConfig>,
     pub enrich: EnrichConfig,
     #[serde(default)]
     pub privacy: PrivacyConfig,
@@ -232,6 +236,17 @@ pub enum KeysConfig {
 }
 
 impl KeysConfig {
+    /// What tells two key providers apart (for the residency check that no zones share one).
+    pub fn identity(&self) -> String {
+        match self {
+            KeysConfig::LocalKeyring { path, .. } => format!("keyring {}", path.display()),
+            KeysConfig::Kms { key_id, region, .. } => format!(
+                "KMS key {key_id} in {}",
+                region.as_deref().unwrap_or("the default region")
+            ),
+        }
+    }
+
     /// Bounds on the cache of unwrapped per-user data keys.
     pub fn cache(&self) -> &KeyCacheConfig {
         match self {
@@ -333,6 +348,25 @@ pub enum StoreConfig {
     },
 }
 
+impl StoreConfig {
+    /// What tells two stores apart (for the residency check that no zones share one).
+    pub fn identity(&self) -> String {
+        match self {
+            StoreConfig::Sqlite { path } => format!("file {}", path.display()),
+            StoreConfig::Dynamodb {
+                table,
+                region,
+                endpoint,
+                ..
+            } => format!(
+                "table {table} in {} at {}",
+                region.as_deref().unwrap_or("the default region"),
+                endpoint.as_deref().unwrap_or("the AWS endpoint")
+            ),
+        }
+    }
+}
+
 fn default_dynamodb_concurrency() -> usize {
     16
 }
@@ -419,6 +453,20 @@ impl IndexConfig {
         match self {
             IndexConfig::Tantivy { fields, .. } => fields,
             IndexConfig::Opensearch { fields, .. } => fields,
+        }
+    }
+
+    fn fields_mut(&mut self) -> &mut Vec<String> {
+        match self {
+            IndexConfig::Tantivy { fields, .. } | IndexConfig::Opensearch { fields, .. } => fields,
+        }
+    }
+
+    /// What tells two indices apart (for the residency check that no zones share one).
+    pub fn identity(&self) -> String {
+        match self {
+            IndexConfig::Tantivy { path, .. } => format!("folder {}", path.display()),
+            IndexConfig::Opensearch { url, name, .. } => format!("{name} at {url}"),
         }
     }
 }
@@ -759,6 +807,38 @@ fn default_dead_letter() -> PathBuf {
     PathBuf::from("dead-letter.jsonl")
 }
 
+/// Data residency (README, "Data residency"). The `keys`, `store` and `index` of the pipeline
+/// file are the default zone's, which holds every user whose residency zone has no entry in
+/// `zones`; each zone listed holds its users' profiles, keys and index documents, and only them.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ResidencyConfig {
+    /// The name of the default zone (the top-level `keys`, `store` and `index`).
+    pub default_zone: String,
+    /// Residency zone (as `enrich.geoip.residency_zones` names it) → its adapters.
+    pub zones: BTreeMap<String, ZoneConfig>,
+    /// Users whose zone is remembered at once (the rest are looked up in the zones' stores).
+    #[serde(default = "default_placement_cache")]
+    pub placement_cache_entries: usize,
+}
+
+fn default_placement_cache() -> usize {
+    200_000
+}
+
+/// One residency zone's own adapters.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ZoneConfig {
+    pub keys: KeysConfig,
+    pub store: StoreConfig,
+    /// Its `fields` must be the top-level index's (one projection for every zone), or empty.
+    pub index: IndexConfig,
+    /// The zone's own dead-letter sink; absent: the pipeline's `dead_letter`.
+    #[serde(default)]
+    pub dead_letter: Option<DeadLetterConfig>,
+}
+
 /// A loaded pipeline file with the folder its relative paths are resolved against.
 #[derive(Debug, Clone)]
 pub struct Pipeline {
@@ -804,11 +884,100 @@ impl Pipeline {
             .parent()
             .map(Path::to_path_buf)
             .unwrap_or_else(|| PathBuf::from("."));
-        Ok(Self {
+        let mut file = Self {
             path: path.to_path_buf(),
             config,
             base,
-        })
+        };
+        file.check_residency()?;
+        Ok(file)
+    }
+
+    /// The residency section's rules: a default zone that is not also listed, zones that the
+    /// region enrichment can place users in, one projection, and no adapter shared by two
+    /// zones (a zone's store, index and keys never receive another zone's users).
+    fn check_residency(&mut self) -> Result<(), ConfigError> {
+        let Some(residency) = &mut self.config.residency else {
+            return Ok(());
+        };
+        let invalid = |reason: String| ConfigError::Invalid {
+            path: self.path.clone(),
+            reason,
+        };
+        if residency.zones.is_empty() {
+            return Err(invalid(
+                "residency.zones lists no zone: list at least one, or remove the residency section"
+                    .into(),
+            ));
+        }
+        if residency.zones.contains_key(&residency.default_zone) {
+            return Err(invalid(format!("residency.default_zone {:?} is also listed in residency.zones: the default zone's adapters are the top-level keys, store and index", residency.default_zone)));
+        }
+        let derived = &self.config.enrich.geoip.residency_zones;
+        let top_fields = self.config.index.fields().to_vec();
+        for (name, zone) in residency.zones.iter_mut() {
+            if !derived.contains_key(name) {
+                return Err(invalid(format!("residency.zones.{name}: enrich.geoip.residency_zones has no zone {name:?}, so no user would ever be placed there (it has: {})", derived.keys().cloned().collect::<Vec<_>>().join(", "))));
+            }
+            let fields = zone.index.fields_mut();
+            if fields.is_empty() {
+                *fields = top_fields.clone();
+            } else if *fields != top_fields {
+                return Err(invalid(format!("residency.zones.{name}.index.fields differ from index.fields: every zone's index holds the same projection (leave them out to take index.fields)")));
+            }
+        }
+        residency.placement_cache_entries = residency
+            .placement_cache_entries
+            .max(4 * self.config.batch_size * self.config.max_batches_in_flight);
+        let zones: Vec<(&str, &KeysConfig, &StoreConfig, &IndexConfig)> = std::iter::once((
+            residency.default_zone.as_str(),
+            &self.config.keys,
+            &self.config.store,
+            &self.config.index,
+        ))
+        .chain(
+            residency
+                .zones
+                .iter()
+                .map(|(n, z)| (n.as_str(), &z.keys, &z.store, &z.index)),
+        )
+        .collect();
+        let mut seen: BTreeMap<String, &str> = BTreeMap::new();
+        for (zone, keys, store, index) in zones {
+            for (what, identity) in [
+                ("keys", keys.identity()),
+                ("store", store.identity()),
+                ("index", index.identity()),
+            ] {
+                if let Some(other) = seen.insert(format!("{what} {identity}"), zone) {
+                    return Err(invalid(format!("residency: zones {other} and {zone} share the {what} {identity}: each zone needs its own, so that no zone's {what} ever receives another zone's users")));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Each zone's view of this pipeline file: the file with the zone's keys, store, index
+    /// and dead-letter sink in place of the top-level ones, the default zone first. Without a
+    /// residency section, one unnamed zone: the file itself.
+    pub fn zone_files(&self) -> Vec<(String, Pipeline)> {
+        let Some(residency) = &self.config.residency else {
+            return vec![(String::new(), self.clone())];
+        };
+        let mut default = self.clone();
+        default.config.residency = None;
+        let mut files = vec![(residency.default_zone.clone(), default.clone())];
+        for (name, zone) in &residency.zones {
+            let mut file = default.clone();
+            file.config.keys = zone.keys.clone();
+            file.config.store = zone.store.clone();
+            file.config.index = zone.index.clone();
+            if let Some(dead_letter) = &zone.dead_letter {
+                file.config.dead_letter = dead_letter.clone();
+            }
+            files.push((name.clone(), file));
+        }
+        files
     }
 
     /// A path from the pipeline file, relative to the file's folder.

@@ -1,5 +1,5 @@
 //! Dead letters as JSON lines: `{at, position, stage, class, reason, key_base64, sealing,
-//! sealed_payload_base64}`. The payload is the event as it arrived, sealed (`sealing` says
+//! sealed_payload_base64}`, and `zone` with residency zones. The payload is the event as it arrived, sealed (`sealing` says
 //! under which key; ARCHITECTURE.md has the format), so the file holds no plaintext PII; it is
 //! still created with mode 0600.
 
@@ -26,7 +26,7 @@ impl DeadLetterFile {
 
 /// The JSON line of one dead letter.
 pub fn to_line(letter: &DeadLetter) -> String {
-    let line = serde_json::json!({
+    let mut line = serde_json::json!({
         "at": letter.at.to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
         "position": letter.position,
         "stage": letter.stage,
@@ -36,6 +36,9 @@ pub fn to_line(letter: &DeadLetter) -> String {
         "sealing": letter.sealing.to_string(),
         "sealed_payload_base64": STANDARD.encode(&letter.payload),
     });
+    if let Some(zone) = &letter.zone {
+        line["zone"] = serde_json::Value::from(zone.as_str());
+    }
     line.to_string()
 }
 

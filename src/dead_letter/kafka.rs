@@ -26,6 +26,8 @@ pub const HEADER_PREFIX: &str = "__connect.errors.";
 pub const VALUE_OMITTED: &str = "value.omitted";
 /// The header naming the key the value is sealed under ([`super::Sealing`]'s text form).
 pub const SEALING_HEADER: &str = "profile-sync.sealing";
+/// With residency zones: the zone whose key seals the payload.
+pub const ZONE_HEADER: &str = "profile-sync.zone";
 
 /// librdkafka's default `message.max.bytes`.
 const DEFAULT_MESSAGE_MAX_BYTES: usize = 1_000_000;
@@ -106,10 +108,17 @@ pub fn headers_of(letter: &DeadLetter, omitted: Option<usize>) -> OwnedHeaders {
         add(VALUE_OMITTED, size.to_string());
     }
     let sealing = letter.sealing.to_string();
-    headers.insert(Header {
+    let headers = headers.insert(Header {
         key: SEALING_HEADER,
         value: Some(sealing.as_bytes()),
-    })
+    });
+    match &letter.zone {
+        Some(zone) => headers.insert(Header {
+            key: ZONE_HEADER,
+            value: Some(zone.as_bytes()),
+        }),
+        None => headers,
+    }
 }
 
 #[async_trait]

@@ -6,7 +6,7 @@ mod file;
 mod kafka;
 
 pub use file::{read_letters, DeadLetterFile, LetterLine};
-pub use kafka::{DeadLetterTopic, HEADER_PREFIX, SEALING_HEADER, VALUE_OMITTED};
+pub use kafka::{DeadLetterTopic, HEADER_PREFIX, SEALING_HEADER, VALUE_OMITTED, ZONE_HEADER};
 
 use crate::event::Stage;
 use async_trait::async_trait;
@@ -29,6 +29,9 @@ pub struct DeadLetter {
     pub sealing: Sealing,
     /// The source's topic/partition/offset and original headers, when it has them.
     pub meta: crate::sources::RecordMeta,
+    /// With residency zones, the zone whose key seals the payload (the user's zone; the
+    /// default zone for a day key). Its sink is that zone's, where the zone has one.
+    pub zone: Option<String>,
 }
 
 /// Under which key a dead letter's payload is sealed. Its text form (`user:<uuid>:<version>`,

@@ -63,6 +63,16 @@ pub trait KeyProvider: Send + Sync {
     /// The key of the email blind index.
     fn blind_index(&self) -> &BlindIndexKey;
 
+    /// The key of `user`'s email blind index (with residency zones, their zone's).
+    fn blind_index_for(&self, _user: Uuid) -> &BlindIndexKey {
+        self.blind_index()
+    }
+
+    /// Every blind-index key in use: a lookup by email tries each.
+    fn blind_indexes(&self) -> Vec<&BlindIndexKey> {
+        vec![self.blind_index()]
+    }
+
     /// Calls made to the underlying key service (for metrics and benchmarks).
     fn calls(&self) -> u64;
 }

@@ -8,6 +8,7 @@ use crate::dead_letter::{DeadLetterError, DeadLetterFile, DeadLetterSink};
 use crate::indexes::{IndexError, OpenSearchIndex, OpenSearchSettings, SearchIndex, TantivyIndex};
 use crate::keys::{DataKeys, KeyError, KeyProvider, KmsKeyProvider, LocalKeyring};
 use crate::privacy::Profiles;
+use crate::residency::{Placement, ZonedDeadLetters, ZonedIndex, ZonedKeys, ZonedStore};
 use crate::schema::{ProfileSchemas, SchemaError};
 use crate::segment_changes::{
     SegmentChangeError, SegmentChangeFile, SegmentChangeSink, SegmentChangeTopic,
@@ -64,28 +65,113 @@ pub struct Components {
 /// The store, index and keys of a pipeline file, for operators' commands.
 /// The store, index and keys. Commands that change no index document open it with
 /// `IndexAccess::Read`, so that they can run beside a worker that holds the embedded index.
+/// With residency zones, each user's data goes to their zone's store, index and keys only.
 pub fn open_profiles(
     file: &config::Pipeline,
     data_dir: &Path,
     schemas: &ProfileSchemas,
     access: IndexAccess,
 ) -> Result<Profiles, BuildError> {
-    let (projection, index) = open_index(file, data_dir, schemas, access)?;
-    let store = open_store(file, data_dir)?;
-    let keys = open_data_keys(file, data_dir, store.clone())?;
+    let placement = open_placement(file, data_dir)?;
+    let (projection, index) =
+        open_placed_index(file, data_dir, schemas, access, placement.as_ref())?;
+    let store = placed_store(file, data_dir, placement.as_ref())?;
+    let keys = open_placed_keys(file, data_dir, store.clone(), placement.as_ref())?;
     Ok(Profiles {
         store,
         index,
         keys,
         projection,
+        placement,
     })
+}
+
+/// Where each user's data lives, when the pipeline file has residency zones: over each zone's
+/// own store.
+pub fn open_placement(
+    file: &config::Pipeline,
+    data_dir: &Path,
+) -> Result<Option<Arc<Placement>>, BuildError> {
+    let Some(residency) = &file.config.residency else {
+        return Ok(None);
+    };
+    let zones = file
+        .zone_files()
+        .into_iter()
+        .map(|(name, zone)| Ok((name, open_zone_store(&zone, data_dir)?)))
+        .collect::<Result<Vec<_>, BuildError>>()?;
+    Ok(Some(Arc::new(Placement::new(
+        zones,
+        residency.placement_cache_entries,
+    ))))
+}
+
+/// One zone's view of the pipeline file (`--zone NAME` of the commands that work on one
+/// zone's adapters: key rotation, say). Without residency zones, the file itself; with them,
+/// a zone must be named.
+pub fn zone_file(
+    file: &config::Pipeline,
+    zone: Option<&str>,
+) -> Result<config::Pipeline, BuildError> {
+    let zones = file.zone_files();
+    match (zone, &file.config.residency) {
+        (None, None) => Ok(file.clone()),
+        (Some(name), None) => Err(file
+            .invalid(format!(
+                "--zone {name}: this pipeline file has no residency zones"
+            ))
+            .into()),
+        (name, Some(_)) => {
+            let names: Vec<&str> = zones.iter().map(|(n, _)| n.as_str()).collect();
+            let Some(name) = name else {
+                return Err(file
+                    .invalid(format!(
+                        "this pipeline file has residency zones ({}): name the zone with --zone",
+                        names.join(", ")
+                    ))
+                    .into());
+            };
+            zones
+                .iter()
+                .find(|(n, _)| n == name)
+                .map(|(_, f)| f.clone())
+                .ok_or_else(|| {
+                    file.invalid(format!(
+                        "no residency zone {name:?} (the zones are {})",
+                        names.join(", ")
+                    ))
+                    .into()
+                })
+        }
+    }
 }
 
 pub fn schemas(file: &config::Pipeline) -> Result<ProfileSchemas, BuildError> {
     Ok(ProfileSchemas::load(&file.resolve(&file.config.schemas))?)
 }
 
+/// The store: with residency zones, the one that hands each user to their zone's store.
 pub fn open_store(
+    file: &config::Pipeline,
+    data_dir: &Path,
+) -> Result<Arc<dyn ProfileStore>, BuildError> {
+    let placement = open_placement(file, data_dir)?;
+    placed_store(file, data_dir, placement.as_ref())
+}
+
+fn placed_store(
+    file: &config::Pipeline,
+    data_dir: &Path,
+    placement: Option<&Arc<Placement>>,
+) -> Result<Arc<dyn ProfileStore>, BuildError> {
+    match placement {
+        Some(placement) => Ok(Arc::new(ZonedStore::new(placement.clone()))),
+        None => open_zone_store(file, data_dir),
+    }
+}
+
+/// The store the pipeline file's top-level `store` names (one zone's).
+fn open_zone_store(
     file: &config::Pipeline,
     data_dir: &Path,
 ) -> Result<Arc<dyn ProfileStore>, BuildError> {
@@ -199,22 +285,52 @@ pub fn local_keyring(
     Ok(Some((file.data_path(data_dir, path), master)))
 }
 
+/// The users' data keys over `store`. With residency zones `store` must be the zoned store
+/// (as [`open_store`] gives it) and the keys are each zone's provider's.
 pub fn open_data_keys(
     file: &config::Pipeline,
     data_dir: &Path,
     store: Arc<dyn ProfileStore>,
 ) -> Result<Arc<DataKeys>, BuildError> {
-    let (provider, cache): (Arc<dyn KeyProvider>, _) = match &file.config.keys {
-        KeysConfig::LocalKeyring { cache, .. } => {
-            let (path, master) = local_keyring(file, data_dir)?.expect("a local keyring");
-            (
-                Arc::new(LocalKeyring::open_or_create(&path, master.as_ref())?),
-                cache,
-            )
-        }
-        KeysConfig::Kms { cache, .. } => (Arc::new(open_kms(file, None)?), cache),
+    let placement = open_placement(file, data_dir)?;
+    open_placed_keys(file, data_dir, store, placement.as_ref())
+}
+
+fn open_placed_keys(
+    file: &config::Pipeline,
+    data_dir: &Path,
+    store: Arc<dyn ProfileStore>,
+    placement: Option<&Arc<Placement>>,
+) -> Result<Arc<DataKeys>, BuildError> {
+    let provider: Arc<dyn KeyProvider> = match placement {
+        None => open_key_provider(file, data_dir)?,
+        Some(placement) => Arc::new(ZonedKeys::new(
+            placement.clone(),
+            file.zone_files()
+                .iter()
+                .map(|(_, zone)| open_key_provider(zone, data_dir))
+                .collect::<Result<_, _>>()?,
+        )),
     };
-    Ok(Arc::new(DataKeys::new(provider, store, cache)))
+    Ok(Arc::new(DataKeys::new(
+        provider,
+        store,
+        file.config.keys.cache(),
+    )))
+}
+
+/// The key provider the pipeline file's top-level `keys` names (one zone's).
+fn open_key_provider(
+    file: &config::Pipeline,
+    data_dir: &Path,
+) -> Result<Arc<dyn KeyProvider>, BuildError> {
+    Ok(match &file.config.keys {
+        KeysConfig::LocalKeyring { .. } => {
+            let (path, master) = local_keyring(file, data_dir)?.expect("a local keyring");
+            Arc::new(LocalKeyring::open_or_create(&path, master.as_ref())?)
+        }
+        KeysConfig::Kms { .. } => Arc::new(open_kms(file, None)?),
+    })
 }
 
 /// What a command does with the search index. Writers (the pipeline, the privacy commands)
@@ -226,7 +342,44 @@ pub enum IndexAccess {
     Read,
 }
 
+/// The search index: with residency zones, the one that hands each user to their zone's index
+/// and searches every zone.
 pub fn open_index(
+    file: &config::Pipeline,
+    data_dir: &Path,
+    schemas: &ProfileSchemas,
+    access: IndexAccess,
+) -> Result<(Projection, Arc<dyn SearchIndex>), BuildError> {
+    let placement = open_placement(file, data_dir)?;
+    open_placed_index(file, data_dir, schemas, access, placement.as_ref())
+}
+
+/// [`open_index`] with the placement of profiles opened already.
+pub fn open_placed_index(
+    file: &config::Pipeline,
+    data_dir: &Path,
+    schemas: &ProfileSchemas,
+    access: IndexAccess,
+    placement: Option<&Arc<Placement>>,
+) -> Result<(Projection, Arc<dyn SearchIndex>), BuildError> {
+    let Some(placement) = placement else {
+        return open_zone_index(file, data_dir, schemas, access);
+    };
+    let mut projection = None;
+    let mut indexes = Vec::new();
+    for (_, zone) in file.zone_files() {
+        let (p, index) = open_zone_index(&zone, data_dir, schemas, access)?;
+        projection.get_or_insert(p);
+        indexes.push(index);
+    }
+    Ok((
+        projection.expect("at least the default zone"),
+        Arc::new(ZonedIndex::new(placement.clone(), indexes)),
+    ))
+}
+
+/// The index the pipeline file's top-level `index` names (one zone's).
+fn open_zone_index(
     file: &config::Pipeline,
     data_dir: &Path,
     schemas: &ProfileSchemas,
@@ -340,7 +493,31 @@ pub fn opensearch_settings(
     Ok((projection, settings))
 }
 
+/// The dead-letter sink: with residency zones, the one that sends each letter to its zone's
+/// sink where the zone has one.
 pub fn open_dead_letters(
+    file: &config::Pipeline,
+    data_dir: &Path,
+) -> Result<Arc<dyn DeadLetterSink>, BuildError> {
+    let default = open_zone_dead_letters(file, data_dir)?;
+    let Some(residency) = &file.config.residency else {
+        return Ok(default);
+    };
+    let mut zones = Vec::new();
+    for (name, zone) in file.zone_files() {
+        if residency
+            .zones
+            .get(&name)
+            .is_some_and(|z| z.dead_letter.is_some())
+        {
+            zones.push((name, open_zone_dead_letters(&zone, data_dir)?));
+        }
+    }
+    Ok(Arc::new(ZonedDeadLetters::new(default, zones)))
+}
+
+/// The sink the pipeline file's top-level `dead_letter` names (one zone's).
+fn open_zone_dead_letters(
     file: &config::Pipeline,
     data_dir: &Path,
 ) -> Result<Arc<dyn DeadLetterSink>, BuildError> {

@@ -14,8 +14,9 @@ mod build;
 pub use announce::announce_erasures;
 pub use build::{
     build, local_keyring, open_data_keys, open_dead_letters, open_dynamodb, open_index, open_kms,
-    open_profiles, open_segment_changes, open_source, open_store, opensearch_settings, schemas,
-    segment_topic_endpoints, BuildError, Components, IndexAccess,
+    open_placed_index, open_placement, open_profiles, open_segment_changes, open_source,
+    open_store, opensearch_settings, schemas, segment_topic_endpoints, zone_file, BuildError,
+    Components, IndexAccess,
 };
 
 use crate::config::{ErasedUserEvents, PrivacyConfig};
@@ -474,6 +475,16 @@ impl Pipeline {
             }
         }
         telemetry::stage("enrich", started.elapsed().as_secs_f64());
+        if let Some(placement) = &self.profiles.placement {
+            // Each user's zone is decided before their key is made: their recorded zone,
+            // else the one just derived.
+            placement
+                .place(enriched.iter().map(|e| {
+                    let zone = e.region.as_ref().map(|r| r.residency_zone.as_str());
+                    (e.change.user_id, zone)
+                }))
+                .await?;
+        }
         let started = Instant::now();
         let protected_all = self.protector.protect(enriched).await?;
         telemetry::stage("protect", started.elapsed().as_secs_f64());
@@ -505,6 +516,40 @@ impl Pipeline {
             out,
         );
         Ok(())
+    }
+
+    /// Seals dead letters. With residency zones, a letter of a user whom no zone holds yet is
+    /// sealed under the day key (kept in the default zone) instead of a new key of the user's:
+    /// that key would place the user in the default zone before their first change decides
+    /// their zone.
+    pub async fn seal_letters(
+        &self,
+        letters: &[Quarantined],
+        today: chrono::NaiveDate,
+    ) -> Result<Vec<DeadLetter>, PipelineError> {
+        let mut unplaced = HashSet::new();
+        if let Some(placement) = &self.profiles.placement {
+            let owners: Vec<Uuid> = letters
+                .iter()
+                .filter_map(|q| match q.owner {
+                    Owner::User(u) => Some(u),
+                    _ => None,
+                })
+                .collect();
+            let placed = placement.locate(&owners).await?;
+            unplaced.extend(owners.into_iter().filter(|u| !placed.contains_key(u)));
+        }
+        let mut sealed = self.sealer.seal(letters, today, &unplaced).await?;
+        if let Some(placement) = &self.profiles.placement {
+            for letter in &mut sealed {
+                let zone = match letter.sealing {
+                    Sealing::User { user_id, .. } => placement.known(&user_id).unwrap_or(0),
+                    Sealing::Day { .. } | Sealing::Withheld => 0,
+                };
+                letter.zone = Some(placement.name(zone).to_string());
+            }
+        }
+        Ok(sealed)
     }
 
     /// One versioned store write.
@@ -796,6 +841,7 @@ pub fn dead_letters(
                     payload: Vec::new(),
                     sealing: Sealing::Withheld,
                     meta: records[i].meta.clone(),
+                    zone: None,
                 },
                 plaintext: records[i].payload.bytes().to_vec(),
                 owner,

@@ -3,9 +3,11 @@
 //! against whichever store, index and key provider the pipeline file chose.
 
 mod export;
+mod migrate;
 mod retention;
 
 pub use export::export;
+pub use migrate::{move_user, Moved, ZoneProfiles};
 pub use retention::{retention, RetentionReport};
 
 use crate::crypto::open_field;
@@ -13,6 +15,7 @@ use crate::event::{Fields, ProtectedRecord, SegmentHistory, SegmentStep};
 use crate::event::{Operation, ProfileChange, ProtectedChange};
 use crate::indexes::{IndexError, SearchIndex};
 use crate::keys::{DataKeys, KeyError};
+use crate::residency::Placement;
 use crate::segment_changes::{Cause, Origin, SegmentChange};
 use crate::stages::enrich::SegmentRules;
 use crate::stages::project::{IndexOp, Projection};
@@ -84,9 +87,23 @@ pub struct Profiles {
     pub index: Arc<dyn SearchIndex>,
     pub keys: Arc<DataKeys>,
     pub projection: Projection,
+    /// Where each user's data lives, when the pipeline file has residency zones (the store,
+    /// index and keys above then route each user to their zone).
+    pub placement: Option<Arc<Placement>>,
 }
 
 impl Profiles {
+    /// The user whose normalised email this is, if any: the email's blind index under each
+    /// blind-index key in use (one per residency zone), looked up in the store.
+    pub async fn find_by_email(&self, email: &str) -> Result<Option<Uuid>, StoreError> {
+        for key in self.keys.provider().blind_indexes() {
+            if let Some(user) = self.store.find_by_email_index(&key.email(email)).await? {
+                return Ok(Some(user));
+            }
+        }
+        Ok(None)
+    }
+
     pub async fn audit(
         &self,
         actor: &Actor,

@@ -540,10 +540,11 @@ async fn send_letters(pipeline: &Pipeline, letters: Vec<Quarantined>) -> Result<
     if letters.is_empty() {
         return Ok(());
     }
+
     let started = Instant::now();
     let n = letters.len();
     let today = chrono::Utc::now().date_naive();
-    let letters = retrying(&pipeline.health, || pipeline.sealer.seal(&letters, today)).await?;
+    let letters = retrying(&pipeline.health, || pipeline.seal_letters(&letters, today)).await?;
     pipeline.dead_letters.send(letters).await?;
     telemetry::sink_request("dead_letter", n, started.elapsed().as_secs_f64());
     Ok(())

@@ -63,7 +63,7 @@ impl Protector {
         batch: Vec<EnrichedChange>,
         keys: &crate::keys::KeyLookup,
     ) -> Vec<Result<ProtectedChange, Rejection>> {
-        let blind_index = self.keys.provider().blind_index();
+        let provider = self.keys.provider();
         batch
             .into_iter()
             .map(|enriched| {
@@ -85,7 +85,7 @@ impl Protector {
                 let email_index = profile
                     .get("email")
                     .and_then(Json::as_str)
-                    .map(|e| blind_index.email(e));
+                    .map(|e| provider.blind_index_for(change.user_id).email(e));
                 let mut encrypted = BTreeMap::new();
                 let mut key_version = 0;
                 for field in &self.pii_fields {

@@ -9,6 +9,7 @@ use crate::dead_letter::{DeadLetter, Sealing};
 use crate::keys::{DataKeys, KeyError, KeyLookup};
 use crate::stores::ProfileStore;
 use chrono::{Days, NaiveDate};
+use std::collections::HashSet;
 use std::sync::Arc;
 use uuid::Uuid;
 
@@ -78,14 +79,20 @@ impl LetterSealer {
     /// it leaves), so that a later erasure shreds their dead letters too; a user whose key is
     /// refused is sealed under the day key instead. Nothing is kept of an erased user's event
     /// (and no key is made for them). A transient key or store failure fails the call.
+    /// The letters of users in `as_unknown` are sealed as if their user were unknown.
     pub async fn seal(
         &self,
         letters: &[Quarantined],
         today: NaiveDate,
+        as_unknown: &HashSet<Uuid>,
     ) -> Result<Vec<DeadLetter>, KeyError> {
+        let owner_of = |q: &Quarantined| match q.owner {
+            Owner::User(u) if as_unknown.contains(&u) => Owner::Unknown,
+            other => other,
+        };
         let mut owners: Vec<Uuid> = letters
             .iter()
-            .filter_map(|q| match q.owner {
+            .filter_map(|q| match owner_of(q) {
                 Owner::User(u) => Some(u),
                 _ => None,
             })
@@ -100,7 +107,7 @@ impl LetterSealer {
         letters
             .iter()
             .map(|q| {
-                let owner = match q.owner {
+                let owner = match owner_of(q) {
                     Owner::User(u) if erased.contains_key(&u) => Owner::Erased,
                     other => other,
                 };

@@ -267,6 +267,12 @@ pub trait ProfileStore: Send + Sync {
     /// For each of `users` that was erased, the version fence of the tombstone.
     async fn erasure_fences(&self, users: &[Uuid]) -> Result<HashMap<Uuid, i64>, StoreError>;
 
-    /// Removes audit records older than `before` (retention expiry, the only removal there is).
+    /// Removes audit records older than `before` (retention expiry).
     async fn expire_audit(&self, before: DateTime<Utc>) -> Result<u64, StoreError>;
+
+    /// Removes everything stored of a user, with the same care as `erase` that the bytes are
+    /// gone: profile row (no fence is left), key, consent and audit records. Only for a zone
+    /// migration that has written all of it to the user's new zone first. How many rows or
+    /// items were removed.
+    async fn remove_user(&self, user: Uuid) -> Result<u64, StoreError>;
 }

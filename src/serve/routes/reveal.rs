@@ -153,16 +153,9 @@ pub(crate) async fn lookup(
     if !request.email.contains('@') {
         return Err(Problem::bad_request("`email` is not an email address"));
     }
-    let index = api
-        .profiles
-        .keys
-        .provider()
-        .blind_index()
-        .email(&request.email);
     let found = api
         .profiles
-        .store
-        .find_by_email_index(&index)
+        .find_by_email(&request.email)
         .await
         .map_err(store_unavailable)?;
     let Some(user) = found else {

@@ -878,6 +878,20 @@ impl ProfileStore for DynamoStore {
         ))
     }
 
+    async fn remove_user(&self, user: Uuid) -> Result<u64, StoreError> {
+        let keys = self
+            .query_prefix(user, "")
+            .await?
+            .into_iter()
+            .map(|item| {
+                item.into_iter()
+                    .filter(|(name, _)| name == PK || name == SK)
+                    .collect()
+            })
+            .collect();
+        self.batch_delete(keys).await
+    }
+
     async fn segment_sets(
         &self,
         users: &[Uuid],

@@ -669,6 +669,23 @@ impl ProfileStore for SqliteStore {
         .await
     }
 
+    async fn remove_user(&self, user: Uuid) -> Result<u64, StoreError> {
+        self.with_conn(move |conn| {
+            let tx = write_transaction(conn)?;
+            let id = user.to_string();
+            let mut removed = 0;
+            for table in ["profiles", "user_keys", "consents", "audit"] {
+                removed += tx
+                    .execute(&format!("DELETE FROM {table} WHERE user_id = ?1"), [&id])
+                    .map_err(failed)? as u64;
+            }
+            tx.commit().map_err(failed)?;
+            empty_the_wal(conn, "zone migration")?;
+            Ok(removed)
+        })
+        .await
+    }
+
     async fn scan_user_keys(
         &self,
         cursor: Option<String>,
