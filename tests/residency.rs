@@ -92,8 +92,7 @@ fn expected_zones(jsonl: &Path) -> HashMap<String, &'static str> {
 }
 
 fn sqlite(path: &Path) -> rusqlite::Connection {
-    rusqlite::Connection::open_with_flags(path, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
-        .unwrap()
+    rusqlite::Connection::open_with_flags(path, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY).unwrap()
 }
 
 /// The users a zone's SQLite file holds anything of: a profile row, a key or a consent record.
@@ -130,10 +129,9 @@ fn users_in_index(data: &Path, folder: &str) -> Vec<String> {
 
 /// The ids of the key-encryption keys in a zone's keyring file.
 fn keyring_ids(data: &Path, folder: &str) -> BTreeSet<String> {
-    let keyring: Json = serde_json::from_slice(
-        &std::fs::read(data.join(folder).join("keyring.json")).unwrap(),
-    )
-    .unwrap();
+    let keyring: Json =
+        serde_json::from_slice(&std::fs::read(data.join(folder).join("keyring.json")).unwrap())
+            .unwrap();
     keyring["key_encryption_keys"]
         .as_array()
         .unwrap()
@@ -297,7 +295,10 @@ fn dead_letters_name_their_zone_and_go_to_its_sink() {
     let eu = letters(f.data.join("eu/dead-letter.jsonl"));
     let global = letters(f.data.join("dead-letter.jsonl"));
     assert!(!global.is_empty(), "the run dead-lettered events");
-    assert!(!eu.is_empty(), "letters of EU users go to the EU zone's sink");
+    assert!(
+        !eu.is_empty(),
+        "letters of EU users go to the EU zone's sink"
+    );
     assert_eq!(
         eu.len() + global.len(),
         f.summary["dead_lettered"].as_u64().unwrap() as usize
@@ -325,7 +326,11 @@ fn lookups_and_searches_find_users_in_every_zone_and_name_the_zone() {
             .find_map(|(u, e)| Some((u, e.profile.get("email")?.as_str()?)))
             .unwrap();
         let out = operator(&f.data, &["get", email]);
-        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         let found: Json = serde_json::from_slice(&out.stdout).unwrap();
         assert_eq!(
             found["user_id"], **user,
@@ -347,7 +352,9 @@ fn lookups_and_searches_find_users_in_every_zone_and_name_the_zone() {
     }
     let eu = json_lines(&operator(
         &f.data,
-        &["search", "*", "--zone", "EU", "--limit", "200", "--output", "json"],
+        &[
+            "search", "*", "--zone", "EU", "--limit", "200", "--output", "json",
+        ],
     ));
     assert!(eu[0]["hits"]
         .as_array()
@@ -419,7 +426,12 @@ fn a_zone_move_re_encrypts_in_the_new_zone_and_leaves_no_byte_of_the_user_in_the
         .as_object()
         .unwrap()
         .iter()
-        .map(|(f, c)| (format!("{f} ciphertext"), c.as_str().unwrap().as_bytes().to_vec()))
+        .map(|(f, c)| {
+            (
+                format!("{f} ciphertext"),
+                c.as_str().unwrap().as_bytes().to_vec(),
+            )
+        })
         .collect();
     secrets.push(("email blind index".into(), blind.clone().into_bytes()));
     secrets.push(("wrapped data key".into(), wrapped));
@@ -429,7 +441,17 @@ fn a_zone_move_re_encrypts_in_the_new_zone_and_leaves_no_byte_of_the_user_in_the
 
     let out = operator(
         &data,
-        &["zones", "move", &user, "--to", "GLOBAL", "--reason", "residency change #12", "--actor", "dpo"],
+        &[
+            "zones",
+            "move",
+            &user,
+            "--to",
+            "GLOBAL",
+            "--reason",
+            "residency change #12",
+            "--actor",
+            "dpo",
+        ],
     );
     let moved = &json_lines(&out)[0];
     assert_eq!(moved["from"], "EU");
@@ -461,8 +483,17 @@ fn a_zone_move_re_encrypts_in_the_new_zone_and_leaves_no_byte_of_the_user_in_the
     assert!(secrets
         .iter()
         .all(|(_, s)| !contains(new_record.as_bytes(), s)));
-    let out = operator(&data, &["get", &email, "--reveal", "--reason", "check", "--actor", "dpo"]);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let out = operator(
+        &data,
+        &[
+            "get", &email, "--reveal", "--reason", "check", "--actor", "dpo",
+        ],
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let revealed: Json = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(revealed["user_id"], *user);
     assert_eq!(revealed["profile"]["email"], *email);
@@ -486,8 +517,17 @@ fn a_zone_move_re_encrypts_in_the_new_zone_and_leaves_no_byte_of_the_user_in_the
     assert_eq!(summary["written"], 1);
     let located = json_lines(&operator(&data, &["zones", "locate", &user]));
     assert_eq!(located[0]["zones"], serde_json::json!(["GLOBAL"]));
-    let out = operator(&data, &["zones", "move", &user, "--to", "GLOBAL", "--reason", "again"]);
-    assert_eq!(out.status.code(), Some(2), "moving to where the user is is refused");
+    let out = operator(
+        &data,
+        &[
+            "zones", "move", &user, "--to", "GLOBAL", "--reason", "again",
+        ],
+    );
+    assert_eq!(
+        out.status.code(),
+        Some(2),
+        "moving to where the user is is refused"
+    );
 }
 
 #[test]
@@ -520,4 +560,232 @@ fn zones_that_share_an_adapter_or_that_no_user_could_reach_are_refused_at_startu
         assert_eq!(out.status.code(), Some(2), "{stderr}");
         assert!(stderr.contains(says), "{says}: {stderr}");
     }
+}
+
+/// `pipelines/residency-aws-local.yaml` for one test: its tables, KMS aliases and indices
+/// named after `label` and a fresh id, the test servers' addresses (the EU zone's DynamoDB at
+/// `eu_dynamodb`, a fault proxy where the test wants one), bootstrapped. The path of the file
+/// and the (zone → table, index) names.
+fn aws_pipeline(
+    label: &str,
+    dir: &Path,
+    eu_dynamodb: &str,
+) -> (PathBuf, HashMap<&'static str, (String, String)>) {
+    use common::services::*;
+    aws_test_env();
+    require("DynamoDB Local", &dynamodb_endpoint(), "dynamodb");
+    require("The KMS emulator", &kms_endpoint(), "kms");
+    require(
+        "The OpenSearch test server",
+        &opensearch_url(),
+        "opensearch",
+    );
+    let id = &uuid::Uuid::new_v4().simple().to_string()[..10];
+    let mut text = std::fs::read_to_string(repo().join("pipelines/residency-aws-local.yaml"))
+        .unwrap()
+        .replace("../", &format!("{}/", repo().display()))
+        .replace("batch_size: 2000", "batch_size: 200")
+        .replace("http://127.0.0.1:4566", &kms_endpoint())
+        .replace("http://127.0.0.1:9200", &opensearch_url());
+    let mut names = HashMap::new();
+    for zone in ["global", "eu"] {
+        let table = format!("{label}-{zone}-{id}");
+        let index = format!("ps-{label}-{zone}-{id}");
+        text = text
+            .replace(
+                &format!("alias/profile-sync-{zone}"),
+                &format!("alias/{table}"),
+            )
+            .replace(
+                &format!("table: profile-sync-{zone}"),
+                &format!("table: {table}"),
+            )
+            .replace(&format!("name: profiles-{zone}"), &format!("name: {index}"));
+        names.insert(if zone == "eu" { "EU" } else { "GLOBAL" }, (table, index));
+    }
+    // The GLOBAL zone's DynamoDB is the test server; the EU zone's is `eu_dynamodb`.
+    let (before_eu, eu) = text.split_at(text.find("    EU:\n").unwrap());
+    let text = format!(
+        "{}{}",
+        before_eu.replace("http://127.0.0.1:8000", &dynamodb_endpoint()),
+        eu.replace("http://127.0.0.1:8000", eu_dynamodb)
+    );
+    let path = dir.join("residency-aws.yaml");
+    std::fs::write(&path, text).unwrap();
+    let out = bin()
+        .args(["bootstrap", "--pipeline"])
+        .arg(&path)
+        .output()
+        .unwrap();
+    let said = json_lines(&out);
+    assert_eq!(
+        said.len(),
+        2,
+        "bootstrap creates each zone's table and key: {said:?}"
+    );
+    (path, names)
+}
+
+/// The users with any item in a DynamoDB table (read with a plain client), and the KMS key
+/// ARNs their stored keys were wrapped under.
+fn table_users_and_keks(table: &str) -> (BTreeSet<String>, BTreeSet<String>) {
+    let items = common::services::block_on(common::services::scan_all(table));
+    let mut users = BTreeSet::new();
+    let mut keks = BTreeSet::new();
+    for item in &items {
+        let pk = item["pk"].as_s().unwrap();
+        let Some(user) = pk.strip_prefix("USER#") else {
+            continue;
+        };
+        users.insert(user.to_string());
+        if item["sk"].as_s().unwrap() == "KEY" {
+            // `<KMS key ARN>#<generation>`.
+            let kek = item["kek_id"].as_s().unwrap();
+            keks.insert(kek.split('#').next().unwrap().to_string());
+        }
+    }
+    (users, keks)
+}
+
+/// The ARN of the KMS key an alias names, in a region, asked with a plain KMS client.
+fn key_arn(alias: &str, region: &str) -> String {
+    common::services::block_on(async {
+        let config = common::services::sdk(&common::services::kms_endpoint()).await;
+        let config = config
+            .into_builder()
+            .region(aws_config::Region::new(region.to_string()))
+            .build();
+        let client = aws_sdk_kms::Client::new(&config);
+        let key = client.describe_key().key_id(alias).send().await.unwrap();
+        key.key_metadata().unwrap().arn().unwrap().to_string()
+    })
+}
+
+#[test]
+fn on_dynamodb_kms_and_opensearch_each_zone_s_table_key_and_index_hold_only_its_users() {
+    let dir = tempfile::tempdir().unwrap();
+    let dynamodb = common::services::dynamodb_endpoint();
+    let (path, names) = aws_pipeline("zones", dir.path(), &dynamodb);
+    let (input, _) = generate(dir.path(), 2_000, 0.01, "jsonl", 22);
+    let zones = expected_zones(&input);
+    let summary = run_with(&path, &input, &dir.path().join("data"));
+    assert_eq!(
+        summary["read"].as_u64().unwrap(),
+        summary["written"].as_u64().unwrap()
+            + summary["stale"].as_u64().unwrap()
+            + summary["dead_lettered"].as_u64().unwrap()
+    );
+    for (zone, region) in [("EU", "eu-central-1"), ("GLOBAL", "us-east-1")] {
+        let (table, index) = &names[zone];
+        let (users, keks) = table_users_and_keks(table);
+        let of_the_file: BTreeSet<String> = users
+            .iter()
+            .filter(|u| zones.contains_key(*u))
+            .cloned()
+            .collect();
+        let expected: BTreeSet<String> = zones
+            .iter()
+            .filter(|(_, z)| **z == zone)
+            .map(|(u, _)| u.clone())
+            .collect();
+        assert!(expected.len() > 50, "{zone} has users");
+        assert_eq!(of_the_file, expected, "the users of table {table}");
+        let arn = key_arn(&format!("alias/{table}"), region);
+        assert_eq!(
+            keks,
+            BTreeSet::from([arn.clone()]),
+            "zone {zone}'s user keys are wrapped under its own KMS key only"
+        );
+        assert!(arn.contains(region), "{arn}");
+        let documents = common::services::opensearch_documents(index);
+        assert!(!documents.is_empty(), "{zone} has documents");
+        let foreign: Vec<&String> = documents.keys().filter(|u| zones[*u] != zone).collect();
+        assert!(foreign.is_empty(), "index {index} holds {foreign:?}");
+    }
+}
+
+/// Item 6 of the issue: the EU zone's DynamoDB becomes unreachable in the middle of a run
+/// (a fault proxy in front of it drops every connection). The EU zone's writes wait and are
+/// retried; the worker neither exits nor dead-letters anything; when the store is back the run
+/// ends with every zone holding exactly its users.
+#[test]
+fn a_zone_s_store_down_holds_its_writes_until_it_is_back_and_nothing_is_lost() {
+    use common::fault_proxy::{FaultProxy, DROP, PASS};
+    let dir = tempfile::tempdir().unwrap();
+    let proxy = FaultProxy::start(&common::services::dynamodb_endpoint());
+    let (path, names) = aws_pipeline("drill", dir.path(), &proxy.endpoint);
+    let (input, generated) = generate(dir.path(), 6_000, 0.01, "jsonl", 23);
+    let zones = expected_zones(&input);
+    let count = |zone: &str| table_users_and_keks(&names[zone].0).0.len();
+    let mut worker = std::process::Command::new(binary())
+        .args(["run", "--output", "json", "--pipeline"])
+        .arg(&path)
+        .arg("--input")
+        .arg(&input)
+        .arg("--data-dir")
+        .arg(dir.path().join("data"))
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let started = std::time::Instant::now();
+    while count("EU") == 0 {
+        assert!(
+            started.elapsed().as_secs() < 120,
+            "the EU zone got no write"
+        );
+        assert!(
+            worker.try_wait().unwrap().is_none(),
+            "the worker ended early"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    proxy.set(DROP);
+    std::thread::sleep(std::time::Duration::from_secs(2));
+    let (eu_down, global_down) = (count("EU"), count("GLOBAL"));
+    std::thread::sleep(std::time::Duration::from_secs(8));
+    assert!(
+        worker.try_wait().unwrap().is_none(),
+        "the worker waits for the EU zone's store"
+    );
+    assert_eq!(
+        count("EU"),
+        eu_down,
+        "nothing reaches the EU table while it is down"
+    );
+    assert!(
+        proxy.faults() > 0,
+        "the worker kept trying the EU zone's store"
+    );
+    let global_end = count("GLOBAL");
+    proxy.set(PASS);
+    let out = worker.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let summary: Json =
+        serde_json::from_str(String::from_utf8_lossy(&out.stdout).lines().last().unwrap()).unwrap();
+    assert_eq!(summary["read"], 6_000);
+    assert_eq!(
+        summary["dead_lettered"], generated["invalid"],
+        "an outage dead-letters nothing"
+    );
+    for zone in ["EU", "GLOBAL"] {
+        let expected = zones.values().filter(|z| **z == zone).count();
+        let (users, _) = table_users_and_keks(&names[zone].0);
+        let of_the_file = users
+            .iter()
+            .filter(|u| zones.get(*u) == Some(&zone))
+            .count();
+        assert_eq!(of_the_file, expected, "zone {zone} after the outage");
+        assert!(users
+            .iter()
+            .all(|u| zones.get(u).is_none_or(|z| *z == zone)));
+    }
+    eprintln!(
+        "zone outage drill: EU down 10 s at {eu_down} EU users; GLOBAL {global_down} users 2 s into the outage, {global_end} at its end; {} connections dropped; finished with every zone complete",
+        proxy.faults()
+    );
 }
