@@ -517,12 +517,13 @@ fn the_production_template_documents_every_option() {
         .collect();
     let lines = lines_of(&text, &names);
     let mut missing = BTreeSet::new();
-    // A residency zone's keys, store, index and dead-letter sink have the top-level sections'
+    // A residency zone's keys, store, index, dead-letter sink and feed have the top-level sections'
     // types, documented there: under a zone, only their own lines are checked.
     let reused = |keys: &[String]| {
         keys.len() >= 4
             && keys[..3] == ["residency", "zones", "*"]
-            && ["keys", "store", "index", "dead_letter"].contains(&keys[3].as_str())
+            && ["keys", "store", "index", "dead_letter", "segment_changes"]
+                .contains(&keys[3].as_str())
     };
     options.types.retain(|(section, _)| !reused(section));
     options.values.retain(|(keys, _)| !reused(keys));

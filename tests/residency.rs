@@ -283,6 +283,29 @@ fn each_zone_s_index_and_keys_hold_only_its_own_users() {
 }
 
 #[test]
+fn segment_changes_name_their_zone_and_go_to_its_feed() {
+    let f = fixture();
+    let changes = |path: PathBuf| -> Vec<Json> {
+        std::fs::read_to_string(path)
+            .unwrap()
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect()
+    };
+    for (zone, path) in [
+        ("EU", f.data.join("eu/segment-changes.jsonl")),
+        ("GLOBAL", f.data.join("segment-changes.jsonl")),
+    ] {
+        let lines = changes(path);
+        assert!(lines.len() > 100, "{zone}'s feed has changes");
+        for change in &lines {
+            assert_eq!(change["zone"], zone, "{change}");
+            assert_eq!(f.zones[change["user_id"].as_str().unwrap()], zone);
+        }
+    }
+}
+
+#[test]
 fn dead_letters_name_their_zone_and_go_to_its_sink() {
     let f = fixture();
     let letters = |path: PathBuf| -> Vec<Json> {
@@ -364,14 +387,6 @@ fn lookups_and_searches_find_users_in_every_zone_and_name_the_zone() {
     assert!(eu[0]["total"].as_u64().unwrap() < all[0]["total"].as_u64().unwrap());
 }
 
-/// Every byte of the files under `dir`.
-fn bytes_under(dir: &Path) -> Vec<u8> {
-    files_under(dir)
-        .iter()
-        .flat_map(|p| std::fs::read(p).unwrap())
-        .collect()
-}
-
 fn contains(haystack: &[u8], needle: &[u8]) -> bool {
     haystack.windows(needle.len()).any(|w| w == needle)
 }
@@ -436,7 +451,11 @@ fn a_zone_move_re_encrypts_in_the_new_zone_and_leaves_no_byte_of_the_user_in_the
     secrets.push(("email blind index".into(), blind.clone().into_bytes()));
     secrets.push(("wrapped data key".into(), wrapped));
     secrets.push(("user id".into(), user.clone().into_bytes()));
-    assert!(contains(&bytes_under(&data.join("eu")), user.as_bytes()));
+    let eu_store = std::fs::read(data.join("eu/profiles.sqlite")).unwrap();
+    assert!(
+        contains(&eu_store, user.as_bytes()),
+        "the scan can find the user"
+    );
     assert_eq!(documents_of(&data, "eu", &user), 1);
 
     let out = operator(
@@ -458,8 +477,13 @@ fn a_zone_move_re_encrypts_in_the_new_zone_and_leaves_no_byte_of_the_user_in_the
     assert_eq!(moved["to"], "GLOBAL");
     assert!(!moved["reencrypted"].as_array().unwrap().is_empty());
 
-    // Nothing of the user is left in the EU zone's files: store, WAL, index.
-    let eu_bytes = bytes_under(&data.join("eu"));
+    // Nothing of the user is left in the EU zone's store (file and WAL) and index. Its feed is
+    // an outbound log (a topic in production): it tells the EU consumers the user left.
+    let eu_bytes: Vec<u8> = files_under(&data.join("eu"))
+        .iter()
+        .filter(|p| p.extension().is_none_or(|e| e != "jsonl"))
+        .flat_map(|p| std::fs::read(p).unwrap())
+        .collect();
     let left: Vec<&str> = secrets
         .iter()
         .filter(|(_, s)| contains(&eu_bytes, s))
@@ -468,6 +492,23 @@ fn a_zone_move_re_encrypts_in_the_new_zone_and_leaves_no_byte_of_the_user_in_the
     assert!(left.is_empty(), "left in the EU zone's files: {left:?}");
     assert_eq!(documents_of(&data, "eu", &user), 0);
     assert_eq!(documents_of(&data, "global", &user), 1);
+    let last_change = |feed: &str| -> Json {
+        let text = std::fs::read_to_string(data.join(feed)).unwrap();
+        let line = text.lines().rev().find(|l| l.contains(&user)).unwrap();
+        serde_json::from_str(line).unwrap()
+    };
+    let left = last_change("eu/segment-changes.jsonl");
+    assert_eq!(
+        (&left["cause"], &left["zone"]),
+        (&Json::from("DELETE"), &Json::from("EU"))
+    );
+    assert_eq!(left["segments"], serde_json::json!([]));
+    let arrived = last_change("segment-changes.jsonl");
+    assert_eq!(
+        (&arrived["cause"], &arrived["zone"]),
+        (&Json::from("SNAPSHOT"), &Json::from("GLOBAL"))
+    );
+    assert_eq!(arrived["segments"], record["segments"]);
 
     // In GLOBAL: under a key of GLOBAL's keyring, new ciphertexts, the same plaintext.
     let global = sqlite(&data.join("global/profiles.sqlite"));

@@ -53,6 +53,11 @@ impl Served {
         let pipeline = dir.path().join("serve.yaml");
         let text = match backend {
             Backend::Embedded => local_pipeline_text(),
+            Backend::Zones => {
+                std::fs::read_to_string(repo().join("pipelines/residency-local.yaml"))
+                    .unwrap()
+                    .replace("../", &format!("{}/", repo().display()))
+            }
             Backend::Services => {
                 services_pipeline("serve", &pipeline);
                 std::fs::read_to_string(&pipeline).unwrap()
@@ -189,16 +194,18 @@ impl Served {
     }
 }
 
-/// Where `serve` reads: the embedded store, index and keyring, or DynamoDB Local, the
-/// OpenSearch-API server and the KMS emulator.
+/// Where `serve` reads: the embedded store, index and keyring, DynamoDB Local, the
+/// OpenSearch-API server and the KMS emulator, or the two residency zones of
+/// `pipelines/residency-local.yaml`.
 #[derive(Clone, Copy)]
 enum Backend {
     Embedded,
     Services,
+    Zones,
 }
 
-/// Each scenario runs once per backend: `<scenario>::embedded` and
-/// `<scenario>::dynamodb_kms_opensearch`.
+/// Each scenario runs once per backend: `<scenario>::embedded`,
+/// `<scenario>::dynamodb_kms_opensearch` and `<scenario>::residency_zones`.
 macro_rules! on_both_backends {
     ($($scenario:ident),* $(,)?) => {$(
         mod $scenario {
@@ -209,6 +216,10 @@ macro_rules! on_both_backends {
             #[tokio::test]
             async fn dynamodb_kms_opensearch() {
                 super::$scenario(super::Backend::Services).await;
+            }
+            #[tokio::test]
+            async fn residency_zones() {
+                super::$scenario(super::Backend::Zones).await;
             }
         }
     )*};

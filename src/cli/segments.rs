@@ -43,6 +43,10 @@ struct Tail {
     /// Stop at the end of what is there instead of waiting for more.
     #[arg(long)]
     no_follow: bool,
+    /// With residency zones: this zone's feed (default: the pipeline's, which holds every
+    /// zone's changes but those of zones with a feed of their own).
+    #[arg(long)]
+    zone: Option<String>,
 }
 
 pub async fn run(args: Args) -> Result<(), Failure> {
@@ -63,6 +67,10 @@ fn feed_of(file: &config::Pipeline) -> Result<&SegmentChangesConfig, Failure> {
 
 async fn tail(args: Tail) -> Result<(), Failure> {
     let file = pipeline_file(args.target.pipeline.as_deref())?;
+    let file = match &args.zone {
+        None => file,
+        Some(zone) => crate::pipeline::zone_file(&file, Some(zone)).map_err(usage)?,
+    };
     match feed_of(&file)? {
         SegmentChangesConfig::File { path } => {
             let path = file.data_path(&data_dir(&file, args.target.data_dir.as_deref()), path);

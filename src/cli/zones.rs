@@ -4,8 +4,8 @@
 use super::get::actor;
 use super::privacy::Target;
 use super::{data_dir, pipeline_file, usage, Failure};
-use crate::pipeline::{open_profiles, open_store, schemas, zone_file, IndexAccess};
-use crate::privacy::{move_user, Actor, PrivacyError, ZoneProfiles};
+use crate::pipeline::{announce_move, open_profiles, open_store, schemas, zone_file, IndexAccess};
+use crate::privacy::{leave_zone, move_user, Actor, PrivacyError, ZoneProfiles};
 use uuid::Uuid;
 
 #[derive(clap::Subcommand)]
@@ -133,7 +133,7 @@ async fn relocate(target: &Target, user: Uuid, to: &str, actor: &Actor) -> Resul
         open_profiles(zone, &dir, &schemas, IndexAccess::Write).map_err(usage)
     };
     let (source_profiles, destination_profiles) = (open(&source)?, open(&destination)?);
-    let moved = move_user(
+    let mut moved = move_user(
         ZoneProfiles {
             name: from,
             profiles: &source_profiles,
@@ -150,6 +150,24 @@ async fn relocate(target: &Target, user: Uuid, to: &str, actor: &Actor) -> Resul
         PrivacyError::NotFound(_) | PrivacyError::Erased(_) => usage(e),
         other => Failure::Runtime(other.into()),
     })?;
+    if let (Some(segments), Some(version)) = (&moved.segments, moved.version) {
+        announce_move(
+            &file,
+            &dir,
+            user,
+            version,
+            (from, to),
+            segments,
+            moved.residency_zone.as_deref(),
+        )
+        .await
+        .map_err(|e| {
+            anyhow::anyhow!("user {user} is copied to zone {to} but still in zone {from}: the segment change feeds could not be told ({e}); run the move again to finish it")
+        })?;
+    }
+    moved.removed = leave_zone(&source_profiles, user, moved.version.unwrap_or(0))
+        .await
+        .map_err(|e| Failure::Runtime(e.into()))?;
     println!("{}", serde_json::to_string(&moved)?);
     Ok(())
 }

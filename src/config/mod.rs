@@ -837,6 +837,9 @@ pub struct ZoneConfig {
     /// The zone's own dead-letter sink; absent: the pipeline's `dead_letter`.
     #[serde(default)]
     pub dead_letter: Option<DeadLetterConfig>,
+    /// The zone's own segment change feed; absent: the pipeline's `segment_changes`.
+    #[serde(default)]
+    pub segment_changes: Option<SegmentChangesConfig>,
 }
 
 /// A loaded pipeline file with the folder its relative paths are resolved against.
@@ -926,6 +929,15 @@ impl Pipeline {
                 return Err(invalid(format!("residency.zones.{name}.index.fields differ from index.fields: every zone's index holds the same projection (leave them out to take index.fields)")));
             }
         }
+        if self.config.segment_changes.is_none() {
+            if let Some((name, _)) = residency
+                .zones
+                .iter()
+                .find(|(_, z)| z.segment_changes.is_some())
+            {
+                return Err(invalid(format!("residency.zones.{name}.segment_changes needs the pipeline's own segment_changes (the other zones' feed): add one, or remove the zone's")));
+            }
+        }
         residency.placement_cache_entries = residency
             .placement_cache_entries
             .max(4 * self.config.batch_size * self.config.max_batches_in_flight);
@@ -974,6 +986,9 @@ impl Pipeline {
             file.config.index = zone.index.clone();
             if let Some(dead_letter) = &zone.dead_letter {
                 file.config.dead_letter = dead_letter.clone();
+            }
+            if let Some(feed) = &zone.segment_changes {
+                file.config.segment_changes = Some(feed.clone());
             }
             files.push((name.clone(), file));
         }

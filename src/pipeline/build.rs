@@ -8,7 +8,9 @@ use crate::dead_letter::{DeadLetterError, DeadLetterFile, DeadLetterSink};
 use crate::indexes::{IndexError, OpenSearchIndex, OpenSearchSettings, SearchIndex, TantivyIndex};
 use crate::keys::{DataKeys, KeyError, KeyProvider, KmsKeyProvider, LocalKeyring};
 use crate::privacy::Profiles;
-use crate::residency::{Placement, ZonedDeadLetters, ZonedIndex, ZonedKeys, ZonedStore};
+use crate::residency::{
+    Placement, ZonedDeadLetters, ZonedIndex, ZonedKeys, ZonedSegmentChanges, ZonedStore,
+};
 use crate::schema::{ProfileSchemas, SchemaError};
 use crate::segment_changes::{
     SegmentChangeError, SegmentChangeFile, SegmentChangeSink, SegmentChangeTopic,
@@ -541,8 +543,47 @@ fn open_zone_dead_letters(
     })
 }
 
-/// Opens the segment change feed's sink, if the pipeline file has one.
+/// Opens the segment change feed's sink, if the pipeline file has one: with residency zones,
+/// the one that sends each change to its zone's feed where the zone has one.
 pub fn open_segment_changes(
+    file: &config::Pipeline,
+    data_dir: &Path,
+) -> Result<Option<Arc<dyn SegmentChangeSink>>, BuildError> {
+    let placement = open_placement(file, data_dir)?;
+    open_placed_segment_changes(file, data_dir, placement.as_ref())
+}
+
+fn open_placed_segment_changes(
+    file: &config::Pipeline,
+    data_dir: &Path,
+    placement: Option<&Arc<Placement>>,
+) -> Result<Option<Arc<dyn SegmentChangeSink>>, BuildError> {
+    let Some(default) = open_zone_segment_changes(file, data_dir)? else {
+        return Ok(None);
+    };
+    let (Some(placement), Some(residency)) = (placement, &file.config.residency) else {
+        return Ok(Some(default));
+    };
+    let mut zones = Vec::new();
+    for (name, zone) in file.zone_files() {
+        if residency
+            .zones
+            .get(&name)
+            .is_some_and(|z| z.segment_changes.is_some())
+        {
+            let sink = open_zone_segment_changes(&zone, data_dir)?.expect("the zone's feed");
+            zones.push((name, sink));
+        }
+    }
+    Ok(Some(Arc::new(ZonedSegmentChanges::new(
+        placement.clone(),
+        default,
+        zones,
+    ))))
+}
+
+/// The feed the pipeline file's top-level `segment_changes` names (one zone's), if any.
+fn open_zone_segment_changes(
     file: &config::Pipeline,
     data_dir: &Path,
 ) -> Result<Option<Arc<dyn SegmentChangeSink>>, BuildError> {
@@ -705,6 +746,7 @@ pub fn build(
     let profiles = open_profiles(file, data_dir, &schemas, IndexAccess::Write)?;
     let source = open_source(file, input)?;
     let dead_letters = open_dead_letters(file, data_dir)?;
+    let segment_changes = open_placed_segment_changes(file, data_dir, profiles.placement.as_ref())?;
     let pipeline = Pipeline {
         decoder: Decoder::new(schemas.profile_change.clone()),
         enricher: Enricher { regions, segments },
@@ -712,7 +754,7 @@ pub fn build(
         sealer: LetterSealer::new(profiles.keys.clone(), profiles.store.clone()),
         profiles,
         dead_letters,
-        segment_changes: open_segment_changes(file, data_dir)?,
+        segment_changes,
         privacy: file.config.privacy.clone(),
         health: Arc::default(),
     };

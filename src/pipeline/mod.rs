@@ -11,7 +11,7 @@
 mod announce;
 mod build;
 
-pub use announce::announce_erasures;
+pub use announce::{announce_erasures, announce_move};
 pub use build::{
     build, local_keyring, open_data_keys, open_dead_letters, open_dynamodb, open_index, open_kms,
     open_placed_index, open_placement, open_profiles, open_segment_changes, open_source,

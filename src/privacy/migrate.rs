@@ -1,6 +1,7 @@
 //! A zone migration (`profile-sync zones move`): the one way a user's data changes residency
-//! zone. Everything of the user is written to the new zone under a new data key of that zone,
-//! then removed from the old zone with the care of an erasure, and the move is audited.
+//! zone. Everything of the user is written to the new zone under a new data key of that zone
+//! ([`move_user`]), then removed from the old zone with the care of an erasure
+//! ([`leave_zone`]); the move is audited.
 
 use super::{Actor, PrivacyError, Profiles};
 use crate::crypto::seal_field;
@@ -23,8 +24,12 @@ pub struct Moved {
     pub reencrypted: Vec<String>,
     pub consent_records: usize,
     pub audit_records: usize,
-    /// Rows or items removed from the old zone's store.
+    /// Rows or items removed from the old zone's store (by [`leave_zone`]).
     pub removed: u64,
+    /// The user's segments and derived residency zone, when they have a live profile (for the
+    /// segment change feeds: the old zone's sees them leave, the new zone's sees them arrive).
+    pub segments: Option<Vec<String>>,
+    pub residency_zone: Option<String>,
 }
 
 /// One zone's adapters and its name.
@@ -33,9 +38,10 @@ pub struct ZoneProfiles<'a> {
     pub profiles: &'a Profiles,
 }
 
-/// Moves `user` from one zone to another. Safe to run again after a failure at any step: the
-/// new zone's key, record and records are written idempotently before anything of the old
-/// zone is removed, and a user found in both zones is what a stopped move leaves.
+/// Copies everything of `user` from one zone to another; [`leave_zone`] then removes it from
+/// the old one. Safe to run again after a failure at any step: the new zone's key, record and
+/// records are written idempotently before anything of the old zone is removed, and a user
+/// found in both zones is what a stopped move leaves.
 pub async fn move_user(
     from: ZoneProfiles<'_>,
     to: ZoneProfiles<'_>,
@@ -59,6 +65,14 @@ pub async fn move_user(
         consent_records: consents.len(),
         audit_records: 0,
         removed: 0,
+        segments: stored
+            .as_ref()
+            .and_then(|s| s.record.as_ref())
+            .map(|r| r.segments.clone()),
+        residency_zone: stored
+            .as_ref()
+            .and_then(|s| s.record.as_ref())
+            .map(|r| r.region.residency_zone.clone()),
     };
     // The new zone first: key, consent and audit records, then the profile.
     let change = match &stored {
@@ -96,20 +110,23 @@ pub async fn move_user(
             to.profiles.index.commit().await?;
         }
     }
-    // Then nothing of the user is left in the old zone: the index document purged, every row
-    // removed, and the key with it (its ciphertexts in backups can no longer be opened).
-    let version = moved.version.unwrap_or(0);
-    from.profiles
-        .index
+    Ok(moved)
+}
+
+/// The last step of a move, once the new zone holds everything ([`move_user`]): nothing of the
+/// user is left in the old zone — the index document purged, every row removed, and the key
+/// with it (its ciphertexts in backups can no longer be opened). Rows or items removed.
+pub async fn leave_zone(from: &Profiles, user: Uuid, version: i64) -> Result<u64, PrivacyError> {
+    from.index
         .apply(&[IndexOp::Erase {
             user_id: user,
             version,
         }])
         .await?;
-    from.profiles.index.commit().await?;
-    moved.removed = from.profiles.store.remove_user(user).await?;
-    from.profiles.keys.forget(&user);
-    Ok(moved)
+    from.index.commit().await?;
+    let removed = from.store.remove_user(user).await?;
+    from.keys.forget(&user);
+    Ok(removed)
 }
 
 /// The stored profile as the new zone stores it: the PII fields decrypted with the old zone's

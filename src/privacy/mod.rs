@@ -7,7 +7,7 @@ mod migrate;
 mod retention;
 
 pub use export::export;
-pub use migrate::{move_user, Moved, ZoneProfiles};
+pub use migrate::{leave_zone, move_user, Moved, ZoneProfiles};
 pub use retention::{retention, RetentionReport};
 
 use crate::crypto::open_field;

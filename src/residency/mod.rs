@@ -11,11 +11,13 @@
 mod dead_letters;
 mod index;
 mod keys;
+mod segment_changes;
 mod store;
 
 pub use dead_letters::ZonedDeadLetters;
 pub use index::ZonedIndex;
 pub use keys::ZonedKeys;
+pub use segment_changes::ZonedSegmentChanges;
 pub use store::ZonedStore;
 
 use crate::stores::{ProfileStore, StoreError};

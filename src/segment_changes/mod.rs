@@ -67,6 +67,11 @@ pub struct SegmentChange {
     /// The whole set after the change, sorted.
     pub segments: Vec<String>,
     pub residency_zone: Option<String>,
+    /// With residency zones: the zone holding the user's data (stamped by the zoned sink, which
+    /// sends the change to that zone's feed where it has one). Unlike `residency_zone`, which is
+    /// derived from the user's latest address, it changes only with a zone move.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub zone: Option<String>,
 }
 
 /// The identity of the event that changed a user's segments.
@@ -114,6 +119,7 @@ impl SegmentChange {
             exited: sorted(exited),
             segments: sorted(after.to_vec()),
             residency_zone: residency_zone.map(str::to_string),
+            zone: None,
         })
     }
 
@@ -146,6 +152,7 @@ impl SegmentChange {
             exited,
             segments: Vec::new(),
             residency_zone: None,
+            zone: None,
         }
     }
 
@@ -168,6 +175,7 @@ impl SegmentChange {
             exited: Vec::new(),
             segments,
             residency_zone: residency_zone.map(str::to_string),
+            zone: None,
         }
     }
 
@@ -181,6 +189,10 @@ impl SegmentChange {
         use apache_avro::types::Value;
         let strings =
             |v: &[String]| Value::Array(v.iter().map(|s| Value::String(s.clone())).collect());
+        let optional = |v: &Option<String>| match v {
+            None => Value::Union(0, Box::new(Value::Null)),
+            Some(z) => Value::Union(1, Box::new(Value::String(z.clone()))),
+        };
         let value = Value::Record(vec![
             ("user_id".into(), Value::Uuid(self.user_id)),
             ("version".into(), Value::Long(self.version)),
@@ -195,13 +207,8 @@ impl SegmentChange {
             ("entered".into(), strings(&self.entered)),
             ("exited".into(), strings(&self.exited)),
             ("segments".into(), strings(&self.segments)),
-            (
-                "residency_zone".into(),
-                match &self.residency_zone {
-                    None => Value::Union(0, Box::new(Value::Null)),
-                    Some(z) => Value::Union(1, Box::new(Value::String(z.clone()))),
-                },
-            ),
+            ("residency_zone".into(), optional(&self.residency_zone)),
+            ("zone".into(), optional(&self.zone)),
         ]);
         apache_avro::writer::datum::GenericDatumWriter::builder(schema)
             .build()
@@ -237,6 +244,15 @@ impl SegmentChange {
                 .map(|(_, v)| v)
                 .ok_or_else(|| bad(name))
         };
+        let optional = |name: &str| {
+            Ok(match field(name)? {
+                Value::Union(_, v) => match v.as_ref() {
+                    Value::String(z) => Some(z.clone()),
+                    _ => None,
+                },
+                _ => None,
+            })
+        };
         let strings = |name: &str| match field(name)? {
             Value::Array(items) => items
                 .iter()
@@ -270,13 +286,8 @@ impl SegmentChange {
             entered: strings("entered")?,
             exited: strings("exited")?,
             segments: strings("segments")?,
-            residency_zone: match field("residency_zone")? {
-                Value::Union(_, v) => match v.as_ref() {
-                    Value::String(z) => Some(z.clone()),
-                    _ => None,
-                },
-                _ => None,
-            },
+            residency_zone: optional("residency_zone")?,
+            zone: optional("zone")?,
         })
     }
 }

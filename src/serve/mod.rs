@@ -66,11 +66,12 @@ impl Api {
     fn writable_index(&self) -> Result<Arc<dyn SearchIndex>, IndexError> {
         let schemas = crate::pipeline::schemas(&self.pipeline)
             .map_err(|e| IndexError::Failed(e.to_string()))?;
-        match crate::pipeline::open_index(
+        match crate::pipeline::open_placed_index(
             &self.pipeline,
             &self.data_dir,
             &schemas,
             crate::pipeline::IndexAccess::Write,
+            self.profiles.placement.as_ref(),
         ) {
             Ok((_, index)) => Ok(index),
             Err(crate::pipeline::BuildError::Index(e)) => Err(e),
