@@ -194,7 +194,14 @@ fn the_end_to_end_scenario_holds_with_dynamodb_and_kms_and_no_pii_reaches_dynamo
     let _services = shared();
     let dir = tempfile::tempdir().unwrap();
     let (table, alias) = (unique("e2e"), format!("alias/{}", unique("e2e")));
-    let p = pipeline(dir.path(), &table, &alias, &dynamodb_endpoint(), &[]);
+    let kms = FaultProxy::start(&kms_endpoint());
+    let p = pipeline(
+        dir.path(),
+        &table,
+        &alias,
+        &dynamodb_endpoint(),
+        &[(kms_endpoint().as_str(), kms.endpoint.as_str())],
+    );
     let report = bootstrap(&p);
     assert_eq!(report["table"]["created"], true, "{report}");
     assert_eq!(
@@ -203,11 +210,28 @@ fn the_end_to_end_scenario_holds_with_dynamodb_and_kms_and_no_pii_reaches_dynamo
         "bootstrap is idempotent"
     );
 
-    let run = twenty_thousand_events(&p, &|_| dynamodb_state(&table));
+    let before: u64 = kms.forwarded().values().sum();
+    // The KMS calls on the wire when the scenario first reads the table: those of the run
+    // alone (the scenario's later commands make their own).
+    let after_the_run = std::sync::Mutex::new(None);
+    let run = twenty_thousand_events(&p, &|_| {
+        after_the_run
+            .lock()
+            .unwrap()
+            .get_or_insert_with(|| kms.forwarded().values().sum::<u64>());
+        dynamodb_state(&table)
+    });
+    let calls = after_the_run.into_inner().unwrap().unwrap() - before;
+    assert_eq!(
+        calls,
+        run.summary["key_provider_calls"].as_u64().unwrap(),
+        "the worker counts every KMS call it makes: {:?}",
+        kms.forwarded()
+    );
     assert!(
-        run.summary["key_provider_calls"].as_u64().unwrap() <= 4,
-        "{}",
-        run.summary
+        calls <= 4,
+        "{calls} KMS calls reached KMS: {:?}",
+        kms.forwarded()
     );
 
     let rt = runtime();
@@ -338,16 +362,34 @@ fn kms_calls_for_100000_events_stay_within_the_documented_bound() {
     let _services = shared();
     let dir = tempfile::tempdir().unwrap();
     let (table, alias) = (unique("calls"), format!("alias/{}", unique("calls")));
-    let p = pipeline(dir.path(), &table, &alias, &dynamodb_endpoint(), &[]);
+    // KMS behind a proxy that counts what reaches it: the bound is checked on the wire, and
+    // the worker's own count must agree with it.
+    let kms = FaultProxy::start(&kms_endpoint());
+    let p = pipeline(
+        dir.path(),
+        &table,
+        &alias,
+        &dynamodb_endpoint(),
+        &[(kms_endpoint().as_str(), kms.endpoint.as_str())],
+    );
     bootstrap(&p);
+    let before: u64 = kms.forwarded().values().sum();
     let (input, _) = generate(dir.path(), 100_000, 0.0, "jsonl", 11);
     let summary = run_with(&p, &input, &dir.path().join("data"));
     let users = expected_state(&input).len() as u64;
-    let calls = summary["key_provider_calls"].as_u64().unwrap();
+    let on_the_wire = kms.forwarded();
+    let calls: u64 = on_the_wire.values().sum::<u64>() - before;
+    assert_eq!(
+        calls,
+        summary["key_provider_calls"].as_u64().unwrap(),
+        "the worker counts every KMS call it makes: {on_the_wire:?}"
+    );
     // ARCHITECTURE.md: 1 Decrypt of the blind-index key at start + ⌈new user keys / 100,000⌉
     // GenerateDataKey with the default KEK limits (+1 if the run outlives max_age_secs).
     let bound = 1 + users.div_ceil(100_000) + 1;
-    eprintln!("KMS calls for 100,000 events ({users} users): {calls} (bound {bound})");
+    eprintln!(
+        "KMS calls for 100,000 events ({users} users), counted at a proxy: {calls} (bound {bound}): {on_the_wire:?}"
+    );
     assert!(
         calls <= bound,
         "{calls} KMS calls for {users} users: {summary}"

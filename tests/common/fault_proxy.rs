@@ -13,10 +13,11 @@
 //! both forwarded as they came.
 
 use super::services::host_port;
+use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 /// Requests go through.
 pub const PASS: u8 = 0;
@@ -34,6 +35,9 @@ pub struct FaultProxy {
     pub endpoint: String,
     mode: Arc<AtomicU8>,
     faults: Arc<AtomicU64>,
+    /// Requests forwarded upstream, by AWS operation (`X-Amz-Target`, e.g.
+    /// `TrentService.GenerateDataKey`) or, without one, by method.
+    forwarded: Arc<Mutex<BTreeMap<String, u64>>>,
 }
 
 impl FaultProxy {
@@ -44,12 +48,13 @@ impl FaultProxy {
         let upstream = host_port(upstream);
         let mode = Arc::new(AtomicU8::new(PASS));
         let faults = Arc::new(AtomicU64::new(0));
-        let (m, f) = (mode.clone(), faults.clone());
+        let forwarded = Arc::new(Mutex::new(BTreeMap::new()));
+        let (m, f, w) = (mode.clone(), faults.clone(), forwarded.clone());
         std::thread::spawn(move || {
             for conn in listener.incoming().flatten() {
-                let (m, f, up) = (m.clone(), f.clone(), upstream.clone());
+                let (m, f, w, up) = (m.clone(), f.clone(), w.clone(), upstream.clone());
                 std::thread::spawn(move || {
-                    let _ = serve(conn, &up, &m, &f);
+                    let _ = serve(conn, &up, &m, &f, &w);
                 });
             }
         });
@@ -57,6 +62,7 @@ impl FaultProxy {
             endpoint,
             mode,
             faults,
+            forwarded,
         }
     }
 
@@ -68,6 +74,11 @@ impl FaultProxy {
     pub fn faults(&self) -> u64 {
         self.faults.load(Ordering::SeqCst)
     }
+
+    /// Requests forwarded upstream and answered, by operation.
+    pub fn forwarded(&self) -> BTreeMap<String, u64> {
+        self.forwarded.lock().unwrap().clone()
+    }
 }
 
 /// One request: read it whole, then answer it as the mode says.
@@ -76,6 +87,7 @@ fn serve(
     upstream: &str,
     mode: &AtomicU8,
     faults: &AtomicU64,
+    forwarded: &Mutex<BTreeMap<String, u64>>,
 ) -> std::io::Result<()> {
     let mut reader = BufReader::new(conn.try_clone()?);
     let mut conn = conn;
@@ -83,6 +95,7 @@ fn serve(
     let mut length = 0usize;
     let mut chunked = false;
     let mut expects_continue = false;
+    let mut operation = None;
     loop {
         let mut line = String::new();
         if reader.read_line(&mut line)? == 0 {
@@ -91,6 +104,9 @@ fn serve(
         let lower = line.to_ascii_lowercase();
         if let Some(v) = lower.strip_prefix("content-length:") {
             length = v.trim().parse().unwrap_or(0);
+        }
+        if lower.starts_with("x-amz-target:") {
+            operation = Some(line["x-amz-target:".len()..].trim().to_string());
         }
         if let Some(v) = lower.strip_prefix("transfer-encoding:") {
             chunked = v.contains("chunked");
@@ -154,6 +170,14 @@ fn serve(
             up.write_all(&body)?;
             let mut response = Vec::new();
             up.read_to_end(&mut response)?;
+            let operation = operation.unwrap_or_else(|| {
+                String::from_utf8_lossy(&head)
+                    .split(' ')
+                    .next()
+                    .unwrap_or_default()
+                    .to_string()
+            });
+            *forwarded.lock().unwrap().entry(operation).or_default() += 1;
             conn.write_all(&response)
         }
     }

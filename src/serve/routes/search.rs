@@ -50,7 +50,7 @@ fn index_problem(e: IndexError) -> Problem {
     path = "/v1/search",
     params(SearchQuery),
     responses(
-        (status = 200, description = "`total`, `hits` (index documents) and, with `agg`, `aggregations` (`field`, `total`, `buckets` of `key` and `count`, `other`)", body = Object),
+        (status = 200, description = "`total`, `hits` (index documents; with residency zones each names its `zone`) and, with `agg`, `aggregations` (`field`, `total`, `buckets` of `key` and `count`, `other`)", body = Object),
         (status = 400, description = "The query or an aggregation field is not valid", body = ProblemDocument),
         (status = 401, description = "No valid credential", body = ProblemDocument),
         (status = 403, description = "The role may not do this", body = ProblemDocument),
