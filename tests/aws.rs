@@ -454,9 +454,18 @@ fn a_kms_outage_stalls_the_pipeline_without_plaintext_writes_and_it_resumes() {
 
     proxy.set(DROP);
     let kms_down = ServiceDown::stop("kms");
-    std::thread::sleep(Duration::from_secs(4));
+    // Keys are stored after a batch is sealed, one batch at a time: once a KMS request has
+    // been refused, the batch that made it holds back every later key. Then the worker is
+    // seen asking KMS again and again, and nothing new is stored meanwhile.
+    let within = Duration::from_secs(120);
+    proxy.wait_until("the worker meets the KMS outage", within, &mut child, |p| {
+        p.faults_of(DROP) >= 1
+    });
     let before = count_keys();
-    std::thread::sleep(Duration::from_secs(5));
+    let refused = proxy.faults_of(DROP);
+    proxy.wait_until("the worker retries KMS", within, &mut child, |p| {
+        p.faults_of(DROP) >= refused + 3
+    });
     assert_eq!(
         count_keys(),
         before,
@@ -584,17 +593,24 @@ fn dynamodb_throttling_errors_and_dropped_connections_lose_nothing() {
         .stderr(std::process::Stdio::piped())
         .spawn()
         .unwrap();
-    for (mode, secs) in [
-        (PASS, 1),
-        (THROTTLE, 3),
-        (PASS, 1),
-        (SERVER_ERROR, 2),
-        (PASS, 1),
-        (DROP, 2),
-        (PASS, 0),
-    ] {
+    // Each fault mode lasts until the worker has met it several times, and each recovery
+    // until the worker's requests go through again: the schedule follows what the proxy saw,
+    // so every mode is proven hit mid-run, on a slow machine as on a fast one.
+    let mut child = child;
+    let within = Duration::from_secs(120);
+    for mode in [THROTTLE, SERVER_ERROR, DROP] {
+        let forwarded = proxy.forwarded_total();
+        proxy.wait_until("requests pass before a fault", within, &mut child, |p| {
+            p.forwarded_total() >= forwarded + 3
+        });
         proxy.set(mode);
-        std::thread::sleep(Duration::from_secs(secs));
+        proxy.wait_until(
+            &format!("fault mode {mode} is met"),
+            within,
+            &mut child,
+            |p| p.faults_of(mode) >= 3,
+        );
+        proxy.set(PASS);
     }
     let output = wait_with_timeout(child, Duration::from_secs(600));
     assert!(
@@ -602,7 +618,12 @@ fn dynamodb_throttling_errors_and_dropped_connections_lose_nothing() {
         "{}",
         String::from_utf8_lossy(&output.stderr)
     );
-    assert!(proxy.faults() > 0, "faults were injected during the run");
+    for mode in [THROTTLE, SERVER_ERROR, DROP] {
+        assert!(
+            proxy.faults_of(mode) >= 3,
+            "fault mode {mode} was met mid-run"
+        );
+    }
     let summary: Json = serde_json::from_str(
         String::from_utf8(output.stdout)
             .unwrap()

@@ -29,12 +29,14 @@ pub const SERVER_ERROR: u8 = 2;
 pub const DROP: u8 = 3;
 /// Writes (POST, PUT, DELETE) are answered `500`; reads go through, so a worker starts.
 pub const WRITES_FAIL: u8 = 4;
+const MODES: usize = 5;
 
 pub struct FaultProxy {
     /// `http://127.0.0.1:<port>`: give it to the worker instead of the service's address.
     pub endpoint: String,
     mode: Arc<AtomicU8>,
-    faults: Arc<AtomicU64>,
+    /// Requests answered with a fault, by mode (indexed by the mode's number).
+    faults: Arc<[AtomicU64; MODES]>,
     /// Requests forwarded upstream, by AWS operation (`X-Amz-Target`, e.g.
     /// `TrentService.GenerateDataKey`) or, without one, by method.
     forwarded: Arc<Mutex<BTreeMap<String, u64>>>,
@@ -47,7 +49,7 @@ impl FaultProxy {
         let endpoint = format!("http://{}", listener.local_addr().unwrap());
         let upstream = host_port(upstream);
         let mode = Arc::new(AtomicU8::new(PASS));
-        let faults = Arc::new(AtomicU64::new(0));
+        let faults = Arc::new(std::array::from_fn(|_| AtomicU64::new(0)));
         let forwarded = Arc::new(Mutex::new(BTreeMap::new()));
         let (m, f, w) = (mode.clone(), faults.clone(), forwarded.clone());
         std::thread::spawn(move || {
@@ -72,7 +74,37 @@ impl FaultProxy {
 
     /// Requests answered with a fault so far.
     pub fn faults(&self) -> u64 {
-        self.faults.load(Ordering::SeqCst)
+        self.faults.iter().map(|n| n.load(Ordering::SeqCst)).sum()
+    }
+
+    /// Requests answered with `mode`'s fault so far.
+    pub fn faults_of(&self, mode: u8) -> u64 {
+        self.faults[mode as usize].load(Ordering::SeqCst)
+    }
+
+    /// Requests forwarded upstream so far, of every operation.
+    pub fn forwarded_total(&self) -> u64 {
+        self.forwarded.lock().unwrap().values().sum()
+    }
+
+    /// Waits until `done` holds, the observable state a test moves on with (rather than a
+    /// sleep); fails naming `what` after `within`, or when `worker` has exited meanwhile.
+    pub fn wait_until(
+        &self,
+        what: &str,
+        within: std::time::Duration,
+        worker: &mut std::process::Child,
+        done: impl Fn(&Self) -> bool,
+    ) {
+        let started = std::time::Instant::now();
+        while !done(self) {
+            assert!(
+                worker.try_wait().unwrap().is_none(),
+                "the worker exited before {what}"
+            );
+            assert!(started.elapsed() < within, "not within {within:?}: {what}");
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
     }
 
     /// Requests forwarded upstream and answered, by operation.
@@ -86,7 +118,7 @@ fn serve(
     conn: TcpStream,
     upstream: &str,
     mode: &AtomicU8,
-    faults: &AtomicU64,
+    faults: &[AtomicU64; MODES],
     forwarded: &Mutex<BTreeMap<String, u64>>,
 ) -> std::io::Result<()> {
     let mut reader = BufReader::new(conn.try_clone()?);
@@ -145,23 +177,25 @@ fn serve(
     let is_write = ["POST ", "PUT ", "DELETE "]
         .iter()
         .any(|m| head.starts_with(m.as_bytes()));
-    match mode.load(Ordering::SeqCst) {
+    let mode = mode.load(Ordering::SeqCst);
+    let count_fault = || faults[mode as usize].fetch_add(1, Ordering::SeqCst);
+    match mode {
         WRITES_FAIL if is_write => {
-            faults.fetch_add(1, Ordering::SeqCst);
+            count_fault();
             conn.write_all(error("500 Internal Server Error", "InternalServerError").as_bytes())
         }
         THROTTLE => {
-            faults.fetch_add(1, Ordering::SeqCst);
+            count_fault();
             conn.write_all(
                 error("400 Bad Request", "ProvisionedThroughputExceededException").as_bytes(),
             )
         }
         SERVER_ERROR => {
-            faults.fetch_add(1, Ordering::SeqCst);
+            count_fault();
             conn.write_all(error("500 Internal Server Error", "InternalServerError").as_bytes())
         }
         DROP => {
-            faults.fetch_add(1, Ordering::SeqCst);
+            count_fault();
             conn.shutdown(std::net::Shutdown::Both)
         }
         _ => {
