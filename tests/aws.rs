@@ -830,6 +830,26 @@ fn wrapped(user: Uuid, bytes: Vec<u8>) -> WrappedUserKey {
     }
 }
 
+/// The version property of tests/properties.rs, on DynamoDB Local: whatever the delivery
+/// order, duplicates and batching of one user's changes, the highest version stays. One table,
+/// a fresh user per case.
+#[test]
+fn the_highest_version_wins_on_dynamodb_whatever_the_order_and_duplicates() {
+    let _services = shared();
+    let rt = runtime();
+    let store = rt.block_on(fresh_store());
+    let mut runner = proptest::test_runner::TestRunner::new(proptest::test_runner::Config {
+        cases: 48,
+        failure_persistence: None,
+        ..Default::default()
+    });
+    runner
+        .run(&common::versions::deliveries(), |deliveries| {
+            common::versions::the_highest_version_wins(&rt, &store, deliveries)
+        })
+        .unwrap();
+}
+
 #[test]
 fn store_versions_decide_applied_replayed_and_stale() {
     let _services = shared();

@@ -14,7 +14,7 @@ use profile_sync::schema::{registry, ProfileSchemas};
 use profile_sync::sources::Payload;
 use profile_sync::stages::decode::Decoder;
 use profile_sync::stages::project::{IndexOp, Projection};
-use profile_sync::stores::{ProfileStore, SqliteStore};
+use profile_sync::stores::SqliteStore;
 use proptest::prelude::*;
 use std::path::Path;
 use std::sync::{Arc, OnceLock};
@@ -163,61 +163,18 @@ proptest! {
     }
 }
 
-fn change(user: uuid::Uuid, version: i64, delete: bool) -> ProtectedChange {
-    let record = (!delete).then(|| ProtectedRecord {
-        event_id: uuid::Uuid::new_v4(),
-        source: format!("v{version}"),
-        occurred_at: chrono::Utc::now(),
-        profile: Default::default(),
-        encrypted: Default::default(),
-        key_version: 1,
-        region: Region::unknown(),
-        segments: vec![],
-        segment_history: None,
-        email_index: None,
-    });
-    ProtectedChange {
-        user_id: user,
-        version,
-        operation: if delete {
-            Operation::Delete
-        } else {
-            Operation::Upsert
-        },
-        occurred_at: chrono::Utc::now(),
-        record,
-    }
-}
-
 proptest! {
     #![proptest_config(ProptestConfig { cases: 64, ..ProptestConfig::default() })]
 
     /// For any delivery order and duplication of a user's events, the final state is the one
-    /// of the highest version.
+    /// of the highest version (on DynamoDB Local too: tests/aws.rs).
     #[test]
     fn the_highest_version_wins_whatever_the_order_and_duplicates(
-        versions in proptest::collection::vec(1i64..40, 1..30),
-        deletes in proptest::collection::vec(any::<bool>(), 30),
-        batch in 1usize..8,
+        deliveries in common::versions::deliveries(),
     ) {
         let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
         let dir = tempfile::tempdir().unwrap();
         let store = SqliteStore::open(&dir.path().join("s.sqlite")).unwrap();
-        let user = uuid::Uuid::new_v4();
-        // The same version always carries the same content, as a real producer's would.
-        let changes: Vec<_> = versions.iter().map(|v| change(user, *v, deletes[*v as usize % 30])).collect();
-        runtime.block_on(async {
-            for chunk in changes.chunks(batch) {
-                store.apply(chunk).await.unwrap();
-            }
-        });
-        let max = *versions.iter().max().unwrap();
-        let stored = runtime.block_on(store.get(user)).unwrap().unwrap();
-        prop_assert_eq!(stored.version, max);
-        let deleted = deletes[max as usize % 30];
-        prop_assert_eq!(stored.record.is_none(), deleted);
-        if let Some(record) = stored.record {
-            prop_assert_eq!(record.source, format!("v{max}"));
-        }
+        common::versions::the_highest_version_wins(&runtime, &store, deliveries)?;
     }
 }

@@ -9,6 +9,7 @@ pub mod segment_feed;
 pub mod services;
 pub mod stack;
 pub mod topics;
+pub mod versions;
 
 use assert_cmd::Command;
 use serde_json::Value as Json;
