@@ -90,8 +90,14 @@ fn a_missing_pipeline_file_or_input_gives_exit_code_2() {
 }
 
 #[test]
-fn a_bad_argument_gives_exit_code_2() {
-    bin().args(["run", "--output", "yaml"]).assert().code(2);
+fn a_bad_argument_gives_exit_code_2_and_names_it() {
+    bin()
+        .args(["run", "--output", "yaml"])
+        .assert()
+        .code(2)
+        .stderr(predicates::str::contains(
+            "invalid value 'yaml' for '--output <OUTPUT>'",
+        ));
     bin()
         .args([
             "generate",
@@ -103,8 +109,17 @@ fn a_bad_argument_gives_exit_code_2() {
             "/tmp/x",
         ])
         .assert()
-        .code(2);
-    bin().args(["frobnicate"]).assert().code(2);
+        .code(2)
+        .stderr(predicates::str::contains(
+            "--invalid-ratio must be between 0.0 and 1.0",
+        ));
+    bin()
+        .args(["frobnicate"])
+        .assert()
+        .code(2)
+        .stderr(predicates::str::contains(
+            "unrecognized subcommand 'frobnicate'",
+        ));
 }
 
 #[test]
