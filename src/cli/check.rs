@@ -38,14 +38,14 @@ impl Table {
     }
 
     fn print(&self) -> bool {
-        let width = self.0.iter().map(|(n, _)| n.len()).max().unwrap_or(0);
-        println!("{:<width$}  RESULT  DETAIL", "CHECK");
+        let mut table = super::table::plain(&["CHECK", "RESULT", "DETAIL"], &[]);
         for (name, result) in &self.0 {
             match result {
-                Ok(detail) => println!("{name:<width$}  pass    {detail}"),
-                Err(why) => println!("{name:<width$}  FAIL    {why}"),
-            }
+                Ok(detail) => table.add_row([*name, "pass", detail.as_str()]),
+                Err(why) => table.add_row([*name, "FAIL", why.as_str()]),
+            };
         }
+        super::table::print(&table);
         self.0.iter().all(|(_, r)| r.is_ok())
     }
 }

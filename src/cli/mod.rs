@@ -19,6 +19,7 @@ mod schemas;
 mod search;
 mod segments;
 mod serve;
+mod table;
 mod validate;
 mod zones;
 

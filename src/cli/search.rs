@@ -103,29 +103,11 @@ pub async fn run(args: Args) -> Result<(), Failure> {
                         .collect()
                 })
                 .collect();
-            let widths: Vec<usize> = columns
-                .iter()
-                .enumerate()
-                .map(|(i, c)| {
-                    rows.iter()
-                        .map(|r| r[i].len())
-                        .chain([c.len()])
-                        .max()
-                        .unwrap_or(0)
-                })
-                .collect();
-            let line = |cells: Vec<String>| {
-                cells
-                    .iter()
-                    .zip(&widths)
-                    .map(|(c, w)| format!("{c:<w$}"))
-                    .collect::<Vec<_>>()
-                    .join("  ")
-            };
-            println!("{}", line(columns.iter().map(|c| c.to_string()).collect()));
+            let mut table = super::table::plain(&columns, &[]);
             for row in rows {
-                println!("{}", line(row));
+                table.add_row(row);
             }
+            super::table::print(&table);
             for agg in &aggregations {
                 print_aggregation(agg);
             }
@@ -137,14 +119,6 @@ pub async fn run(args: Args) -> Result<(), Failure> {
 /// A terms aggregation as a two-column table, with the share of the matching profiles.
 fn print_aggregation(agg: &Aggregation) {
     println!();
-    let width = agg
-        .buckets
-        .iter()
-        .map(|b| b.key.len())
-        .chain([agg.field.len(), 7])
-        .max()
-        .unwrap_or(0);
-    println!("{:<width$}  {:>9}  {:>6}", agg.field, "profiles", "share");
     let share = |n: u64| {
         if agg.total == 0 {
             0.0
@@ -152,17 +126,18 @@ fn print_aggregation(agg: &Aggregation) {
             100.0 * n as f64 / agg.total as f64
         }
     };
+    let mut table = super::table::plain(&[agg.field.as_str(), "profiles", "share"], &[1, 2]);
     for b in &agg.buckets {
-        println!(
-            "{:<width$}  {:>9}  {:>5.1}%",
-            b.key,
-            b.count,
-            share(b.count)
-        );
+        table.add_row([
+            b.key.clone(),
+            b.count.to_string(),
+            format!("{:.1}%", share(b.count)),
+        ]);
     }
     if agg.other > 0 {
-        println!("{:<width$}  {:>9}", "(other)", agg.other);
+        table.add_row(["(other)".to_string(), agg.other.to_string(), String::new()]);
     }
+    super::table::print(&table);
 }
 
 fn cell(v: Option<&Json>) -> String {
