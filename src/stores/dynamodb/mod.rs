@@ -23,6 +23,7 @@ use crate::stores::WrappedUserKey;
 use async_trait::async_trait;
 use aws_sdk_dynamodb::config::http::HttpResponse;
 use aws_sdk_dynamodb::error::{ProvideErrorMetadata, SdkError};
+use aws_sdk_dynamodb::operation::transact_write_items::TransactWriteItemsError;
 use aws_sdk_dynamodb::primitives::Blob;
 use aws_sdk_dynamodb::types::{
     AttributeValue, Delete, DeleteRequest, KeysAndAttributes, Put, TransactWriteItem, WriteRequest,
@@ -268,27 +269,31 @@ impl DynamoStore {
 
     /// Every item of a user's partition whose sort key starts with `prefix`, in order.
     async fn query_prefix(&self, user: Uuid, prefix: &str) -> Result<Vec<Item>, StoreError> {
-        let mut out = Vec::new();
-        let mut start: Option<Item> = None;
-        loop {
-            let call = self
-                .client
-                .query()
-                .table_name(&self.table)
-                .key_condition_expression("pk = :pk AND begins_with(sk, :prefix)")
-                .expression_attribute_values(":pk", AttributeValue::S(user_pk(user)))
-                .expression_attribute_values(":prefix", AttributeValue::S(prefix.into()))
-                .consistent_read(true)
-                .set_exclusive_start_key(start.take());
-            let page = retrying("Query", || call.clone().send(), transient)
-                .await
-                .map_err(|e| dynamo_err("Query", &e))?;
-            out.extend(page.items().iter().cloned());
-            match page.last_evaluated_key() {
-                Some(k) if !k.is_empty() => start = Some(k.clone()),
-                _ => return Ok(out),
-            }
-        }
+        let call = self
+            .client
+            .query()
+            .table_name(&self.table)
+            .key_condition_expression("pk = :pk AND begins_with(sk, :prefix)")
+            .expression_attribute_values(":pk", AttributeValue::S(user_pk(user)))
+            .expression_attribute_values(":prefix", AttributeValue::S(prefix.into()))
+            .consistent_read(true);
+        let (items, _) = pages(
+            None,
+            Vec::new(),
+            |_| false,
+            Vec::extend,
+            |start, _| {
+                let call = call.clone().set_exclusive_start_key(start);
+                async move {
+                    let page = retrying("Query", || call.clone().send(), transient)
+                        .await
+                        .map_err(|e| dynamo_err("Query", &e))?;
+                    Ok((page.items().to_vec(), page.last_evaluated_key().cloned()))
+                }
+            },
+        )
+        .await?;
+        Ok(items)
     }
 
     /// The stored versions of these users' profiles.
@@ -440,35 +445,32 @@ impl DynamoStore {
         limit: usize,
     ) -> Result<(Vec<Item>, Option<String>), StoreError> {
         let limit = limit.max(1);
-        let mut start = match cursor {
+        let start = match cursor {
             Some(c) => Some(decode_cursor(&c)?),
             None => None,
         };
-        let mut found = Vec::new();
-        loop {
-            let call = self
-                .client
-                .scan()
-                .table_name(&self.table)
-                .filter_expression("sk = :sk")
-                .expression_attribute_values(":sk", AttributeValue::S(sk.into()))
-                .limit((limit - found.len()).min(i32::MAX as usize) as i32)
-                .consistent_read(true)
-                .set_exclusive_start_key(start.take());
-            let page = retrying("Scan", || call.clone().send(), transient)
-                .await
-                .map_err(|e| dynamo_err("Scan", &e))?;
-            found.extend(page.items().iter().cloned());
-            match page.last_evaluated_key() {
-                Some(k) if !k.is_empty() => {
-                    if found.len() >= limit {
-                        return Ok((found, Some(encode_cursor(k))));
-                    }
-                    start = Some(k.clone());
-                }
-                _ => return Ok((found, None)),
-            }
-        }
+        let call = self
+            .client
+            .scan()
+            .table_name(&self.table)
+            .filter_expression("sk = :sk")
+            .expression_attribute_values(":sk", AttributeValue::S(sk.into()))
+            .consistent_read(true);
+        let (found, next) = pages(
+            start,
+            Vec::new(),
+            |found| found.len() >= limit,
+            Vec::extend,
+            |start, found| {
+                scan_page(
+                    call.clone()
+                        .limit((limit - found.len()).min(i32::MAX as usize) as i32)
+                        .set_exclusive_start_key(start),
+                )
+            },
+        )
+        .await?;
+        Ok((found, next.as_ref().map(encode_cursor)))
     }
 }
 
@@ -744,32 +746,31 @@ impl ProfileStore for DynamoStore {
     }
 
     async fn counts(&self) -> Result<StoreCounts, StoreError> {
-        let mut counts = StoreCounts::default();
-        let mut start: Option<Item> = None;
-        loop {
-            let call = self
-                .client
-                .scan()
-                .table_name(&self.table)
-                .filter_expression("sk = :sk")
-                .projection_expression("deleted")
-                .expression_attribute_values(":sk", AttributeValue::S(PROFILE.into()))
-                .set_exclusive_start_key(start.take());
-            let page = retrying("Scan", || call.clone().send(), transient)
-                .await
-                .map_err(|e| dynamo_err("Scan", &e))?;
-            for item in page.items() {
+        let call = self
+            .client
+            .scan()
+            .table_name(&self.table)
+            .filter_expression("sk = :sk")
+            .projection_expression("deleted")
+            .expression_attribute_values(":sk", AttributeValue::S(PROFILE.into()));
+        let count = |counts: &mut StoreCounts, items: Vec<Item>| {
+            for item in items {
                 if matches!(item.get("deleted"), Some(AttributeValue::Bool(true))) {
                     counts.deleted += 1;
                 } else {
                     counts.live += 1;
                 }
             }
-            match page.last_evaluated_key() {
-                Some(k) if !k.is_empty() => start = Some(k.clone()),
-                _ => return Ok(counts),
-            }
-        }
+        };
+        let (counts, _) = pages(
+            None,
+            StoreCounts::default(),
+            |_| false,
+            count,
+            |start, _| scan_page(call.clone().set_exclusive_start_key(start)),
+        )
+        .await?;
+        Ok(counts)
     }
 
     async fn scan(
@@ -968,36 +969,33 @@ impl ProfileStore for DynamoStore {
     }
 
     async fn expire_audit(&self, before: DateTime<Utc>) -> Result<u64, StoreError> {
-        let mut expired = Vec::new();
-        let mut start: Option<Item> = None;
-        loop {
-            let call = self
-                .client
-                .scan()
-                .table_name(&self.table)
-                .filter_expression(
-                    "(begins_with(sk, :audit) OR begins_with(sk, :marker)) AND #at < :before",
-                )
-                .projection_expression("pk, sk")
-                .expression_attribute_names("#at", "at")
-                .expression_attribute_values(":audit", AttributeValue::S(AUDIT_PREFIX.into()))
-                .expression_attribute_values(":marker", AttributeValue::S(AUDIT_ID_PREFIX.into()))
-                .expression_attribute_values(":before", AttributeValue::S(ts(&before)))
-                .set_exclusive_start_key(start.take());
-            let page = retrying("Scan", || call.clone().send(), transient)
-                .await
-                .map_err(|e| dynamo_err("Scan", &e))?;
-            expired.extend(page.items().iter().map(|i| {
-                i.iter()
-                    .filter(|(k, _)| *k == PK || *k == SK)
-                    .map(|(k, v)| (k.clone(), v.clone()))
+        let call = self
+            .client
+            .scan()
+            .table_name(&self.table)
+            .filter_expression(
+                "(begins_with(sk, :audit) OR begins_with(sk, :marker)) AND #at < :before",
+            )
+            .projection_expression("pk, sk")
+            .expression_attribute_names("#at", "at")
+            .expression_attribute_values(":audit", AttributeValue::S(AUDIT_PREFIX.into()))
+            .expression_attribute_values(":marker", AttributeValue::S(AUDIT_ID_PREFIX.into()))
+            .expression_attribute_values(":before", AttributeValue::S(ts(&before)));
+        let keys_only = |expired: &mut Vec<Item>, items: Vec<Item>| {
+            expired.extend(items.into_iter().map(|i| {
+                i.into_iter()
+                    .filter(|(k, _)| k == PK || k == SK)
                     .collect::<Item>()
-            }));
-            match page.last_evaluated_key() {
-                Some(k) if !k.is_empty() => start = Some(k.clone()),
-                _ => break,
-            }
-        }
+            }))
+        };
+        let (expired, _) = pages(
+            None,
+            Vec::new(),
+            |_| false,
+            keys_only,
+            |start, _| scan_page(call.clone().set_exclusive_start_key(start)),
+        )
+        .await?;
         // The markers go with their records; the count is of records, as SQLite's.
         let records = expired
             .iter()
@@ -1008,10 +1006,56 @@ impl ProfileStore for DynamoStore {
     }
 }
 
-fn is_condition_cancel<E: ProvideErrorMetadata>(e: &SdkError<E, HttpResponse>) -> bool {
-    e.code() == Some("TransactionCanceledException")
-        && e.message()
-            .is_some_and(|m| m.contains("ConditionalCheckFailed"))
+/// Every page of a Query or Scan, from `start`, folded into `acc` by `add`: `page(start, &acc)`
+/// sends one request and gives its items and `LastEvaluatedKey`. Pages follow until DynamoDB
+/// gives no key, or until `enough(&acc)`: then the key to go on from comes back too (a scan
+/// cursor).
+async fn pages<T, F, Fut>(
+    mut start: Option<Item>,
+    mut acc: T,
+    enough: impl Fn(&T) -> bool,
+    mut add: impl FnMut(&mut T, Vec<Item>),
+    mut page: F,
+) -> Result<(T, Option<Item>), StoreError>
+where
+    F: FnMut(Option<Item>, &T) -> Fut,
+    Fut: std::future::Future<Output = Result<(Vec<Item>, Option<Item>), StoreError>>,
+{
+    loop {
+        let (items, next) = page(start.take(), &acc).await?;
+        add(&mut acc, items);
+        match next {
+            Some(k) if !k.is_empty() => {
+                if enough(&acc) {
+                    return Ok((acc, Some(k)));
+                }
+                start = Some(k);
+            }
+            _ => return Ok((acc, None)),
+        }
+    }
+}
+
+/// One page of `call`, retried while transient: its items and `LastEvaluatedKey`.
+async fn scan_page(
+    call: aws_sdk_dynamodb::operation::scan::builders::ScanFluentBuilder,
+) -> Result<(Vec<Item>, Option<Item>), StoreError> {
+    let page = retrying("Scan", || call.clone().send(), transient)
+        .await
+        .map_err(|e| dynamo_err("Scan", &e))?;
+    Ok((page.items().to_vec(), page.last_evaluated_key().cloned()))
+}
+
+/// A transaction cancelled because one of its conditions failed (a concurrent write), as
+/// DynamoDB's cancellation reasons say.
+fn is_condition_cancel(e: &SdkError<TransactWriteItemsError, HttpResponse>) -> bool {
+    matches!(
+        e.as_service_error(),
+        Some(TransactWriteItemsError::TransactionCanceledException(t))
+            if t.cancellation_reasons()
+                .iter()
+                .any(|r| r.code() == Some("ConditionalCheckFailed"))
+    )
 }
 
 /// The KMS provider keeps its blind-index key here, KMS-encrypted.
