@@ -9,6 +9,7 @@
 //! zone. A change of zone is only ever an explicit migration.
 
 mod dead_letters;
+mod feeds;
 mod index;
 mod keys;
 mod segment_changes;

@@ -2,19 +2,16 @@
 //! holding the user's data and goes to that zone's feed where it has one of its own, else to
 //! the pipeline's. A user's changes all go to one feed, in order.
 
+use super::feeds::ZoneFeeds;
 use super::Placement;
 use crate::segment_changes::{SegmentChange, SegmentChangeError, SegmentChangeSink};
 use async_trait::async_trait;
-use futures::future::try_join_all;
 use std::sync::Arc;
 use uuid::Uuid;
 
 pub struct ZonedSegmentChanges {
     placement: Arc<Placement>,
-    /// The pipeline's feed: the default zone's, and every zone's without its own.
-    default: Arc<dyn SegmentChangeSink>,
-    /// The zones with a feed of their own.
-    zones: Vec<(String, Arc<dyn SegmentChangeSink>)>,
+    feeds: ZoneFeeds<dyn SegmentChangeSink>,
 }
 
 impl ZonedSegmentChanges {
@@ -25,15 +22,7 @@ impl ZonedSegmentChanges {
     ) -> Self {
         Self {
             placement,
-            default,
-            zones,
-        }
-    }
-
-    fn sink(&self, i: usize) -> &Arc<dyn SegmentChangeSink> {
-        match i {
-            0 => &self.default,
-            i => &self.zones[i - 1].1,
+            feeds: ZoneFeeds::new(default, zones),
         }
     }
 }
@@ -47,36 +36,21 @@ impl SegmentChangeSink for ZonedSegmentChanges {
             .locate(&users)
             .await
             .map_err(|e| SegmentChangeError(format!("the zones of the changes' users: {e}")))?;
-        let mut by_sink: Vec<Vec<SegmentChange>> = vec![Vec::new(); self.zones.len() + 1];
-        for mut change in changes.drain(..) {
+        for change in &mut changes {
             // A user no zone holds (an erasure of someone never stored) is the default zone's.
-            let zone = self
-                .placement
-                .name(zones.get(&change.user_id).copied().unwrap_or(0));
-            let sink = self
-                .zones
-                .iter()
-                .position(|(name, _)| name == zone)
-                .map_or(0, |i| i + 1);
-            change.zone = Some(zone.to_string());
-            by_sink[sink].push(change);
+            let zone = zones.get(&change.user_id).copied().unwrap_or(0);
+            change.zone = Some(self.placement.name(zone).to_string());
         }
-        try_join_all(
-            by_sink
-                .into_iter()
-                .enumerate()
-                .filter(|(_, part)| !part.is_empty())
-                .map(|(i, part)| self.sink(i).send(part)),
-        )
-        .await?;
-        Ok(())
+        self.feeds
+            .send(changes, |c| c.zone.as_deref(), |feed, part| feed.send(part))
+            .await
     }
 
     fn describe(&self) -> String {
-        std::iter::once(self.default.describe())
+        std::iter::once(self.feeds.default().describe())
             .chain(
-                self.zones
-                    .iter()
+                self.feeds
+                    .zones()
                     .map(|(zone, sink)| format!("zone {zone}: {}", sink.describe())),
             )
             .collect::<Vec<_>>()
@@ -84,8 +58,8 @@ impl SegmentChangeSink for ZonedSegmentChanges {
     }
 
     async fn check(&self) -> Result<String, String> {
-        let mut said = vec![self.default.check().await?];
-        for (zone, sink) in &self.zones {
+        let mut said = vec![self.feeds.default().check().await?];
+        for (zone, sink) in self.feeds.zones() {
             said.push(format!(
                 "zone {zone}: {}",
                 sink.check()
