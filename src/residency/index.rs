@@ -44,18 +44,9 @@ impl ZonedIndex {
 #[async_trait]
 impl SearchIndex for ZonedIndex {
     async fn check(&self) -> Result<String, String> {
-        let mut said = Vec::new();
-        for (zone, index) in self.indexes.iter().enumerate() {
-            let name = self.placement.name(zone);
-            said.push(
-                index
-                    .check()
-                    .await
-                    .map(|ok| format!("zone {name}: {ok}"))
-                    .map_err(|e| format!("zone {name}: {e}"))?,
-            );
-        }
-        Ok(said.join("; "))
+        self.placement
+            .check_each(&self.indexes, |i| i.check())
+            .await
     }
 
     async fn apply(&self, ops: &[IndexOp]) -> Result<Vec<IndexOutcome>, IndexError> {

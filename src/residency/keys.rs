@@ -32,18 +32,9 @@ impl ZonedKeys {
 #[async_trait]
 impl KeyProvider for ZonedKeys {
     async fn check(&self) -> Result<String, String> {
-        let mut said = Vec::new();
-        for (zone, provider) in self.providers.iter().enumerate() {
-            let name = self.placement.name(zone);
-            said.push(
-                provider
-                    .check()
-                    .await
-                    .map(|ok| format!("zone {name}: {ok}"))
-                    .map_err(|e| format!("zone {name}: {e}"))?,
-            );
-        }
-        Ok(said.join("; "))
+        self.placement
+            .check_each(&self.providers, |k| k.check())
+            .await
     }
 
     async fn wrap(

@@ -63,6 +63,29 @@ impl Placement {
         &self.names[zone]
     }
 
+    /// Every zone's adapter checked in zone order, each answer named by its zone; the first
+    /// failure, named too, stops the check (`check` of the zoned store, index and keys).
+    pub(crate) async fn check_each<'a, T: ?Sized + 'a, Fut>(
+        &self,
+        adapters: impl IntoIterator<Item = &'a Arc<T>>,
+        check: impl Fn(&'a Arc<T>) -> Fut,
+    ) -> Result<String, String>
+    where
+        Fut: std::future::Future<Output = Result<String, String>>,
+    {
+        let mut said = Vec::new();
+        for (zone, adapter) in adapters.into_iter().enumerate() {
+            let name = self.name(zone);
+            said.push(
+                check(adapter)
+                    .await
+                    .map(|ok| format!("zone {name}: {ok}"))
+                    .map_err(|e| format!("zone {name}: {e}"))?,
+            );
+        }
+        Ok(said.join("; "))
+    }
+
     /// The zone called `name`, if it is one of the configured zones.
     pub fn zone_named(&self, name: &str) -> Option<Zone> {
         self.names.iter().position(|n| n == name)

@@ -83,18 +83,9 @@ fn zone_cursor(cursor: Option<String>) -> Result<(Zone, Option<String>), StoreEr
 #[async_trait]
 impl ProfileStore for ZonedStore {
     async fn check(&self) -> Result<String, String> {
-        let mut said = Vec::new();
-        for (zone, store) in self.zones() {
-            let name = self.placement.name(zone);
-            said.push(
-                store
-                    .check()
-                    .await
-                    .map(|ok| format!("zone {name}: {ok}"))
-                    .map_err(|e| format!("zone {name}: {e}"))?,
-            );
-        }
-        Ok(said.join("; "))
+        self.placement
+            .check_each(&self.placement.stores, |s| s.check())
+            .await
     }
 
     async fn apply(&self, changes: &[ProtectedChange]) -> Result<Vec<WriteOutcome>, StoreError> {
